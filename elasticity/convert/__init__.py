@@ -1,0 +1,1 @@
+"""Checkpoint import and export: Hugging Face directories, GGUF files, llama2.c checkpoints, orbax."""

@@ -1,0 +1,75 @@
+"""Build a `CausalLM` from a name → tensor source, and flatten a model back to HF-named tensors."""
+
+from __future__ import annotations
+
+from typing import Callable, Iterable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from elasticity.convert.mapping import entries, hf_shape, to_flax, to_hf
+from elasticity.models.config import ModelConfig
+from elasticity.models.registry import abstract_model
+from elasticity.models.transformer import CausalLM
+
+# Tensors some checkpoints carry that are recomputed here (RoPE tables) or duplicated (tied heads).
+_IGNORED_SUFFIXES = ("rotary_emb.inv_freq",)
+
+
+def _get(tree, path):
+  for p in path:
+    tree = tree[p]
+  return tree
+
+
+def _set(tree, path, value):
+  for p in path[:-1]:
+    tree = tree[p]
+  tree[path[-1]] = value
+
+
+def model_from_tensors(cfg: ModelConfig, names: Iterable[str], get: Callable[[str], np.ndarray], *,
+                       dtype=jnp.float32, param_dtype=None, source: str = "checkpoint") -> CausalLM:
+  """Fill a model of ``cfg`` from HF-named tensors; ``get(name)`` returns one as a numpy array.
+
+  Raises ValueError naming the tensor for a missing tensor or a shape mismatch (with both shapes),
+  and for tensors the model has no place for.
+  """
+  param_dtype = param_dtype or dtype
+  abstract = abstract_model(cfg, dtype=dtype, param_dtype=param_dtype)
+  graphdef, state = nnx.split(abstract)
+  pure = nnx.to_pure_dict(state)
+  available = set(names)
+  expected = list(entries(cfg))
+  wanted = {e.hf_name for e in expected}
+  unknown = sorted(n for n in available - wanted
+                   if not n.endswith(_IGNORED_SUFFIXES) and not (cfg.tie_embeddings and n == "lm_head.weight"))
+  if unknown:
+    raise ValueError(f"{source}: tensors with no place in the {cfg.family} model: {unknown[:10]}"
+                     + (f" and {len(unknown) - 10} more" if len(unknown) > 10 else ""))
+  for e in expected:
+    if e.hf_name not in available:
+      raise ValueError(f"{source}: missing tensor {e.hf_name!r} (needed for {'/'.join(map(str, e.path))})")
+    target = _get(pure, e.path)
+    want = hf_shape(e, target.shape)
+    w = np.asarray(get(e.hf_name))
+    if tuple(w.shape) != want:
+      raise ValueError(f"{source}: tensor {e.hf_name!r} has shape {tuple(w.shape)}, expected {want} "
+                       f"for config {cfg.family} (flax shape {tuple(target.shape)})")
+    _set(pure, e.path, jnp.asarray(to_flax(e, w), dtype=param_dtype))
+  nnx.replace_by_pure_dict(state, pure)
+  return nnx.merge(graphdef, state)
+
+
+def tensors_from_model(model: CausalLM, dtype=None) -> dict[str, np.ndarray]:
+  """HF-named numpy tensors of ``model`` (in ``dtype`` if given, else the parameters' own)."""
+  pure = nnx.to_pure_dict(nnx.state(model, nnx.Param))
+  out = {}
+  for e in entries(model.config):
+    w = np.asarray(jax.device_get(_get(pure, e.path)))
+    if dtype is not None:
+      w = w.astype(dtype)
+    out[e.hf_name] = np.ascontiguousarray(to_hf(e, w))
+  return out

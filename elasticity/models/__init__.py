@@ -1,0 +1,54 @@
+"""Flax NNX ports of the paper's model families, and the public load/save API.
+
+    from elasticity.models import load_pretrained, save_pretrained
+    model = load_pretrained(path, dtype=jnp.float32)   # HF dir, .gguf, or llama2.c .bin (+ tokenizer=)
+    logits = model(input_ids)                          # int32 [B, T] → float32 [B, T, V]
+    save_pretrained(model, out_dir)                    # HF directory transformers loads
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import jax.numpy as jnp
+
+from elasticity.models.config import FULL, SLIDING, ModelConfig, RopeConfig
+from elasticity.models.registry import (abstract_model, config_from_hf, config_to_hf, create_model,
+                                        supported_model_types)
+from elasticity.models.transformer import CausalLM
+
+__all__ = ["CausalLM", "ModelConfig", "RopeConfig", "FULL", "SLIDING", "load_pretrained",
+           "save_pretrained", "create_model", "abstract_model", "config_from_hf", "config_to_hf",
+           "supported_model_types"]
+
+
+def load_pretrained(path: str | os.PathLike, *, dtype=jnp.float32, param_dtype=None,
+                    tokenizer: str | os.PathLike | None = None) -> CausalLM:
+  """Load a checkpoint into a Flax model.
+
+  Args:
+    path: a Hugging Face directory (``config.json`` + safetensors, sharded or not), a ``.gguf`` file
+      (dequantized through transformers' GGUF reader), or a llama2.c ``.bin`` checkpoint.
+    dtype: compute dtype (and parameter dtype unless ``param_dtype`` is given).
+    tokenizer: for llama2.c checkpoints, the ``tokenizer.bin`` whose size must match the model's vocab.
+  """
+  p = Path(path)
+  if p.is_dir():
+    from elasticity.convert.hf import load_hf
+    return load_hf(p, dtype=dtype, param_dtype=param_dtype)
+  if not p.exists():
+    raise FileNotFoundError(f"{p}: no such checkpoint")
+  if p.suffix == ".gguf":
+    from elasticity.convert.gguf import load_gguf
+    return load_gguf(p, dtype=dtype, param_dtype=param_dtype)
+  if p.suffix == ".bin":
+    from elasticity.convert.llama2c import load_llama2c
+    return load_llama2c(p, tokenizer=tokenizer, dtype=dtype, param_dtype=param_dtype)
+  raise ValueError(f"{p}: unknown checkpoint kind (want a Hugging Face directory, .gguf or llama2.c .bin)")
+
+
+def save_pretrained(model: CausalLM, out_dir: str | os.PathLike, *, dtype: str | None = None) -> Path:
+  """Export to a Hugging Face directory that ``AutoModelForCausalLM.from_pretrained`` loads."""
+  from elasticity.convert.hf import save_hf
+  return save_hf(model, out_dir, dtype=dtype)

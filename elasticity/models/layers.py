@@ -1,0 +1,161 @@
+"""Shared Flax NNX layers of the decoder-only families: RMSNorm, RoPE, grouped-query attention, gated MLP.
+
+Einsum axis letters, used by every einsum in the models:
+  B batch, T query positions, S key positions, D model width, N query heads, K key/value heads,
+  G query heads per key/value head (N = K·G), H head dimension, F MLP width, V vocabulary.
+
+Every parameter carries ``logical_axes`` metadata (``vocab``, ``embed``, ``heads``, ``kv_heads``,
+``head_dim``, ``mlp``, ``norm``); `elasticity.sharding` maps those names to mesh axes.
+Parameters are stored in ``param_dtype`` and cast to the compute ``dtype`` where used; norms,
+softmax and RoPE tables are computed in float32.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from elasticity.models.config import ModelConfig, RopeConfig
+
+Array = jax.Array
+_init = nnx.initializers.normal(stddev=0.02)
+
+
+def param(rngs: nnx.Rngs, shape, axes, dtype, init=_init) -> nnx.Param:
+  """A parameter with logical axis names (one name per dimension)."""
+  assert len(shape) == len(axes), (shape, axes)
+  return nnx.Param(init(rngs.params(), shape, dtype), logical_axes=tuple(axes))
+
+
+class RMSNorm(nnx.Module):
+  """RMSNorm in float32. Llama: ``w * normed.astype(x.dtype)``; Gemma (plus_one): ``(normed * (1+w))``."""
+
+  def __init__(self, dim: int, eps: float, plus_one: bool, *, param_dtype, rngs: nnx.Rngs):
+    init = nnx.initializers.zeros if plus_one else nnx.initializers.ones
+    self.scale = param(rngs, (dim,), ("norm",), param_dtype, init)
+    self.eps = eps
+    self.plus_one = plus_one
+
+  def __call__(self, x: Array) -> Array:
+    xf = x.astype(jnp.float32)
+    normed = xf * jax.lax.rsqrt(jnp.mean(xf * xf, axis=-1, keepdims=True) + self.eps)
+    w = self.scale[...]
+    if self.plus_one:
+      return (normed * (1.0 + w.astype(jnp.float32))).astype(x.dtype)
+    return w.astype(x.dtype) * normed.astype(x.dtype)
+
+
+def rope_tables(rope: RopeConfig, head_dim: int, positions: Array) -> tuple[Array, Array]:
+  """cos, sin of shape [B, T, H] (float32) for rotate-half RoPE at integer ``positions`` [B, T]."""
+  inv_freq = jnp.asarray(rope.inv_freq(head_dim))
+  freqs = positions.astype(jnp.float32)[..., None] * inv_freq  # [B, T, H/2]
+  emb = jnp.concatenate([freqs, freqs], axis=-1)
+  return jnp.cos(emb), jnp.sin(emb)
+
+
+def apply_rope(x: Array, cos: Array, sin: Array) -> Array:
+  """Rotate-half RoPE on x [B, T, heads, H]; tables cast to x's dtype as `transformers` does."""
+  cos = cos[:, :, None, :].astype(x.dtype)
+  sin = sin[:, :, None, :].astype(x.dtype)
+  half = x.shape[-1] // 2
+  rotated = jnp.concatenate([-x[..., half:], x[..., :half]], axis=-1)
+  return x * cos + rotated * sin
+
+
+class Attention(nnx.Module):
+  """Grouped-query self-attention with optional q/k/v bias, q/k norms and logit soft-capping."""
+
+  def __init__(self, cfg: ModelConfig, *, dtype, param_dtype, rngs: nnx.Rngs):
+    d, n, k, h = cfg.hidden_size, cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
+    self.q = param(rngs, (d, n, h), ("embed", "heads", "head_dim"), param_dtype)
+    self.k = param(rngs, (d, k, h), ("embed", "kv_heads", "head_dim"), param_dtype)
+    self.v = param(rngs, (d, k, h), ("embed", "kv_heads", "head_dim"), param_dtype)
+    self.o = param(rngs, (n, h, d), ("heads", "head_dim", "embed"), param_dtype)
+    zeros = nnx.initializers.zeros
+    if cfg.qkv_bias:
+      self.q_bias = param(rngs, (n, h), ("heads", "head_dim"), param_dtype, zeros)
+      self.k_bias = param(rngs, (k, h), ("kv_heads", "head_dim"), param_dtype, zeros)
+      self.v_bias = param(rngs, (k, h), ("kv_heads", "head_dim"), param_dtype, zeros)
+    if cfg.o_bias:
+      self.o_bias = param(rngs, (d,), ("embed",), param_dtype, zeros)
+    if cfg.qk_norm:
+      self.q_norm = RMSNorm(h, cfg.rms_norm_eps, cfg.norm_plus_one, param_dtype=param_dtype, rngs=rngs)
+      self.k_norm = RMSNorm(h, cfg.rms_norm_eps, cfg.norm_plus_one, param_dtype=param_dtype, rngs=rngs)
+    self.cfg = cfg
+    self.dtype = dtype
+
+  def __call__(self, x: Array, cos: Array, sin: Array, mask: Array,
+               cache: dict[str, Any] | None = None) -> tuple[Array, dict[str, Any] | None]:
+    """x [B,T,D]; mask [B,T,S] bool (S = T, or the cache length); returns ([B,T,D], new cache)."""
+    cfg, dt = self.cfg, self.dtype
+    x = x.astype(dt)
+    q = jnp.einsum("BTD,DNH->BTNH", x, self.q[...].astype(dt))
+    k = jnp.einsum("BTD,DKH->BTKH", x, self.k[...].astype(dt))
+    v = jnp.einsum("BTD,DKH->BTKH", x, self.v[...].astype(dt))
+    if cfg.qkv_bias:
+      q = q + self.q_bias[...].astype(dt)
+      k = k + self.k_bias[...].astype(dt)
+      v = v + self.v_bias[...].astype(dt)
+    if cfg.qk_norm:
+      q, k = self.q_norm(q), self.k_norm(k)
+    q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+    if cache is not None:
+      idx = cache["index"]
+      k = jax.lax.dynamic_update_slice_in_dim(cache["k"], k.astype(cache["k"].dtype), idx, axis=1)
+      v = jax.lax.dynamic_update_slice_in_dim(cache["v"], v.astype(cache["v"].dtype), idx, axis=1)
+      cache = {**cache, "k": k, "v": v}
+      k, v = k.astype(dt), v.astype(dt)
+    b, t, n, h = q.shape
+    kh = k.shape[2]
+    q = q.reshape(b, t, kh, n // kh, h)
+    scores = jnp.einsum("BTKGH,BSKH->BKGTS", q, k, preferred_element_type=jnp.float32)
+    scores = scores * jnp.float32(cfg.attn_scale)
+    if cfg.attn_logit_softcap:
+      cap = jnp.float32(cfg.attn_logit_softcap)
+      scores = jnp.tanh(scores / cap) * cap
+    scores = jnp.where(mask[:, None, None, :, :], scores, jnp.finfo(jnp.float32).min)
+    probs = jax.nn.softmax(scores, axis=-1).astype(dt)
+    out = jnp.einsum("BKGTS,BSKH->BTKGH", probs, v).reshape(b, t, n, h)
+    y = jnp.einsum("BTNH,NHD->BTD", out, self.o[...].astype(dt))
+    if cfg.o_bias:
+      y = y + self.o_bias[...].astype(dt)
+    return y, cache
+
+
+class MLP(nnx.Module):
+  """Gated MLP: down(act(gate(x)) * up(x)) with SiLU (Llama, Qwen) or tanh-GELU (Gemma)."""
+
+  def __init__(self, cfg: ModelConfig, *, dtype, param_dtype, rngs: nnx.Rngs):
+    d, f = cfg.hidden_size, cfg.intermediate_size
+    self.gate = param(rngs, (d, f), ("embed", "mlp"), param_dtype)
+    self.up = param(rngs, (d, f), ("embed", "mlp"), param_dtype)
+    self.down = param(rngs, (f, d), ("mlp", "embed"), param_dtype)
+    self.activation = cfg.activation
+    self.dtype = dtype
+
+  def __call__(self, x: Array) -> Array:
+    dt = self.dtype
+    x = x.astype(dt)
+    g = jnp.einsum("BTD,DF->BTF", x, self.gate[...].astype(dt))
+    u = jnp.einsum("BTD,DF->BTF", x, self.up[...].astype(dt))
+    act = jax.nn.silu(g) if self.activation == "silu" else jax.nn.gelu(g, approximate=True)
+    return jnp.einsum("BTF,FD->BTD", act * u, self.down[...].astype(dt))
+
+
+def attention_mask(q_slots: Array, k_slots: Array, k_valid: Array, window: int | None,
+                   q_segments: Array | None = None, k_segments: Array | None = None) -> Array:
+  """Boolean [B, T, S] mask: causal on slot indices, padding, packed segments, sliding window.
+
+  q_slots [B, T] and k_slots [S] are row slot indices (not RoPE positions), so left padding and
+  cached decoding share one rule; k_valid [B, S] marks real (non-padding) keys.
+  """
+  diff = q_slots[:, :, None] - k_slots[None, None, :]
+  allowed = (diff >= 0) & k_valid[:, None, :]
+  if window is not None:
+    allowed &= diff < window
+  if q_segments is not None and k_segments is not None:
+    allowed &= q_segments[:, :, None] == k_segments[:, None, :]
+  return allowed

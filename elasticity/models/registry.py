@@ -1,0 +1,49 @@
+"""Hugging Face ``model_type`` → family module; builds a `CausalLM` from a config.
+
+To add a family: write ``elasticity/models/<family>.py`` with ``MODEL_TYPES``, ``config_from_hf`` and
+``config_to_hf`` (translating its quirks into `ModelConfig` switches) and list it in ``FAMILIES``.
+"""
+
+from __future__ import annotations
+
+from types import ModuleType
+from typing import Any
+
+import jax.numpy as jnp
+from flax import nnx
+
+from elasticity.models import gemma, llama, qwen2
+from elasticity.models.config import ModelConfig
+from elasticity.models.transformer import CausalLM
+
+FAMILIES: tuple[ModuleType, ...] = (llama, qwen2, gemma)
+_BY_TYPE = {t: m for m in FAMILIES for t in m.MODEL_TYPES}
+_BY_FAMILY = {"llama": llama, "qwen2": qwen2, "gemma": gemma, "gemma2": gemma, "gemma3": gemma}
+
+
+def supported_model_types() -> tuple[str, ...]:
+  return tuple(sorted(_BY_TYPE))
+
+
+def config_from_hf(d: dict[str, Any]) -> ModelConfig:
+  """A `ModelConfig` from a Hugging Face config dictionary (``config.json`` contents)."""
+  model_type = d.get("model_type")
+  if model_type not in _BY_TYPE:
+    raise ValueError(f"unsupported model_type {model_type!r}; supported: {', '.join(supported_model_types())}")
+  return _BY_TYPE[model_type].config_from_hf(d)
+
+
+def config_to_hf(cfg: ModelConfig) -> dict[str, Any]:
+  """The ``config.json`` dictionary (transformers 5 layout) of a `ModelConfig`."""
+  return _BY_FAMILY[cfg.family].config_to_hf(cfg)
+
+
+def create_model(cfg: ModelConfig, *, dtype=jnp.float32, param_dtype=None, seed: int = 0) -> CausalLM:
+  """A randomly initialised model (normal(0.02) weights)."""
+  return CausalLM(cfg, dtype=dtype, param_dtype=param_dtype or dtype, rngs=nnx.Rngs(seed))
+
+
+def abstract_model(cfg: ModelConfig, *, dtype=jnp.float32, param_dtype=None) -> CausalLM:
+  """The model with `jax.ShapeDtypeStruct` leaves: no memory allocated (for shapes, counts, shardings)."""
+  return nnx.eval_shape(lambda: CausalLM(cfg, dtype=dtype, param_dtype=param_dtype or dtype,
+                                         rngs=nnx.Rngs(0)))
