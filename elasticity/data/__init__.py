@@ -1,9 +1,33 @@
-"""Datasets for the elasticity experiments: named loaders over local files, HF and TFDS."""
+"""Datasets for the elasticity experiments: loading, subsets, prompt formats, SFT masks, packing.
 
+Typical use::
+
+  from elasticity import data
+  recs = data.load_dataset("imdb", split="train", label="pos", prompt_len=8)
+  recs = data.take(recs, 2000, seed=42)
+  toks = data.tokenize(recs, tokenizer, template="plain", max_length=512)
+  for batch in data.batches(toks, batch_size=8, max_length=512, pack=True): ...
+
+Modules: ``registry`` (names -> loaders), ``builtin``/``imdb`` (the datasets), ``sources`` (file,
+Hugging Face and TFDS readers), ``records`` (schemas and checks), ``errors``, ``subsets``,
+``formats``, ``tokenize``, ``packing``, ``batches``.
+"""
+
+from elasticity.data.batches import batches, preference_batches
 from elasticity.data.errors import DataError
+from elasticity.data.formats import TEMPLATES, Formatted, alpaca_prompt, format_example
 from elasticity.data.imdb import split_prompt
+from elasticity.data.packing import bucket_order, pack, pad_batch, plan_rows
 from elasticity.data.records import KINDS, Records, utf8_bytes
 from elasticity.data.registry import available, load_dataset, register
+from elasticity.data.subsets import order, parse_counts, split_disjoint, take, take_indices
+from elasticity.data.tokenize import (POLICIES, PreferencePair, TokenizedDataset, TokenizedExample,
+                                      TokenizeReport, tokenize, tokenize_preference)
 
-__all__ = ["DataError", "KINDS", "Records", "available", "load_dataset", "register",
-           "split_prompt", "utf8_bytes"]
+__all__ = [
+    "DataError", "Formatted", "KINDS", "POLICIES", "PreferencePair", "Records", "TEMPLATES",
+    "TokenizeReport", "TokenizedDataset", "TokenizedExample", "alpaca_prompt", "available",
+    "batches", "bucket_order", "format_example", "load_dataset", "order", "pack", "pad_batch",
+    "parse_counts", "plan_rows", "preference_batches", "register", "split_disjoint",
+    "split_prompt", "take", "take_indices", "tokenize", "tokenize_preference", "utf8_bytes",
+]
