@@ -4,7 +4,7 @@ Everything that turns text into ids (data pipelines, the compression kernel, gen
 ``Tokenizer`` protocol below, never to ``transformers``/``sentencepiece``/``tiktoken`` directly.
 ``load_tokenizer(path)`` picks the implementation from the path:
 
-* a Hugging Face folder (``tokenizer.json``/``tokenizer_config.json``) or ``tokenizer.json`` -> ``HFTokenizer``
+* a Hugging Face folder (``tokenizer.json``/``tokenizer_config.json``) -> ``HFTokenizer``
 * a ``.gguf`` file -> ``HFTokenizer`` (``AutoTokenizer.from_pretrained(folder, gguf_file=name)``)
 * a SentencePiece ``.model`` file -> ``SentencePieceTokenizer`` (ids identical to ``sentencepiece``)
 * a llama2.c ``tokenizer.bin`` (``.bin``) -> ``Llama2cTokenizer`` (a port of llama2.c's ``encode``)
@@ -403,9 +403,9 @@ class TiktokenTokenizer:
   @classmethod
   def gpt2(cls, folder: str | os.PathLike) -> "TiktokenTokenizer":
     import tiktoken  # pylint: disable=import-outside-toplevel
-    from tiktoken.load import data_gym_to_mergeable_bpe_ranks  # pylint: disable=import-outside-toplevel
+    from tiktoken import load as tiktoken_load  # pylint: disable=import-outside-toplevel
     folder = Path(folder)
-    ranks = data_gym_to_mergeable_bpe_ranks(str(folder / "vocab.bpe"), str(folder / "encoder.json"))
+    ranks = tiktoken_load.data_gym_to_mergeable_bpe_ranks(str(folder / "vocab.bpe"), str(folder / "encoder.json"))
     enc = tiktoken.Encoding(name="gpt2", pat_str=GPT2_PATTERN, mergeable_ranks=ranks,
                             special_tokens={"<|endoftext|>": len(ranks)})
     # GPT-2's BOS and EOS are both <|endoftext|>; it is not prepended by convention.

@@ -202,9 +202,8 @@ def _jsonl(path, lines: list[bytes]):
 
 
 def test_generic_jsonl_with_field_mapping(tmp_path):
-  p = _jsonl(tmp_path / "qa.jsonl", [json.dumps({"question": "Q1?", "answer": "A1", "tag": 3}).encode(),
-                                     b"",
-                                     json.dumps({"question": "Q2?", "answer": "A2", "tag": 4}).encode()])
+  rows = [{"question": "Q1?", "answer": "A1", "tag": 3}, {"question": "Q2?", "answer": "A2", "tag": 4}]
+  p = _jsonl(tmp_path / "qa.jsonl", [json.dumps(rows[0]).encode(), b"", json.dumps(rows[1]).encode()])
   recs = data.load_dataset("jsonl", path=p, fields={"prompt": "question", "response": "answer",
                                                     "label": "tag"})
   assert recs.kind == "sft"

@@ -1,4 +1,4 @@
-"""Tests for deterministic subsets: exact indices (a platform change must show), nesting, disjointness."""
+"""Tests for data.subsets: pinned indices (a platform change must show), nesting, disjointness."""
 
 from __future__ import annotations
 

@@ -130,9 +130,12 @@ def test_text_records_score_everything_but_the_first_token(tok512):
   ex = toks[0]
   assert ex.prompt_len == 1 and ex.input_ids[0] == tok512.bos_id
   assert ex.loss_mask.tolist() == [0] + [1] * (ex.length - 1)
-  no_bos = data.tokenize([{"text": "Once upon a time."}], tok512, add_bos=False, add_eos=False)[0]
-  assert no_bos.loss_mask[0] == 0 and no_bos.loss_mask[1:].all()  # token 0 has no context
-  assert no_bos.response_bytes == len("Once upon a time.")
+  assert toks.report.first_token_unscored == []
+  no_bos = data.tokenize([{"text": "Once upon a time."}], tok512, add_bos=False, add_eos=False)
+  ex = no_bos[0]
+  assert ex.loss_mask[0] == 0 and ex.loss_mask[1:].all()  # token 0 has no context
+  assert ex.response_bytes == len("Once upon a time.")
+  assert no_bos.report.first_token_unscored == [0]
 
 
 def test_response_bytes_are_utf8(tok512):

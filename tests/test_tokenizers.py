@@ -136,7 +136,8 @@ def test_sentencepiece_model(shared_dir_module, llama2_sp):
 
 
 def test_llama3_tiktoken(shared_dir_module):
-  tok = tk.load_tokenizer(require(shared_dir_module / "tokenizers/llama3/tokenizer_llama3.tiktoken"))
+  path = shared_dir_module / "tokenizers/llama3/tokenizer_llama3.tiktoken"
+  tok = tk.load_tokenizer(require(path))
   assert isinstance(tok, tk.TiktokenTokenizer)
   assert (tok.vocab_size, tok.bos_id, tok.eos_id, tok.pad_id) == (128256, 128000, 128001, 128001)
   # Published Llama 3 ids: "Hello world!" -> <|begin_of_text|> Hello ␣world !

@@ -1,4 +1,4 @@
-"""Named datasets: ``register(name)`` a loader, ``load_dataset(name, ...)`` it, ``available()`` lists.
+"""Named datasets: ``register(name)`` a loader, ``load_dataset(name, ...)`` it, ``available()``.
 
 A loader is a function ``(*, split, data_dir, source, on_error, **kw) -> Records``. ``data_dir`` is
 the folder holding the source's files (default: ``shared_path("data", <name>)``); ``source`` is

@@ -133,7 +133,8 @@ def iter_parquet(path: str | os.PathLike) -> Iterator[Row]:
     yield Row(n, obj)
 
 
-def iter_file(path: str | os.PathLike, format: str | None = None) -> Iterator[Row]:  # pylint: disable=redefined-builtin
+def iter_file(path: str | os.PathLike,
+              format: str | None = None) -> Iterator[Row]:  # pylint: disable=redefined-builtin
   """Rows of a local file in any supported format (from the name unless ``format`` is given)."""
   path = Path(path)
   if not path.is_file():
@@ -146,8 +147,9 @@ def iter_file(path: str | os.PathLike, format: str | None = None) -> Iterator[Ro
 
 
 def map_fields(row: Row, fields: Mapping[str, str], *, file: str, unit: str,
-               text_fields: frozenset[str] | set[str], allow_empty: frozenset[str] | set[str] = frozenset(),
-               optional: frozenset[str] | set[str] = frozenset()) -> dict:
+               text_fields: set[str] | frozenset[str],
+               allow_empty: set[str] | frozenset[str] = frozenset(),
+               optional: set[str] | frozenset[str] = frozenset()) -> dict:
   """``{target: raw[source]}`` for every ``target: source`` of ``fields``, validated.
 
   Args:

@@ -1,4 +1,4 @@
-"""Tokenization with SFT masks: formatted records -> ``input_ids`` + ``loss_mask``, truncation reported.
+"""Tokenization with SFT masks: records -> ``input_ids`` + ``loss_mask``, truncation reported.
 
 Masks: ``loss_mask[t] = 1`` iff token ``t`` is scored, i.e. predicted from tokens ``< t`` (the loss
 and the compression rate γ read logits at ``t - 1``). Only response tokens are scored, plus the
@@ -20,6 +20,10 @@ Truncation to ``max_length`` follows an explicit policy:
   for one response token is dropped.
 * ``"drop"``: drop examples that do not fit.
 * ``"error"``: raise a ``DataError`` naming the example.
+
+With an empty prompt and no BOS the first response token sits at position 0 and cannot be scored;
+such examples are listed in ``report.first_token_unscored`` (their ``response_bytes`` then cover one
+token more than is scored: give them a BOS, or a prompt, when measuring bits/byte).
 
 Each example keeps its response text and its UTF-8 byte count (``response_bytes``) for bits/byte;
 for an example whose response was cut, ``response_truncated`` says that count covers more text
@@ -93,12 +97,14 @@ class TokenizeReport:
   response_truncated: list[int] = field(default_factory=list)
   dropped: list[int] = field(default_factory=list)
   boundary_merges: list[int] = field(default_factory=list)
+  first_token_unscored: list[int] = field(default_factory=list)
 
   def __str__(self) -> str:
     return (f"tokenized {self.n_examples} examples (max_length={self.max_length}, "
             f"policy={self.policy!r}): kept {self.n_kept}, dropped {len(self.dropped)}, "
             f"prompt truncated {len(self.prompt_truncated)}, response truncated "
-            f"{len(self.response_truncated)}, boundary merges {len(self.boundary_merges)}")
+            f"{len(self.response_truncated)}, boundary merges {len(self.boundary_merges)}, "
+            f"first response token unscored {len(self.first_token_unscored)}")
 
 
 class TokenizedDataset(list):
@@ -231,6 +237,8 @@ def tokenize(examples: Sequence[dict], tokenizer, *, template: str = "plain",
       continue
     prompt, (resp,), p_cut, (r_cut,) = fitted
     out.append(_example(bos, prompt, resp, f, i, p_cut, r_cut, ex, response_key))
+    if not bos and not prompt and resp:
+      report.first_token_unscored.append(i)
     if p_cut:
       report.prompt_truncated.append(i)
     if r_cut:
@@ -272,6 +280,8 @@ def tokenize_preference(examples: Sequence[dict], tokenizer, *, template: str = 
     prompt, (rc, rr), p_cut, (c_cut, r_cut) = fitted
     out.append(PreferencePair(_example(bos, prompt, rc, fc, i, p_cut, c_cut, ex, "chosen"),
                               _example(bos, prompt, rr, fr, i, p_cut, r_cut, ex, "rejected")))
+    if not bos and not prompt and (rc or rr):
+      report.first_token_unscored.append(i)
     if p_cut:
       report.prompt_truncated.append(i)
     if c_cut or r_cut:
