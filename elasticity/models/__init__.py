@@ -28,12 +28,16 @@ def load_pretrained(path: str | os.PathLike, *, dtype=jnp.float32, param_dtype=N
   """Load a checkpoint into a Flax model.
 
   Args:
-    path: a Hugging Face directory (``config.json`` + safetensors, sharded or not), a ``.gguf`` file
+    path: a Hugging Face directory (``config.json`` + safetensors, sharded or not), an orbax export
+      (``config.json`` + ``params/``, from ``launch.convert --to=orbax``), a ``.gguf`` file
       (dequantized through transformers' GGUF reader), or a llama2.c ``.bin`` checkpoint.
     dtype: compute dtype (and parameter dtype unless ``param_dtype`` is given).
     tokenizer: for llama2.c checkpoints, the ``tokenizer.bin`` whose size must match the model's vocab.
   """
   p = Path(path)
+  if p.is_dir() and (p / "params").is_dir() and not any(p.glob("*.safetensors")):
+    from elasticity.convert.orbax_model import load_orbax
+    return load_orbax(p, dtype=dtype, param_dtype=param_dtype)
   if p.is_dir():
     from elasticity.convert.hf import load_hf
     return load_hf(p, dtype=dtype, param_dtype=param_dtype)

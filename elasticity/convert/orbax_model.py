@@ -1,0 +1,69 @@
+"""Model export/import as an orbax checkpoint: ``<dir>/config.json`` (the HF config) + ``<dir>/params``.
+
+The parameters are saved with ``ocp.StandardCheckpointer`` as a pure-dict pytree, so they restore on any
+mesh: pass ``shardings`` (a matching pytree of `jax.sharding.Sharding`) to `load_orbax`. The directory
+appears only when complete (written to a temporary sibling and renamed).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import orbax.checkpoint as ocp
+from flax import nnx
+
+from elasticity.models.registry import abstract_model, config_from_hf, config_to_hf
+from elasticity.models.transformer import CausalLM
+
+
+def save_orbax(model: CausalLM, out_dir: str | os.PathLike) -> Path:
+  out_dir = Path(out_dir).absolute()
+  out_dir.parent.mkdir(parents=True, exist_ok=True)
+  tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
+  try:
+    (tmp / "config.json").write_text(json.dumps(config_to_hf(model.config), indent=2, sort_keys=True))
+    params = nnx.to_pure_dict(nnx.state(model, nnx.Param))
+    ckptr = ocp.StandardCheckpointer()
+    ckptr.save(tmp / "params", _str_keys(params))
+    ckptr.wait_until_finished()
+    if out_dir.exists():
+      shutil.rmtree(out_dir)
+    tmp.rename(out_dir)
+  except BaseException:
+    shutil.rmtree(tmp, ignore_errors=True)
+    raise
+  return out_dir
+
+
+def load_orbax(path: str | os.PathLike, *, dtype=jnp.float32, param_dtype=None,
+               shardings=None) -> CausalLM:
+  path = Path(path).absolute()
+  cfg = config_from_hf(json.loads((path / "config.json").read_text()))
+  graphdef, state = nnx.split(abstract_model(cfg, dtype=dtype, param_dtype=param_dtype))
+  pure = _str_keys(nnx.to_pure_dict(state))
+  target = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), pure)
+  if shardings is not None:
+    target = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), target,
+                          _str_keys(shardings))
+  restored = ocp.StandardCheckpointer().restore(path / "params", target)
+  nnx.replace_by_pure_dict(state, _int_keys(restored))
+  return nnx.merge(graphdef, state)
+
+
+def _str_keys(tree):
+  """orbax wants string keys; layer indices become "0", "1", …"""
+  if isinstance(tree, dict):
+    return {str(k): _str_keys(v) for k, v in tree.items()}
+  return tree
+
+
+def _int_keys(tree):
+  if isinstance(tree, dict):
+    return {(int(k) if isinstance(k, str) and k.isdigit() else k): _int_keys(v) for k, v in tree.items()}
+  return tree
