@@ -11,12 +11,17 @@ Masking rules: causal on row slots; ``attention_mask`` [B, T] (1 = real token) r
 other; ``positions`` [B, T] are RoPE positions. Defaults: positions count real tokens
 (``cumsum(attention_mask) - 1``) or restart at each new segment.
 
+Training memory: ``model.remat`` names a `jax.checkpoint` policy applied to each decoder layer in
+the cache-free forward (``REMAT_POLICIES``; None = keep all activations). It is a static attribute, so
+set it before ``nnx.split``.
+
 Decoding uses a functional KV cache (a pytree from ``init_cache``) so that ``generate`` can jit a pure
 function of ``(graphdef, state, cache)``.
 """
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 import jax
@@ -28,6 +33,26 @@ from elasticity.models.layers import MLP, Attention, RMSNorm, param, rope_tables
 from elasticity.models.layers import attention_mask as make_mask
 
 Array = jax.Array
+
+# Per-layer rematerialisation policies, by name: "full" keeps only each layer's input, "dots" also
+# keeps the outputs of weight matmuls (no batch dims), "dots_all" those of every matmul.
+REMAT_POLICIES = {
+    "full": jax.checkpoint_policies.nothing_saveable,
+    "dots": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
+    "dots_all": jax.checkpoint_policies.dots_saveable,
+}
+
+
+def _remat_layer(layer: "DecoderLayer", policy: str, x, cos, sin, mask):
+  """One layer's forward under `jax.checkpoint` with a named policy (no cache)."""
+  if policy not in REMAT_POLICIES:
+    raise ValueError(f"remat policy {policy!r} is not one of {sorted(REMAT_POLICIES)} (or None)")
+  graphdef, state = nnx.split(layer)
+
+  @functools.partial(jax.checkpoint, policy=REMAT_POLICIES[policy])
+  def run(state, x, cos, sin, mask):
+    return nnx.merge(graphdef, state)(x, cos, sin, mask)[0]
+  return run(state, x, cos, sin, mask)
 
 
 class DecoderLayer(nnx.Module):
@@ -86,6 +111,7 @@ class CausalLM(nnx.Module):
                               param_dtype=param_dtype, rngs=rngs)
     if not cfg.tie_embeddings:
       self.lm_head = param(rngs, (cfg.hidden_size, cfg.vocab_size), ("embed", "vocab"), param_dtype)
+    self.remat: str | None = None
 
   # -- pieces -------------------------------------------------------------------------------------
   def embed_tokens(self, input_ids: Array) -> Array:
@@ -157,6 +183,9 @@ class CausalLM(nnx.Module):
       layer_cache = None
       if cache is not None:
         layer_cache = {**cache["layers"][i], "index": cache["index"]}
+      elif self.remat:
+        x = _remat_layer(layer, self.remat, x, cos, sin, masks[cfg.window(i)])
+        continue
       x, layer_cache = layer(x, cos, sin, masks[cfg.window(i)], layer_cache)
       if cache is not None:
         new_layers.append({"k": layer_cache["k"], "v": layer_cache["v"]})
