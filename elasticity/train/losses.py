@@ -10,12 +10,15 @@ Batch fields (numpy/jax arrays, leading dimension B):
 
 * SFT and KTO: ``input_ids`` [B, T], ``attention_mask`` [B, T] (1 = real token), ``loss_mask`` [B, T]
   (1 where token t is a response token whose prediction is scored), optional ``positions`` and
-  ``segment_ids`` (packed rows); ``loss_mask`` values act as per-token weights. KTO adds ``label`` [B] (1 desirable, 0 undesirable), optional
+  ``segment_ids`` (packed rows); ``loss_mask`` values act as per-token weights. KTO adds ``label``
+  [B] (1 desirable, 0 undesirable), optional
   ``ref_logps`` [B] (precomputed reference), optional ``kl_input_ids``/``kl_attention_mask``/
   ``kl_loss_mask`` (mismatched prompt–completion pairs for the reference point z0) and ``ref_kl_logps``.
 * DPO and SimPO: the SFT fields prefixed ``chosen_`` and ``rejected_``; DPO optionally
   ``ref_chosen_logps``/``ref_rejected_logps`` [B] (precomputed once by `reference_logps`); without
   them the reference model is run on the fly (no gradient).
+* Preference objectives count examples; an optional ``example_mask`` [B] (0 = a padding row of the
+  last batch) keeps padding rows out of sums and counts.
 
 The closed-form cores (`dpo_losses`, `simpo_losses`, `kto_losses`, `sft_sums`) are pure functions of
 log-probabilities, tested against their analytic values and gradients.
@@ -96,8 +99,12 @@ def _logps(model, batch: Mapping[str, Array], prefix: str, chunk_size: int) -> t
   return sequence_logps(lp, valid, batch[prefix + "loss_mask"])
 
 
-def _mean_pair(x: Array) -> tuple[Array, Array]:
-  return jnp.sum(x), jnp.asarray(x.shape[0], jnp.float32)
+def _per_example(x: Array, batch: Mapping[str, Array]) -> tuple[Array, Array]:
+  """(Σ over real examples, their number): ``example_mask`` [B] (0 = padding row) if present."""
+  if "example_mask" not in batch:
+    return jnp.sum(x), jnp.asarray(x.shape[0], jnp.float32)
+  w = jnp.asarray(batch["example_mask"], jnp.float32)
+  return jnp.sum(jnp.where(w > 0, x * w, 0.0)), jnp.sum(w)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -151,15 +158,17 @@ class Objective:
     else:
       rc, rr = self._ref(ref_model, batch, "chosen_"), self._ref(ref_model, batch, "rejected_")
     losses, rew_c, rew_r = dpo_losses(pc, pr, rc, rr, self.beta)
-    return {"loss": _mean_pair(losses), "reward_margin": _mean_pair(rew_c - rew_r),
-            "reward_accuracy": _mean_pair((rew_c > rew_r).astype(jnp.float32))}
+    return {"loss": _per_example(losses, batch),
+            "reward_margin": _per_example(rew_c - rew_r, batch),
+            "reward_accuracy": _per_example((rew_c > rew_r).astype(jnp.float32), batch)}
 
   def _simpo(self, model, batch, ref_model) -> Sums:
     pc, nc = _logps(model, batch, "chosen_", self.chunk_size)
     pr, nr = _logps(model, batch, "rejected_", self.chunk_size)
     losses, rew_c, rew_r = simpo_losses(pc, pr, nc, nr, self.beta, self.gamma)
-    return {"loss": _mean_pair(losses), "reward_margin": _mean_pair(rew_c - rew_r),
-            "reward_accuracy": _mean_pair((rew_c > rew_r).astype(jnp.float32))}
+    return {"loss": _per_example(losses, batch),
+            "reward_margin": _per_example(rew_c - rew_r, batch),
+            "reward_accuracy": _per_example((rew_c > rew_r).astype(jnp.float32), batch)}
 
   def _kto(self, model, batch, ref_model) -> Sums:
     p, _ = _logps(model, batch, "", self.chunk_size)
@@ -173,7 +182,8 @@ class Objective:
       z0 = jnp.zeros((), jnp.float32)
     losses, rewards = kto_losses(p, ref, batch["label"], z0, self.beta, self.desirable_weight,
                                  self.undesirable_weight)
-    return {"loss": _mean_pair(losses), "reward": _mean_pair(rewards), "kl_z0": (z0, jnp.ones(()))}
+    return {"loss": _per_example(losses, batch), "reward": _per_example(rewards, batch),
+            "kl_z0": (z0, jnp.ones(()))}
 
 
 def reference_logps(objective: Objective, ref_model, batch: Mapping[str, Array]) -> dict[str, Array]:

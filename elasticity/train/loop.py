@@ -1,0 +1,419 @@
+"""The training loop: from a validated config and a work directory to a trained, exported model.
+
+    from elasticity.train.loop import train
+    result = train(config, workdir)       # configs/sft.py:tiny → <workdir>/{checkpoints,hf,metrics.jsonl}
+
+What it does, in order: joins the other processes (`jax.distributed`), builds the mesh, loads the
+tokenizer, the data and the model on the host, creates the sharded train state (or restores the
+latest checkpoint — state, data position and RNG — so a restarted run continues exactly), jits the
+step once, then loops: a progress line every ``train.log_every`` steps (step, loss, tokens/s,
+estimated MFU, ETA), every step's metrics to ``metrics.jsonl`` and TensorBoard, compression rates on
+named datasets every ``eval.every`` steps, a checkpoint every ``checkpoint.every`` steps (keeping
+``checkpoint.keep``). SIGTERM/SIGINT (a TPU preemption notice, Ctrl-C, SLURM's time limit) saves a
+checkpoint and returns ``status="preempted"``; a non-finite loss raises `NonFiniteLossError` naming the
+step, leaving the last good checkpoint as it was. At the end the model is exported to
+``<workdir>/hf`` (a Hugging Face directory).
+
+Metrics are read one step late (the host reads step N−1's numbers while the device runs step N), and
+the step itself refuses a non-finite update, so a bad batch never reaches the parameters.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import signal
+import threading
+import time
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from absl import logging
+
+from elasticity import sharding as shd
+from elasticity.train import config as config_lib
+from elasticity.train import metrics as metrics_lib
+from elasticity.train.checkpoint import Checkpointer
+from elasticity.train.data import BatchStream, load_examples, select
+from elasticity.train.losses import objective_from_config
+from elasticity.train.optimizer import make_optimizer
+from elasticity.train.step import (batch_shardings, init_train_state, make_reference_fn,
+                                   make_train_step, split_params, state_shardings, with_shardings)
+
+_DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
+
+
+class NonFiniteLossError(FloatingPointError):
+  """The loss (or gradient norm) of a step was NaN or infinite; the run stopped at that step."""
+
+  def __init__(self, step: int, loss: float, grad_norm: float, last_checkpoint: int | None,
+               directory: str):
+    self.step, self.last_checkpoint = step, last_checkpoint
+    where = (f"the last good checkpoint is step {last_checkpoint} in {directory}"
+             if last_checkpoint is not None else f"no checkpoint was written yet in {directory}")
+    super().__init__(f"step {step}: non-finite loss {loss} (grad norm {grad_norm}); the update was "
+                     f"not applied and the run stopped; {where}")
+
+
+@dataclasses.dataclass
+class RunResult:
+  status: str                  # "completed" | "preempted"
+  step: int                    # optimizer steps done
+  total_steps: int
+  workdir: str
+  export_dir: str | None = None
+  last: dict[str, float] = dataclasses.field(default_factory=dict)
+
+
+class _Stop:
+  """SIGTERM/SIGINT → a flag the loop polls after each step (handlers restored on exit)."""
+
+  def __init__(self):
+    self.requested = False
+    self._old: dict[int, Any] = {}
+
+  def __enter__(self):
+    if threading.current_thread() is threading.main_thread():
+      for sig in (signal.SIGTERM, signal.SIGINT):
+        self._old[sig] = signal.signal(sig, self._handle)
+    return self
+
+  def _handle(self, signum, frame):
+    del frame
+    logging.warning("received signal %d: saving a checkpoint after this step, then exiting", signum)
+    self.requested = True
+
+  def __exit__(self, *exc):
+    for sig, old in self._old.items():
+      signal.signal(sig, old)
+
+
+def _load_model(cfg, tokenizer_path: str | None):
+  """(model on the host, its abstract twin) with compute/param dtypes and the remat policy."""
+  from elasticity.models import abstract_model, load_pretrained
+  dtype, pdtype = _DTYPES[cfg.model.dtype], _DTYPES[cfg.model.param_dtype]
+  remat = None if cfg.model.remat == "none" else cfg.model.remat
+  if cfg.model.random_init:
+    from elasticity.models.presets import preset_config
+    mcfg = preset_config(cfg.model.random_init)
+    model = None
+  else:
+    cpu = jax.local_devices(backend="cpu")[0]
+    with jax.default_device(cpu):   # host memory: never one accelerator holding the whole model
+      model = load_pretrained(cfg.model.path, dtype=dtype, param_dtype=pdtype,
+                              tokenizer=tokenizer_path)
+    mcfg = model.config
+    model.remat = remat
+  abstract = abstract_model(mcfg, dtype=dtype, param_dtype=pdtype)
+  abstract.remat = remat
+  return model, abstract
+
+
+def _tokenizer_path(cfg) -> str:
+  return cfg.model.tokenizer or cfg.model.path
+
+
+def _n_params(abstract_params) -> int:
+  return int(sum(np.prod(x.shape) for x in jax.tree.leaves(abstract_params)))
+
+
+def _real_tokens(batch: Mapping[str, np.ndarray]) -> int:
+  for k in ("attention_mask", "chosen_attention_mask"):
+    if k in batch:
+      n = int(np.asarray(batch[k]).sum())
+      return n + (int(np.asarray(batch["rejected_attention_mask"]).sum()) if k.startswith("chosen") else 0)
+  return int((np.asarray(batch["segment_ids"]) > 0).sum())
+
+
+class _Evaluator:
+  """Compression rates of the current model on the configured datasets (the elasticity signal).
+
+  Uses `elasticity.compression.measure` (bits/token, bits/byte, normalized γ).
+  """
+
+  def __init__(self, cfg, tokenizer, mesh):
+    self.datasets = {}
+    if cfg.eval.every <= 0 or not cfg.eval.datasets:
+      return
+    from elasticity import data
+    for name, ds in cfg.eval.datasets.items():
+      records = data.load_dataset(ds.name, ds.get("split") or None, **dict(ds.get("load_kwargs") or {}))
+      self.datasets[name] = (select(records, ds), ds.get("template", "plain"))
+    self.cfg, self.tokenizer, self.mesh = cfg, tokenizer, mesh
+    self.scorer = None
+
+  def __call__(self, model) -> dict[str, float]:
+    if not self.datasets:
+      return {}
+    try:
+      from elasticity import compression
+    except ImportError as e:
+      logging.log_first_n(logging.WARNING, "eval skipped: elasticity.compression unavailable (%s)", 1, e)
+      return {}
+    if self.scorer is None:
+      self.scorer = compression.Scorer(model, mesh=self.mesh, chunk_size=self.cfg.objective.chunk_size)
+    else:
+      self.scorer.update(model)
+    out = {}
+    for name, (records, template) in self.datasets.items():
+      rep = compression.measure(self.scorer, self.tokenizer, records, max_length=self.cfg.eval.max_length,
+                                batch_size=self.cfg.eval.batch_size, template=template, name=name)
+      out[f"{name}/bits_per_token"] = rep.bits_per_token
+      out[f"{name}/bits_per_byte"] = rep.bits_per_byte
+      out[f"{name}/normalized"] = rep.normalized
+    return out
+
+
+def train(cfg, workdir: str | os.PathLike, *,
+          batch_transform: Callable[[int, dict], dict] | None = None,
+          evaluator: Callable[[Any], Mapping[str, float]] | None = None) -> RunResult:
+  """Run (or continue) the training described by ``cfg`` in ``workdir``.
+
+  ``batch_transform(step, batch)`` may rewrite each host batch before it is placed (tests inject
+  faults with it); ``evaluator(model) -> {name: value}`` replaces the compression-rate evaluation.
+  """
+  jax.config.update("jax_threefry_partitionable", True)
+  config_lib.validate(cfg)
+  workdir = os.path.abspath(os.fspath(workdir))
+  os.makedirs(workdir, exist_ok=True)
+  d = cfg.distributed
+  shd.initialize_distributed(d.coordinator_address or None, d.num_processes or None,
+                             d.process_id if d.process_id >= 0 else None)
+  mesh = shd.mesh_from_config(cfg.mesh)
+  rules = tuple(tuple(r) for r in cfg.sharding.rules)
+  logging.info("mesh %s over %d devices (%d processes)", dict(mesh.shape), mesh.size, jax.process_count())
+  if cfg.train.global_batch_size % (shd.batch_divisor(mesh, rules) * cfg.train.num_microbatches):
+    raise ValueError(f"config.train.global_batch_size={cfg.train.global_batch_size} is not a multiple "
+                     f"of num_microbatches ({cfg.train.num_microbatches}) × batch shards "
+                     f"({shd.batch_divisor(mesh, rules)})")
+
+  from elasticity.tokenizers import load_tokenizer
+  tokenizer = load_tokenizer(_tokenizer_path(cfg))
+  objective = objective_from_config(cfg.objective)
+  kind = "sft" if objective.name == "sft" else "preference"
+  examples = load_examples(cfg.data, tokenizer, kind)
+  logging.info("data: %s", examples.report)
+  stream = BatchStream(examples, batch_size=cfg.train.global_batch_size, max_length=cfg.data.max_length,
+                       kind=kind, pack=cfg.data.pack, pad_id=tokenizer.pad_id, seed=cfg.seed,
+                       shuffle=cfg.data.shuffle, drop_last=cfg.data.drop_last)
+  total_steps = cfg.train.num_steps or cfg.train.num_epochs * stream.batches_per_epoch
+
+  model, abstract = _load_model(cfg, _tokenizer_path(cfg))
+  graphdef, _ = split_params(abstract)
+  tx, schedule = make_optimizer(cfg.optimizer, total_steps)
+  abstract_state, shardings = state_shardings(abstract, tx, mesh, rules)
+
+  ckpt = Checkpointer(os.path.join(workdir, "checkpoints"), every=cfg.checkpoint.every,
+                      keep=cfg.checkpoint.keep, async_save=cfg.checkpoint.async_save)
+  host_params = split_params(model)[1] if model is not None else None
+  tokens_seen = 0
+  if ckpt.latest_step() is not None:
+    step, state, data_state, meta = ckpt.restore(with_shardings(abstract_state, shardings))
+    stream.restore(data_state)
+    tokens_seen = int(meta.get("tokens_seen", 0))
+    logging.info("resumed at step %d (data position %s)", step, data_state)
+  else:
+    if host_params is not None:
+      init = host_params
+    else:
+      from elasticity.models import create_model
+      from elasticity.models.presets import preset_config
+      mcfg = preset_config(cfg.model.random_init)
+      init = lambda: split_params(create_model(mcfg, dtype=_DTYPES[cfg.model.dtype],
+                                               param_dtype=_DTYPES[cfg.model.param_dtype],
+                                               seed=cfg.seed))[1]
+    state = init_train_state(init, tx, shardings, cfg.seed)
+
+  # Reference model (DPO): the initial policy unless reference.path says otherwise.
+  ref_params = ref_graphdef = None
+  ref_table: dict[int, dict[str, float]] | None = None
+  if objective.uses_reference:
+    if cfg.reference.path:
+      with jax.default_device(jax.local_devices(backend="cpu")[0]):
+        from elasticity.models import load_pretrained
+        ref_model = load_pretrained(cfg.reference.path, dtype=_DTYPES[cfg.model.dtype],
+                                    param_dtype=_DTYPES[cfg.model.param_dtype],
+                                    tokenizer=_tokenizer_path(cfg))
+      ref_host = split_params(ref_model)[1]
+    else:
+      if host_params is None:
+        raise ValueError("config.reference.path: required with model.random_init")
+      ref_host = host_params
+    ref_graphdef = graphdef
+    ref_params = shd.host_to_global(ref_host, shardings["params"])
+  first = {k: v for k, v in stream._epoch_batches(stream.epoch)[0].items() if k != "example_id"}
+  b_sh = batch_shardings(first, mesh, rules)
+  if objective.uses_reference and cfg.objective.reference == "precomputed":
+    ref_table = _precompute_reference(objective, ref_graphdef, ref_params, examples, cfg, tokenizer,
+                                      mesh, shardings["params"], rules)
+    ref_params = ref_graphdef = None
+    b_sh.update({k: shd.batch_sharding(mesh, 1, rules) for k in objective.reference_fields()})
+
+  train_step = make_train_step(graphdef, objective, tx, schedule, mesh, shardings, b_sh,
+                               num_microbatches=cfg.train.num_microbatches,
+                               ref_graphdef=ref_graphdef, ref_shardings=shardings["params"]
+                               if ref_graphdef is not None else None, rules=rules)
+
+  writer = metrics_lib.MetricWriter(workdir, tensorboard=cfg.metrics.tensorboard)
+  evaluate = evaluator if evaluator is not None else _Evaluator(cfg, tokenizer, mesh)
+  seq_len = cfg.data.max_length
+  n_params = _n_params(abstract_state["params"])
+  flops_per_token = metrics_lib.train_flops_per_token(n_params, abstract.config.num_layers,
+                                                      abstract.config.hidden_size, seq_len)
+  peak = metrics_lib.peak_flops_per_device(cfg.metrics.peak_flops)
+  step = int(jax.device_get(state["step"]))
+  start_step = step
+  last: dict[str, float] = {}
+  window = {"t": time.perf_counter(), "tokens": 0, "steps": 0}
+  t_start = time.perf_counter()
+  pending: tuple[int, Any, int] | None = None
+
+  def meta() -> dict[str, Any]:
+    return {"tokens_seen": tokens_seen, "total_steps": total_steps, "objective": objective.name,
+            "model": cfg.model.path or cfg.model.random_init, "mesh": dict(mesh.shape)}
+
+  def consume(entry) -> None:
+    nonlocal last
+    s, m, ntok = entry
+    m = {k: float(v) for k, v in jax.device_get(m).items()}
+    if not m.pop("finite"):
+      ckpt.wait()
+      writer.write(s, m)
+      raise NonFiniteLossError(s, m["loss"], m["grad_norm"], ckpt.latest_step(), ckpt.directory)
+    writer.write(s, {**m, "tokens": ntok})
+    last = m
+    window["tokens"] += ntok
+    window["steps"] += 1
+    if s % cfg.train.log_every == 0 or s == total_steps:
+      now = time.perf_counter()
+      dt = max(now - window["t"], 1e-9)
+      tps = window["tokens"] / dt
+      step_time = dt / max(window["steps"], 1)
+      mfu = (flops_per_token * tps / (peak * jax.device_count())) if peak else None
+      eta = (total_steps - s) * step_time
+      logging.info("step %d/%d  loss %.4f  tokens/s %.0f  MFU %s  ETA %s", s, total_steps, m["loss"],
+                   tps, f"{100 * mfu:.1f}%" if mfu is not None else "n/a", _hms(eta))
+      writer.write(s, {"tokens_per_s": tps, "step_time_s": step_time,
+                       **({"mfu": mfu} if mfu is not None else {})}, kind="perf")
+      window.update(t=now, tokens=0, steps=0)
+
+  status = "completed"
+  try:
+    with _Stop() as stop:
+      while step < total_steps:
+        host = next(stream)
+        if ref_table is not None:
+          host = _attach_reference(host, ref_table, objective)
+        host = dict(host)
+        host.pop("example_id", None)
+        if batch_transform is not None:
+          host = batch_transform(step + 1, host)
+        batch = shd.global_batch(host, mesh, rules)
+        if ref_params is not None:
+          state, m = train_step(state, batch, ref_params)
+        else:
+          state, m = train_step(state, batch)
+        step += 1
+        ntok = _real_tokens(host)
+        tokens_seen += ntok
+        if pending is not None:
+          consume(pending)
+        pending = (step, m, ntok)
+        preempt = _agree(stop.requested) or ckpt.reached_preemption(step)
+        eval_due = cfg.eval.every > 0 and step % cfg.eval.every == 0
+        if ckpt.should_save(step) or step == total_steps or preempt or eval_due:
+          consume(pending)
+          pending = None
+        if eval_due:
+          _run_eval(evaluate, graphdef, state, step, writer)
+        if ckpt.should_save(step) or preempt:
+          ckpt.save(step, state, stream.state(), meta(), wait=preempt)
+        if preempt:
+          status = "preempted"
+          logging.warning("stopped at step %d on a signal; checkpoint saved in %s", step, ckpt.directory)
+          break
+      if pending is not None:
+        consume(pending)
+        pending = None
+    if status == "completed":
+      ckpt.save(step, state, stream.state(), meta(), wait=True)
+    ckpt.wait()
+  finally:
+    writer.close()
+    ckpt.close()
+
+  export_dir = None
+  if status == "completed" and cfg.export.hf:
+    export_dir = export_hf(graphdef, state["params"], os.path.join(workdir, "hf"),
+                           dtype=cfg.export.dtype or None)
+  elapsed = time.perf_counter() - t_start
+  logging.info("%s: %d steps (%d this run) in %s", status, step, step - start_step, _hms(elapsed))
+  return RunResult(status, step, total_steps, workdir, export_dir, last)
+
+
+def export_hf(graphdef, params, out_dir: str, dtype: str | None = None) -> str | None:
+  """Gather the parameters to the host and write a Hugging Face directory (process 0 only)."""
+  from flax import nnx
+
+  from elasticity.models import save_pretrained
+  host = shd.gather_to_host(params)
+  if jax.process_index() != 0:
+    return None
+  model = nnx.merge(graphdef, jax.tree.map(np.asarray, host))
+  model.remat = None
+  return os.fspath(save_pretrained(model, out_dir, dtype=dtype))
+
+
+def _run_eval(evaluate, graphdef, state, step: int, writer) -> None:
+  from flax import nnx
+  model = nnx.merge(graphdef, state["params"])
+  t0 = time.perf_counter()
+  res = dict(evaluate(model))
+  if res:
+    writer.write(step, res, kind="eval")
+    logging.info("eval at step %d (%.1fs): %s", step, time.perf_counter() - t0,
+                 "  ".join(f"{k} {v:.4f}" for k, v in res.items()))
+
+
+def _agree(flag: bool) -> bool:
+  """Any process's flag, on every process (a no-op with one process)."""
+  if jax.process_count() == 1:
+    return bool(flag)
+  from jax.experimental import multihost_utils
+  return bool(np.max(multihost_utils.process_allgather(np.int32(flag))))
+
+
+def _hms(seconds: float) -> str:
+  seconds = int(max(seconds, 0))
+  return f"{seconds // 3600}:{seconds % 3600 // 60:02d}:{seconds % 60:02d}"
+
+
+def _precompute_reference(objective, ref_graphdef, ref_params, examples, cfg, tokenizer, mesh,
+                          param_shardings, rules) -> dict[int, dict[str, float]]:
+  """Reference log-probs of every example, computed once before training (then the model is freed)."""
+  stream = BatchStream(examples, batch_size=cfg.train.global_batch_size, max_length=cfg.data.max_length,
+                       kind="preference", pad_id=tokenizer.pad_id, shuffle=False)
+  batches = [{k: v for k, v in b.items()} for b in stream._epoch_batches(0)]
+  ids = [b.pop("example_id") for b in batches]
+  b_sh = batch_shardings(batches[0], mesh, rules)
+  fn = make_reference_fn(ref_graphdef, objective, mesh, param_shardings, b_sh)
+  table: dict[int, dict[str, float]] = {}
+  for b, row_ids in zip(batches, ids):
+    out = jax.device_get(fn(ref_params, shd.global_batch(b, mesh, rules)))
+    for r, i in enumerate(row_ids):
+      if i >= 0:
+        table[int(i)] = {k: float(v[r]) for k, v in out.items()}
+  logging.info("reference log-probs precomputed for %d examples", len(table))
+  return table
+
+
+def _attach_reference(batch, table, objective) -> dict[str, np.ndarray]:
+  out = dict(batch)
+  ids = batch["example_id"]
+  for k in objective.reference_fields():
+    out[k] = np.asarray([table[int(i)][k] if i >= 0 else 0.0 for i in ids], np.float32)
+  return out

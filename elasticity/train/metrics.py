@@ -1,0 +1,99 @@
+"""Where a run's metrics go: one JSON line per record in ``metrics.jsonl`` and TensorBoard scalars.
+
+Only process 0 writes. Records are flushed as written, so a killed run keeps every line it logged;
+a resumed run appends. TensorBoard uses ``tensorboardX`` (no TensorFlow needed) when installed and is
+skipped with one warning otherwise. Also here: the FLOP count of a training token and the peak
+FLOP/s of known accelerators, for the MFU estimate of the progress line.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from collections.abc import Mapping
+from typing import Any
+
+import jax
+from absl import logging
+
+# Dense bf16 peak FLOP/s per device, by jax `device_kind` prefix (vendor data sheets).
+PEAK_FLOPS = {
+    "TPU v4": 275e12, "TPU v5 lite": 197e12, "TPU v5e": 197e12, "TPU v5p": 459e12, "TPU v5": 459e12,
+    "TPU v6 lite": 918e12, "TPU v6e": 918e12,
+    "NVIDIA H100": 989e12, "NVIDIA H200": 989e12, "NVIDIA A100": 312e12,
+}
+
+
+def peak_flops_per_device(override: float = 0.0) -> float | None:
+  """Peak FLOP/s of one local device (``override`` wins); None when unknown (CPU)."""
+  if override and override > 0:
+    return float(override)
+  kind = jax.local_devices()[0].device_kind
+  for prefix, flops in sorted(PEAK_FLOPS.items(), key=lambda kv: -len(kv[0])):
+    if kind.startswith(prefix):
+      return flops
+  return None
+
+
+def train_flops_per_token(n_params: int, num_layers: int, hidden: int, seq_len: int) -> float:
+  """6·N for the matmuls (forward + backward) plus 12·L·D·T for attention scores (PaLM appendix B)."""
+  return 6.0 * n_params + 12.0 * num_layers * hidden * seq_len
+
+
+class MetricWriter:
+  """Append scalars to ``<dir>/metrics.jsonl`` and TensorBoard event files under ``<dir>/tb``."""
+
+  def __init__(self, directory: str | os.PathLike, *, tensorboard: bool = True):
+    self.enabled = jax.process_index() == 0
+    self.path = os.path.join(os.fspath(directory), "metrics.jsonl")
+    self._file = None
+    self._tb = None
+    if not self.enabled:
+      return
+    os.makedirs(os.fspath(directory), exist_ok=True)
+    self._file = open(self.path, "a", encoding="utf-8")
+    if tensorboard:
+      try:
+        from tensorboardX import SummaryWriter
+        self._tb = SummaryWriter(os.path.join(os.fspath(directory), "tb"))
+      except ImportError:
+        logging.warning("tensorboardX is not installed: TensorBoard logging is off "
+                        "(pip install tensorboardX); metrics still go to %s", self.path)
+
+  def write(self, step: int, scalars: Mapping[str, Any], *, kind: str = "train") -> None:
+    if not self.enabled:
+      return
+    clean = {}
+    for k, v in scalars.items():
+      v = float(v) if not isinstance(v, (str, bool)) else v
+      clean[k] = v
+    self._file.write(json.dumps({"kind": kind, "step": int(step), **clean}, sort_keys=True) + "\n")
+    self._file.flush()
+    if self._tb is not None:
+      for k, v in clean.items():
+        if isinstance(v, float) and math.isfinite(v):
+          self._tb.add_scalar(f"{kind}/{k}", v, int(step))
+      self._tb.flush()
+
+  def close(self) -> None:
+    if self._file is not None:
+      self._file.close()
+      self._file = None
+    if self._tb is not None:
+      self._tb.close()
+      self._tb = None
+
+
+def read_jsonl(path: str | os.PathLike, kind: str | None = "train") -> list[dict[str, Any]]:
+  """The records of a ``metrics.jsonl`` (of one ``kind``), in file order."""
+  out = []
+  with open(path, encoding="utf-8") as f:
+    for n, line in enumerate(f, 1):
+      try:
+        rec = json.loads(line)
+      except json.JSONDecodeError as e:
+        raise ValueError(f"{path}: line {n}: invalid JSON ({e})") from None
+      if kind is None or rec.get("kind") == kind:
+        out.append(rec)
+  return out

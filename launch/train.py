@@ -1,0 +1,45 @@
+"""Train (SFT, DPO, SimPO) from a config file: one command from a laptop CPU to a TPU pod or GPU cluster.
+
+    python -m launch.train --config=configs/sft.py:tiny --workdir=/tmp/tiny
+    python -m launch.train --config=configs/sft.py:llama2-7b,forward --config=... --workdir=gs://...
+    python -m launch.train --config=configs/sft.py:tiny --workdir=DIR --config.train.num_steps=50
+
+Every process of a multi-host job runs this same command (launch/tpu/, launch/slurm/). Unknown or
+invalid config keys fail before anything is loaded or compiled, with a message naming the key. A
+run whose workdir already holds checkpoints continues from the latest one.
+"""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+
+from absl import app, flags, logging  # noqa: E402
+from ml_collections import config_flags  # noqa: E402
+
+_CONFIG = config_flags.DEFINE_config_file("config", None, "Training config file (configs/<x>.py:<variant>).",
+                                          lock_config=True)
+_WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics and the HF export.")
+flags.mark_flags_as_required(["config", "workdir"])
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  from elasticity.train import config as config_lib
+  cfg = _CONFIG.value
+  try:
+    config_lib.validate(cfg)
+  except ValueError as e:
+    raise app.UsageError(str(e)) from None
+  from elasticity.train.loop import train
+  logging.info("config:\n%s", cfg)
+  result = train(cfg, _WORKDIR.value)
+  logging.info("%s at step %d/%d; export: %s", result.status, result.step, result.total_steps,
+               result.export_dir)
+
+
+if __name__ == "__main__":
+  app.run(main)
