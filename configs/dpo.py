@@ -34,7 +34,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.data = data_section(**hh, n=64, max_length=128, policy="truncate_prompt_left", seed=42)
     c.train.global_batch_size = 8
     c.train.num_steps = 8
-    c.optimizer.update(dict(lr=1e-3, schedule="constant"))
+    c.optimizer.update(dict(lr=1e-4, schedule="constant"))
     c.checkpoint.every = 0
     mesh_presets.apply(c, "cpu")
   else:

@@ -203,3 +203,22 @@ def test_two_processes_reproduce_the_single_process_run(stories, tmp_path):
   _, state, _ = final_params(tmp_path / "single", small_config(num_steps=4))
   np.testing.assert_allclose(np.asarray(exported.embed[...]), state["params"]["embed"], rtol=1e-5,
                              atol=1e-6)
+
+
+def test_dpo_reference_once_equals_on_the_fly(stories, tmp_path):
+  """configs/dpo.py:tiny on HH-RLHF pairs: the first loss is log 2 (policy = reference), and the
+  reference computed once before training gives the run the on-the-fly reference gives."""
+  sys.path.insert(0, ROOT)
+  from configs import dpo
+  curves = {}
+  for mode in ("precomputed", "on_the_fly"):
+    c = dpo.get_config("tiny")
+    c.unlock()
+    c.data.n, c.data.max_length, c.train.num_steps = 16, 64, 2
+    c.objective.reference = mode
+    c.export.hf, c.metrics.tensorboard = False, False
+    c.lock()
+    assert train(c, tmp_path / mode).status == "completed"
+    curves[mode] = losses(tmp_path / mode)
+  np.testing.assert_allclose(curves["precomputed"][0], np.log(2.0), rtol=1e-5)
+  np.testing.assert_allclose(curves["precomputed"], curves["on_the_fly"], rtol=1e-5)
