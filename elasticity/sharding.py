@@ -13,7 +13,8 @@ Models name every parameter dimension (``logical_axes`` metadata: ``vocab``, ``e
 whose mesh axes an earlier dimension already uses, is replicated instead (logged once).
 
 Multi-host: `initialize_distributed` calls ``jax.distributed.initialize()`` when the process was
-launched as one of several (SLURM, a TPU pod slice, or explicit coordinator settings) and must run
+launched as one of several (SLURM with several tasks, a TPU pod slice started by launch/tpu/run.sh,
+which sets ``ELASTICITY_DISTRIBUTED=1``, or explicit coordinator settings) and must run
 before anything touches a device. On several TPU slices (``dcn_*`` sizes > 1) the mesh is built with
 `mesh_utils.create_hybrid_device_mesh`, so the ``data`` axis crosses the slower data-centre network
 and ``fsdp``/``tensor`` stay on the fast inter-chip links.
@@ -57,6 +58,8 @@ Rules = Sequence[tuple[str, Any]]
 # -- processes ------------------------------------------------------------------------------------
 def _launched_as_several() -> bool:
   env = os.environ
+  if env.get("ELASTICITY_DISTRIBUTED") == "1":   # set by launch/tpu/run.sh on every worker
+    return True
   if int(env.get("SLURM_NTASKS", "1")) > 1 and "SLURM_PROCID" in env:
     return True
   if env.get("JAX_COORDINATOR_ADDRESS"):
