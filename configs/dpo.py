@@ -3,6 +3,7 @@
     --config=configs/dpo.py:tiny                 DPO of stories260K on 64 HH pairs (CPU smoke run)
     --config=configs/dpo.py:llama2-7b            DPO (β = 0.1) with the paper's SFT hyper-parameters
     --config=configs/dpo.py:llama2-7b,simpo      SimPO (β = 2.0, γ = 0.5)
+    --config=configs/dpo.py:llama2-7b,dpo,tpu_v4 on a TPU v4 pod slice (mesh presets: configs/mesh.py)
 
 The reverse step of the rebound experiment (App. B.2) by preference optimisation instead of SFT:
 point ``--config.model.path`` at the aligned checkpoint. DPO's reference model is the starting
@@ -25,8 +26,9 @@ OBJECTIVES = {"dpo": dict(name="dpo", beta=0.1), "simpo": dict(name="simpo", bet
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   parts = [p for p in (arg or "tiny").split(",") if p]
   model, objective = parts[0], (parts[1] if len(parts) > 1 else "dpo")
-  if objective not in OBJECTIVES or len(parts) > 2:
-    raise ValueError(f"configs/dpo.py: variant {arg!r} is not <model>[,dpo|simpo]")
+  mesh = parts[2] if len(parts) > 2 else ""
+  if objective not in OBJECTIVES or len(parts) > 3:
+    raise ValueError(f"configs/dpo.py: variant {arg!r} is not <model>[,dpo|simpo[,<mesh preset>]]")
   c = default_config()
   hh = dict(name="hh_rlhf", split="test", template="plain", load_kwargs=dict(on_error="skip"))
   if model == "tiny":
@@ -43,7 +45,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.data = data_section(**hh, n=2000, max_length=512, seed=42)
     c.train.global_batch_size = 8
     c.train.num_microbatches = 8
-    mesh_presets.apply(c, model_presets.default_mesh(model))
+    mesh_presets.apply(c, mesh or model_presets.default_mesh(model))
   c.objective.update(OBJECTIVES[objective])
   c.objective.reference = "precomputed"
   c.lock()

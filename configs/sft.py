@@ -5,6 +5,10 @@
     --config=configs/sft.py:llama2-7b,alpaca,forward     θ1 → trained on D_2  (forward alignment)
     --config=configs/sft.py:llama2-7b,alpaca,inverse     θ2 → trained on D_1  (inverse alignment)
     --config=configs/sft.py:gemma-2b,imdb                rebound stage 1: SFT on positive IMDb reviews
+    --config=configs/sft.py:llama2-13b,alpaca,base,tpu_v4   the same on a TPU v4 pod slice
+
+A fourth field names a mesh preset of configs/mesh.py (gpu1, gpu8, gpu8_tp2, tpu_v4, tpu_v5p, tpu_v5e,
+tpu_v5e_2slices); the default is the model's own (configs/models.py).
 
 Models: see configs/models.py. Datasets: alpaca, truthfulqa, beavertails, imdb (positive reviews).
 Directions (paper §5.1): ``base`` trains the pretrained model on the whole selection, saving θ_k
@@ -79,7 +83,8 @@ def tiny() -> ml_collections.ConfigDict:
   return c
 
 
-def alignment(model: str, dataset: str = "alpaca", direction: str = "base") -> ml_collections.ConfigDict:
+def alignment(model: str, dataset: str = "alpaca", direction: str = "base",
+              mesh: str = "") -> ml_collections.ConfigDict:
   if dataset not in DATASETS:
     raise ValueError(f"configs/sft.py: unknown dataset {dataset!r}; known: {', '.join(DATASETS)}")
   if direction not in DIRECTIONS:
@@ -106,7 +111,7 @@ def alignment(model: str, dataset: str = "alpaca", direction: str = "base") -> m
   c.eval.datasets = ml_collections.ConfigDict({
       f"{dataset}_heldout": data_section(**{**ds, "n": 0}, seed=42, max_length=512,
                                          slice=(ds["n"], ds["n"] + 200))})
-  mesh_presets.apply(c, model_presets.default_mesh(model))
+  mesh_presets.apply(c, mesh or model_presets.default_mesh(model))
   return c
 
 
@@ -116,8 +121,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c = tiny()
   else:
     parts = [p for p in arg.split(",") if p]
-    if len(parts) > 3:
-      raise ValueError(f"configs/sft.py: variant {arg!r} is not <model>[,<dataset>[,<direction>]]")
+    if len(parts) > 4:
+      raise ValueError(f"configs/sft.py: variant {arg!r} is not "
+                       "<model>[,<dataset>[,<direction>[,<mesh preset>]]]")
     c = alignment(*parts)
   c.lock()
   return c

@@ -116,7 +116,7 @@ def make_train_step(graphdef: nnx.GraphDef, objective: Objective, tx: optax.Grad
 
   def step(state, batch, ref_params=None):
     params = state["params"]
-    mbs = _microbatches(batch, m)
+    mbs = _microbatches(batch, m) if m > 1 else None
 
     def body(carry, mb):
       g_acc, s_acc = carry
@@ -126,11 +126,14 @@ def make_train_step(graphdef: nnx.GraphDef, objective: Objective, tx: optax.Grad
       s_acc = jax.tree.map(jnp.add, s_acc, sums)
       return (g_acc, s_acc), None
 
-    mb0 = jax.tree.map(lambda x: x[0], mbs)
-    _, sums_shape = jax.eval_shape(grad_fn, params, mb0, ref_params)
-    zeros_s = jax.tree.map(lambda s: jnp.zeros(s.shape, jnp.float32), sums_shape)
-    zeros_g = jax.lax.with_sharding_constraint(jax.tree.map(jnp.zeros_like, params), param_sh)
-    (g_sum, sums), _ = jax.lax.scan(body, (zeros_g, zeros_s), mbs)
+    if m == 1:   # no accumulation: skip the loop and the zero-initialised accumulators
+      g_sum, sums = grad_fn(params, constrain_batch(dict(batch)), ref_params)
+    else:
+      mb0 = jax.tree.map(lambda x: x[0], mbs)
+      _, sums_shape = jax.eval_shape(grad_fn, params, mb0, ref_params)
+      zeros_s = jax.tree.map(lambda s: jnp.zeros(s.shape, jnp.float32), sums_shape)
+      zeros_g = jax.lax.with_sharding_constraint(jax.tree.map(jnp.zeros_like, params), param_sh)
+      (g_sum, sums), _ = jax.lax.scan(body, (zeros_g, zeros_s), mbs)
 
     loss_sum, count = sums["loss"]
     denom = jnp.maximum(count, 1.0)

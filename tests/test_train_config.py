@@ -1,0 +1,60 @@
+"""Every training preset builds and validates without loading anything; values and keys are checked."""
+
+from __future__ import annotations
+
+import sys
+
+import pytest
+
+from elasticity import paths
+from elasticity.train.config import default_config, validate
+
+sys.path.insert(0, str(paths.PROJECT_ROOT))
+from configs import dpo, mesh, models, sft  # noqa: E402
+
+PAPER_MODELS = ["llama2-7b", "llama2-13b", "llama3-8b", "tinyllama-1.1b", "qwen1.5-0.5b", "qwen1.5-4b",
+                "qwen1.5-7b", "gemma-2b"]
+
+
+@pytest.mark.parametrize("model", PAPER_MODELS)
+def test_alignment_presets_have_the_paper_hyperparameters(model):
+  for direction in sft.DIRECTIONS:
+    for mesh_name in ("", "gpu1", "gpu8", "tpu_v4", "tpu_v5e"):
+      c = sft.get_config(",".join(p for p in (model, "alpaca", direction, mesh_name) if p))
+      validate(c)
+      assert (c.data.max_length, c.train.num_epochs, c.train.global_batch_size) == (512, 1, 8)
+      assert (c.optimizer.lr, c.optimizer.schedule, c.optimizer.warmup_steps) == (1e-5, "constant", 0)
+      assert (c.optimizer.weight_decay, c.seed, c.model.dtype, c.model.param_dtype) == (
+          0.0, 42, "bfloat16", "float32")
+      assert c.model.remat != "none"
+      if mesh_name:
+        assert c.mesh.tensor == mesh.PRESETS[mesh_name]["tensor"]
+  fwd, inv = sft.get_config(f"{model},alpaca,forward"), sft.get_config(f"{model},alpaca,inverse")
+  assert fwd.model.path.endswith("theta1") and tuple(fwd.data.slice) == (600, 1200)
+  assert inv.model.path.endswith("theta2") and tuple(inv.data.slice) == (0, 600)
+  assert models.default_mesh(model) in mesh.PRESETS
+  validate(dpo.get_config(f"{model},simpo"))
+
+
+def test_bad_values_and_variants_name_the_key():
+  c = default_config()
+  c.model.path = "x"
+  validate(c)
+  for key, value, message in [("train.num_microbatches", 3, "config.train.num_microbatches"),
+                              ("model.remat", "some", "config.model.remat"),
+                              ("optimizer.schedule", "poly", "config.optimizer.schedule"),
+                              ("sharding.rules", (("embed", "fsdpp"),), "sharding.rules"),
+                              ("mesh.fsdp", -2, "config.mesh.fsdp")]:
+    bad = default_config()
+    bad.model.path = "x"
+    section, name = key.split(".")
+    bad[section][name] = value
+    with pytest.raises(ValueError, match=message.replace(".", r"\.")):
+      validate(bad)
+  with pytest.raises(ValueError, match="unknown direction"):
+    sft.get_config("llama2-7b,alpaca,sideways")
+  with pytest.raises(ValueError, match="unknown mesh preset"):
+    sft.get_config("llama2-7b,alpaca,base,tpu_v9")
+  locked = sft.get_config("tiny")
+  with pytest.raises(AttributeError, match="num_stepz"):
+    locked.train.num_stepz = 3
