@@ -1,0 +1,139 @@
+"""Helpers shared by the bench scripts: a side-by-side table on stdout, the ``ratio <what> <number>``
+lines every script ends with, and one section per script in ``bench/RESULTS.md``.
+
+    rows = [{"impl": "ours", "tokens/s": 812.0}, {"impl": "torch", "tokens/s": 301.5}]
+    table = print_table(rows)              # prints aligned text, returns the markdown table
+    record("compression (bench/compression.py)", table)
+    ratio("tokens_per_s_vs_torch", 812.0 / 301.5)
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import platform
+import re
+import tempfile
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+RESULTS = Path(__file__).resolve().with_name("RESULTS.md")
+HEADER = ("# Benchmark results\n\nWritten by the scripts in `bench/` (one section each, rewritten on "
+          "every run). Numbers are from the machine named in each section.\n")
+
+
+def fmt(value: Any) -> str:
+  """A cell: integers with thousands separators, floats with 4 significant digits (3 decimals ≥ 1)."""
+  if isinstance(value, bool) or value is None:
+    return "" if value is None else str(value)
+  if isinstance(value, int):
+    return f"{value:,}"
+  if isinstance(value, float):
+    if math.isnan(value) or math.isinf(value):
+      return str(value)
+    if value != 0 and abs(value) < 1:
+      return f"{value:.4g}"
+    return f"{value:,.3f}" if abs(value) < 1e5 else f"{value:,.0f}"
+  return str(value)
+
+
+def _columns(rows: Sequence[Mapping[str, Any]]) -> list[str]:
+  cols: list[str] = []
+  for row in rows:
+    cols.extend(k for k in row if k not in cols)
+  return cols
+
+
+def markdown_table(rows: Sequence[Mapping[str, Any]]) -> str:
+  """Rows (dicts; the union of their keys, in first-seen order, are the columns) as a markdown table."""
+  if not rows:
+    raise ValueError("markdown_table: no rows")
+  cols = _columns(rows)
+  cells = [[fmt(row.get(c)).replace("|", "\\|") for c in cols] for row in rows]
+  lines = ["| " + " | ".join(cols) + " |", "|" + "|".join("---" for _ in cols) + "|"]
+  lines += ["| " + " | ".join(r) + " |" for r in cells]
+  return "\n".join(lines) + "\n"
+
+
+def print_table(rows: Sequence[Mapping[str, Any]]) -> str:
+  """Print ``rows`` as aligned columns (side by side) and return them as a markdown table."""
+  cols = _columns(rows)
+  cells = [[fmt(row.get(c)) for c in cols] for row in rows]
+  widths = [max(len(c), *(len(r[i]) for r in cells)) for i, c in enumerate(cols)]
+  print("  ".join(c.ljust(w) for c, w in zip(cols, widths)))
+  print("  ".join("-" * w for w in widths))
+  for r in cells:
+    print("  ".join(v.rjust(w) if _numeric(v) else v.ljust(w) for v, w in zip(r, widths)))
+  return markdown_table(rows)
+
+
+def _numeric(s: str) -> bool:
+  return bool(re.fullmatch(r"[-+]?[\d,]*\.?\d+(e[-+]?\d+)?", s))
+
+
+def ratio(what: str, value: float) -> str:
+  """Print (and return) ``ratio <what> <number>``: ours over the reference (speed) or reference over
+  ours (memory) — higher is better either way. ``what`` is one word (no whitespace)."""
+  if not what or re.search(r"\s", what):
+    raise ValueError(f"ratio: 'what' must be one word without whitespace, got {what!r}")
+  line = f"ratio {what} {value:.4g}"
+  print(line, flush=True)
+  return line
+
+
+def environment() -> str:
+  """One line naming the machine and the library versions (for a results section)."""
+  parts = [_cpu_name(), f"{os.cpu_count()} CPUs",
+           f"Python {platform.python_version()}"]
+  for mod in ("jax", "flax", "torch", "transformers"):
+    try:
+      parts.append(f"{mod} {__import__(mod).__version__}")
+    except ImportError:
+      pass
+  return ", ".join(parts)
+
+
+def _cpu_name() -> str:
+  try:
+    for line in Path("/proc/cpuinfo").read_text().splitlines():
+      if line.startswith("model name"):
+        return line.split(":", 1)[1].strip()
+  except OSError:
+    pass
+  return platform.processor() or platform.machine()
+
+
+def record(section_title: str, markdown: str, path: str | os.PathLike = RESULTS) -> Path:
+  """Replace (or append) the section ``## <section_title>`` of ``path`` with ``markdown``, atomically.
+
+  A section runs from its ``## `` heading to the next ``## `` heading or the end of the file; the
+  other sections are kept byte for byte.
+  """
+  if "\n" in section_title or not section_title.strip():
+    raise ValueError(f"record: section title must be one non-empty line, got {section_title!r}")
+  path = Path(path)
+  text = path.read_text(encoding="utf-8") if path.exists() else HEADER
+  heading = f"## {section_title.strip()}"
+  body = f"{heading}\n\n{markdown.strip()}\n"
+  lines = text.splitlines(keepends=True)
+  start = next((i for i, l in enumerate(lines) if l.rstrip("\n") == heading), None)
+  if start is None:
+    text = text.rstrip("\n") + "\n\n" + body
+  else:
+    end = next((i for i in range(start + 1, len(lines)) if lines[i].startswith("## ")), len(lines))
+    tail = "".join(lines[end:])
+    text = "".join(lines[:start]) + body + ("\n" + tail if tail else "")
+  fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+  try:
+    with os.fdopen(fd, "w", encoding="utf-8") as f:
+      f.write(text)
+    os.replace(tmp, path)
+  except BaseException:
+    if os.path.exists(tmp):
+      os.unlink(tmp)
+    raise
+  return path
+
+
+__all__ = ["print_table", "markdown_table", "ratio", "record", "environment", "fmt", "RESULTS"]
