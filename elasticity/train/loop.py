@@ -92,6 +92,16 @@ class _Stop:
       signal.signal(sig, old)
 
 
+def _on_host():
+  """A context placing new arrays in host memory (the CPU backend), if JAX has one here."""
+  import contextlib
+  try:
+    return jax.default_device(jax.local_devices(backend="cpu")[0])
+  except RuntimeError:   # e.g. JAX_PLATFORMS=tpu: no CPU backend
+    logging.warning("no CPU backend: the checkpoint is read onto the default device")
+    return contextlib.nullcontext()
+
+
 def _load_model(cfg, tokenizer_path: str | None):
   """(model on the host, its abstract twin) with compute/param dtypes and the remat policy."""
   from elasticity.models import abstract_model, load_pretrained
@@ -102,8 +112,7 @@ def _load_model(cfg, tokenizer_path: str | None):
     mcfg = preset_config(cfg.model.random_init)
     model = None
   else:
-    cpu = jax.local_devices(backend="cpu")[0]
-    with jax.default_device(cpu):   # host memory: never one accelerator holding the whole model
+    with _on_host():   # host memory: never one accelerator holding the whole model
       model = load_pretrained(cfg.model.path, dtype=dtype, param_dtype=pdtype,
                               tokenizer=tokenizer_path)
     mcfg = model.config
@@ -233,7 +242,7 @@ def train(cfg, workdir: str | os.PathLike, *,
   ref_table: dict[int, dict[str, float]] | None = None
   if objective.uses_reference:
     if cfg.reference.path:
-      with jax.default_device(jax.local_devices(backend="cpu")[0]):
+      with _on_host():
         from elasticity.models import load_pretrained
         ref_model = load_pretrained(cfg.reference.path, dtype=_DTYPES[cfg.model.dtype],
                                     param_dtype=_DTYPES[cfg.model.param_dtype],

@@ -140,14 +140,21 @@ def make_train_step(graphdef: nnx.GraphDef, objective: Objective, tx: optax.Grad
     grads = jax.tree.map(lambda g: (g / denom).astype(g.dtype), g_sum)
     loss = loss_sum / denom
     grad_norm = optax.global_norm(grads)
-    updates, new_opt = tx.update(grads, state["opt_state"], params)
-    new_params = optax.apply_updates(params, updates)
     finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
-    keep = lambda new, old: jax.tree.map(lambda a, b: jnp.where(finite, a, b), new, old)
-    rng, _ = jax.random.split(state["rng"])
-    new_state = {"step": state["step"] + finite.astype(jnp.int32),
-                 "params": keep(new_params, params), "opt_state": keep(new_opt, state["opt_state"]),
-                 "rng": keep(rng, state["rng"])}
+
+    def apply(operands):
+      params, opt_state, rng, grads = operands
+      updates, opt_state = tx.update(grads, opt_state, params)
+      return optax.apply_updates(params, updates), opt_state, jax.random.split(rng)[0]
+
+    def skip(operands):
+      return operands[:3]
+
+    # A conditional, not a select: the bad step computes no update and copies no state.
+    new_params, new_opt, rng = jax.lax.cond(finite, apply, skip,
+                                            (params, state["opt_state"], state["rng"], grads))
+    new_state = {"step": state["step"] + finite.astype(jnp.int32), "params": new_params,
+                 "opt_state": new_opt, "rng": rng}
     metrics = {"loss": loss, "loss_sum": loss_sum, "count": count, "grad_norm": grad_norm,
                "lr": jnp.asarray(schedule(state["step"]), jnp.float32),
                "finite": finite.astype(jnp.int32)}
