@@ -16,6 +16,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
+from elasticity.models.layers import dense
 from elasticity.models.transformer import CausalLM, softcap
 
 Array = jax.Array
@@ -37,7 +38,7 @@ def chunked_target_logprobs(h: Array, w: Array, targets: Array, *, chunk_size: i
   @jax.checkpoint
   def one(args):
     hc, tc = args
-    logits = jnp.einsum("BTD,DV->BTV", hc.astype(w.dtype), w, preferred_element_type=jnp.float32)
+    logits = dense(hc.astype(w.dtype), w).astype(jnp.float32)           # BTD,DV->BTV
     logits = softcap(logits, final_softcap)
     picked = jnp.take_along_axis(logits, tc[..., None], axis=-1)[..., 0]
     return picked - jax.nn.logsumexp(logits, axis=-1)

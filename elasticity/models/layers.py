@@ -25,6 +25,22 @@ Array = jax.Array
 _init = nnx.initializers.normal(stddev=0.02)
 
 
+def dense(x: Array, w: Array, n_in: int = 1) -> Array:
+  """Contract the last ``n_in`` axes of x with the first ``n_in`` axes of w, as one 2-D GEMM.
+
+  E.g. "BTD,DNH->BTNH" (n_in=1) or "BTNH,NHD->BTD" (n_in=2). Flattening to [B·T, in] × [in, out]
+  matters on XLA:CPU: the weight gradients of 3-D einsums contract over two axes (B, T) and get
+  transposed copies, which doubled the MLP's backward time in bench/train_step.py.
+  """
+  lead, contract = x.shape[:x.ndim - n_in], x.shape[x.ndim - n_in:]
+  assert contract == w.shape[:n_in], (x.shape, w.shape)
+  k = 1
+  for d in contract:
+    k *= d
+  y = x.reshape(-1, k) @ w.reshape(k, -1)
+  return y.reshape(*lead, *w.shape[n_in:])
+
+
 def param(rngs: nnx.Rngs, shape, axes, dtype, init=_init) -> nnx.Param:
   """A parameter with logical axis names (one name per dimension)."""
   assert len(shape) == len(axes), (shape, axes)
@@ -93,9 +109,9 @@ class Attention(nnx.Module):
     """x [B,T,D]; mask [B,T,S] bool (S = T, or the cache length); returns ([B,T,D], new cache)."""
     cfg, dt = self.cfg, self.dtype
     x = x.astype(dt)
-    q = jnp.einsum("BTD,DNH->BTNH", x, self.q[...].astype(dt))
-    k = jnp.einsum("BTD,DKH->BTKH", x, self.k[...].astype(dt))
-    v = jnp.einsum("BTD,DKH->BTKH", x, self.v[...].astype(dt))
+    q = dense(x, self.q[...].astype(dt))            # BTD,DNH->BTNH
+    k = dense(x, self.k[...].astype(dt))            # BTD,DKH->BTKH
+    v = dense(x, self.v[...].astype(dt))            # BTD,DKH->BTKH
     if cfg.qkv_bias:
       q = q + self.q_bias[...].astype(dt)
       k = k + self.k_bias[...].astype(dt)
@@ -125,7 +141,7 @@ class Attention(nnx.Module):
     probs = jax.nn.softmax(scores, axis=-1).astype(dt).reshape(b, kh, g * t, s)
     out = jnp.einsum("BKQS,BKSH->BKQH", probs, v)
     out = out.reshape(b, kh, g, t, h).transpose(0, 3, 1, 2, 4).reshape(b, t, n, h)
-    y = jnp.einsum("BTNH,NHD->BTD", out, self.o[...].astype(dt))
+    y = dense(out, self.o[...].astype(dt), n_in=2)  # BTNH,NHD->BTD
     if cfg.o_bias:
       y = y + self.o_bias[...].astype(dt)
     return y, cache
@@ -145,10 +161,10 @@ class MLP(nnx.Module):
   def __call__(self, x: Array) -> Array:
     dt = self.dtype
     x = x.astype(dt)
-    g = jnp.einsum("BTD,DF->BTF", x, self.gate[...].astype(dt))
-    u = jnp.einsum("BTD,DF->BTF", x, self.up[...].astype(dt))
+    g = dense(x, self.gate[...].astype(dt))         # BTD,DF->BTF
+    u = dense(x, self.up[...].astype(dt))           # BTD,DF->BTF
     act = jax.nn.silu(g) if self.activation == "silu" else jax.nn.gelu(g, approximate=True)
-    return jnp.einsum("BTF,FD->BTD", act * u, self.down[...].astype(dt))
+    return dense(act * u, self.down[...].astype(dt))  # BTF,FD->BTD
 
 
 def attention_mask(q_slots: Array, k_slots: Array, k_valid: Array, window: int | None,

@@ -29,7 +29,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from elasticity.models.config import ModelConfig
-from elasticity.models.layers import MLP, Attention, RMSNorm, param, rope_tables
+from elasticity.models.layers import MLP, Attention, RMSNorm, dense, param, rope_tables
 from elasticity.models.layers import attention_mask as make_mask
 
 Array = jax.Array
@@ -128,7 +128,7 @@ class CausalLM(nnx.Module):
   def logits_from_hidden(self, h: Array, w: Array | None = None) -> Array:
     """[..., D] final-normed activations → [..., V] logits (float32), with the final soft-cap."""
     w = self.output_embedding() if w is None else w
-    logits = jnp.einsum("...D,DV->...V", h.astype(w.dtype), w, preferred_element_type=jnp.float32)
+    logits = dense(h.astype(w.dtype), w).astype(jnp.float32)            # ...D,DV->...V
     return softcap(logits, self.config.final_logit_softcap)
 
   def hidden_states(self, input_ids: Array, attention_mask: Array | None = None,
