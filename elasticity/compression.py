@@ -361,7 +361,8 @@ def measure(model: CausalLM | Scorer, tokenizer: Any, examples: Iterable[Mapping
   t0 = time.perf_counter()
 
   def collect(batch: Planned, rows: dict[str, np.ndarray], out: tuple[Array, Array]) -> None:
-    bits, counts = (np.asarray(x) for x in out)
+    # Replicated outputs: every process holds the whole value in its first local shard.
+    bits, counts = (np.asarray(x.addressable_data(0)) for x in out)
     members = batch.examples
     expected = sum(ex.n_loss_tokens for ex in members)
     if int(counts.sum()) != expected:

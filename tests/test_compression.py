@@ -18,7 +18,7 @@ from conftest import require
 from elasticity import compression, paths
 from elasticity.compression import CompressionReport, Scorer, code_lengths, default_mesh, measure
 from elasticity.data import DataError, load_dataset
-from elasticity.models import ModelConfig, create_model
+from elasticity.models import ModelConfig, abstract_model, create_model
 from elasticity.sharding import make_mesh
 from elasticity.tokenizers import load_tokenizer
 
@@ -252,3 +252,18 @@ def test_empty_prompt_without_bos_is_refused(model):
   assert not gpt2.add_bos_token
   with pytest.raises(DataError, match=r"record 1, field 'prompt'.*no BOS"):
     measure(model, gpt2, [{"prompt": "", "response": "hello"}], max_length=64)
+
+
+def test_kernel_memory_stays_under_a_quarter_of_full_logits_at_llama3_vocab():
+  """B=4, T=2048, V=128,256: [B, T, V] float32 logits are 4.2 GB; the compiled kernel (XLA memory
+  analysis: temp + output + argument bytes; nothing is allocated) must stay under a quarter."""
+  b, t, v = 4, 2048, 128_256
+  cfg = ModelConfig(family="llama", vocab_size=v, hidden_size=64, intermediate_size=128,
+                    num_layers=1, num_heads=1, num_kv_heads=1, head_dim=64)
+  graphdef, state = nnx.split(abstract_model(cfg))
+  spec = lambda dt: jax.ShapeDtypeStruct((b, t), dt)
+  fn = lambda st, *a: code_lengths(nnx.merge(graphdef, st), *a)     # default chunk, all scored
+  ma = jax.jit(fn).lower(state, spec(jnp.int32), spec(jnp.bool_), spec(jnp.int32),
+                         spec(jnp.int32)).compile().memory_analysis()
+  peak = ma.temp_size_in_bytes + ma.output_size_in_bytes + ma.argument_size_in_bytes
+  assert peak < b * t * v * 4 / 4, f"{peak / 1e9:.2f} GB"
