@@ -18,7 +18,11 @@ from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+# Run as a script, bench/ is sys.path[0], and bench/compression.py would shadow the `compression`
+# package jax imports; the project root goes first instead.
+_HERE = Path(__file__).resolve().parent
+sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != _HERE]
+sys.path.insert(0, str(_HERE.parent))
 
 import jax  # noqa: E402
 import numpy as np  # noqa: E402
