@@ -13,10 +13,11 @@ import math
 import os
 import platform
 import re
-import tempfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
+
+from elasticity.report.tables import atomic_write, columns
 
 RESULTS = Path(__file__).resolve().with_name("RESULTS.md")
 HEADER = ("# Benchmark results\n\nWritten by the scripts in `bench/` (one section each, rewritten on "
@@ -38,18 +39,11 @@ def fmt(value: Any) -> str:
   return str(value)
 
 
-def _columns(rows: Sequence[Mapping[str, Any]]) -> list[str]:
-  cols: list[str] = []
-  for row in rows:
-    cols.extend(k for k in row if k not in cols)
-  return cols
-
-
 def markdown_table(rows: Sequence[Mapping[str, Any]]) -> str:
   """Rows (dicts; the union of their keys, in first-seen order, are the columns) as a markdown table."""
   if not rows:
     raise ValueError("markdown_table: no rows")
-  cols = _columns(rows)
+  cols = columns(rows)
   cells = [[fmt(row.get(c)).replace("|", "\\|") for c in cols] for row in rows]
   lines = ["| " + " | ".join(cols) + " |", "|" + "|".join("---" for _ in cols) + "|"]
   lines += ["| " + " | ".join(r) + " |" for r in cells]
@@ -58,7 +52,7 @@ def markdown_table(rows: Sequence[Mapping[str, Any]]) -> str:
 
 def print_table(rows: Sequence[Mapping[str, Any]]) -> str:
   """Print ``rows`` as aligned columns (side by side) and return them as a markdown table."""
-  cols = _columns(rows)
+  cols = columns(rows)
   cells = [[fmt(row.get(c)) for c in cols] for row in rows]
   widths = [max(len(c), *(len(r[i]) for r in cells)) for i, c in enumerate(cols)]
   print("  ".join(c.ljust(w) for c, w in zip(cols, widths)))
@@ -124,16 +118,7 @@ def record(section_title: str, markdown: str, path: str | os.PathLike = RESULTS)
     end = next((i for i in range(start + 1, len(lines)) if lines[i].startswith("## ")), len(lines))
     tail = "".join(lines[end:])
     text = "".join(lines[:start]) + body + ("\n" + tail if tail else "")
-  fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-  try:
-    with os.fdopen(fd, "w", encoding="utf-8") as f:
-      f.write(text)
-    os.replace(tmp, path)
-  except BaseException:
-    if os.path.exists(tmp):
-      os.unlink(tmp)
-    raise
-  return path
+  return atomic_write(path, text)
 
 
 __all__ = ["print_table", "markdown_table", "ratio", "record", "environment", "fmt", "RESULTS"]
