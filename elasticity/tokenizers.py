@@ -90,6 +90,19 @@ def _with_bos(ids: list[int], add_bos: bool, bos_id: int | None) -> list[int]:
 # --------------------------------------------------------------------------------------------------
 
 
+class _NoChatTemplate:
+  """For tokenizer formats that carry no chat template (llama2.c, SentencePiece, tiktoken files)."""
+
+  @property
+  def has_chat_template(self) -> bool:
+    return False
+
+  def apply_chat_template(self, messages: list[dict], *,
+                          add_generation_prompt: bool) -> str | None:
+    del messages, add_generation_prompt
+    return None
+
+
 class HFTokenizer:
   """Wraps a ``transformers`` tokenizer (a folder, a hub snapshot or a GGUF file)."""
 
@@ -138,7 +151,7 @@ class HFTokenizer:
 # --------------------------------------------------------------------------------------------------
 
 
-class SentencePieceTokenizer:
+class SentencePieceTokenizer(_NoChatTemplate):
   """A SentencePiece ``.model`` file through ``sentencepiece`` itself (Llama 1/2 ids exactly)."""
 
   def __init__(self, model_file: str | os.PathLike):
@@ -195,7 +208,7 @@ class SentencePieceTokenizer:
 _BYTE_PIECE = re.compile(rb"^<0x([0-9A-Fa-f]{2})>$")
 
 
-class Llama2cTokenizer:
+class Llama2cTokenizer(_NoChatTemplate):
   """llama2.c's ``tokenizer.bin``: ``encode``/``decode`` ported from ``run.c``.
 
   File format: int32 ``max_token_length``, then for every token a float32 score, an int32 byte
@@ -247,14 +260,6 @@ class Llama2cTokenizer:
   def bos_token(self) -> str | None:
     return None  # no textual form: templates never spell it
 
-  @property
-  def has_chat_template(self) -> bool:
-    return False
-
-  def apply_chat_template(self, messages: list[dict], *,
-                          add_generation_prompt: bool) -> str | None:
-    del messages, add_generation_prompt
-    return None
 
   def _initial_tokens(self, text: str) -> list[int]:
     ids: list[int] = []
@@ -365,7 +370,7 @@ def _qwen_specials(n_ranks: int) -> dict[str, int]:
   return {name: n_ranks + i for i, name in enumerate(names)}
 
 
-class TiktokenTokenizer:
+class TiktokenTokenizer(_NoChatTemplate):
   """A ``tiktoken.Encoding`` with the project's conventions (Llama 3, Qwen v1, GPT-2 files)."""
 
   def __init__(self, encoding: Any, *, bos: str | None, eos: str | None,
@@ -415,14 +420,6 @@ class TiktokenTokenizer:
   def bos_token(self) -> str | None:
     return self._bos
 
-  @property
-  def has_chat_template(self) -> bool:
-    return False
-
-  def apply_chat_template(self, messages: list[dict], *,
-                          add_generation_prompt: bool) -> str | None:
-    del messages, add_generation_prompt
-    return None
 
   def encode(self, text: str, *, add_bos: bool = False) -> list[int]:
     return _with_bos(self.enc.encode(text, allowed_special="all"), add_bos, self.bos_id)
