@@ -42,3 +42,15 @@ def smollm2_gguf():
     if os.environ.get("CI", "").lower() == "true":
       pytest.fail(str(e))
     pytest.skip(str(e))
+
+
+@pytest.fixture(scope="session")
+def smollm2_pair(smollm2_gguf):
+  """(Flax port, transformers torch model) of SmolLM2-135M-Instruct, loaded once for the session."""
+  import torch
+  import transformers
+
+  from elasticity.models import load_pretrained
+  ref = transformers.AutoModelForCausalLM.from_pretrained(
+      smollm2_gguf.parent, gguf_file=smollm2_gguf.name, dtype=torch.float32).eval()
+  return load_pretrained(smollm2_gguf), ref

@@ -14,23 +14,18 @@ from conftest import require
 from elasticity import compression, paths
 from elasticity.compression import default_mesh, measure
 from elasticity.data import load_dataset
-from elasticity.models import load_pretrained
 from elasticity.tokenizers import load_tokenizer
 
 
 @pytest.mark.slow
-def test_bits_per_token_matches_transformers_on_alpaca(smollm2_gguf):
-  import transformers
+def test_bits_per_token_matches_transformers_on_alpaca(smollm2_gguf, smollm2_pair):
   require(paths.shared_path("data", "alpaca"))
   records = load_dataset("alpaca", on_error="skip")[:64]
   tok = load_tokenizer(smollm2_gguf)
-  model = load_pretrained(smollm2_gguf)
+  model, ref = smollm2_pair
   report = measure(model, tok, records, max_length=512, batch_size=8, template="plain",
                    mesh=default_mesh(jax.devices()[:1]))
-  del model
 
-  ref = transformers.AutoModelForCausalLM.from_pretrained(
-      smollm2_gguf.parent, gguf_file=smollm2_gguf.name, dtype=torch.float32).eval()
   kept, skipped, _ = compression.tokenize(tok, records, max_length=512)
   assert skipped == 0 and len(kept) == 64
   bits, tokens = 0.0, 0

@@ -6,17 +6,14 @@ import numpy as np
 import pytest
 import torch
 
-from elasticity.models import load_pretrained
 from elasticity.models.generate import generate
 
 
 @pytest.fixture(scope="module")
-def pair(smollm2_gguf):
+def pair(smollm2_gguf, smollm2_pair):
   import transformers
-  ref = transformers.AutoModelForCausalLM.from_pretrained(
-      smollm2_gguf.parent, gguf_file=smollm2_gguf.name, dtype=torch.float32).eval()
   tok = transformers.AutoTokenizer.from_pretrained(smollm2_gguf.parent, gguf_file=smollm2_gguf.name)
-  return load_pretrained(smollm2_gguf), ref, tok
+  return (*smollm2_pair, tok)
 
 
 def chat_ids(tok, question):
