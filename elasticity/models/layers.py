@@ -82,6 +82,18 @@ def apply_rope(x: Array, cos: Array, sin: Array) -> Array:
   return x * cos + rotated * sin
 
 
+def causal_block(t: int) -> int:
+  """Query block length for causal block skipping over ``t`` slots (``t`` itself = no skipping).
+
+  Blocks of at least 128 slots, at most 8 blocks: at T = 256 the attention matmuls and softmax do
+  75% of the full work (62.5% at 512, 56% at 2048); fwd+bwd of the attention core on CPU went from
+  47 to 29 ms per layer at 8 × 256 (Llama-20M shapes).
+  """
+  if t < 256:
+    return t
+  return max(128, -(-t // 8))
+
+
 class Attention(nnx.Module):
   """Grouped-query self-attention with optional q/k/v bias, q/k norms and logit soft-capping."""
 
@@ -125,6 +137,23 @@ class Attention(nnx.Module):
       v = jax.lax.dynamic_update_slice_in_dim(cache["v"], v.astype(cache["v"].dtype), idx, axis=1)
       cache = {**cache, "k": k, "v": v}
       k, v = k.astype(dt), v.astype(dt)
+    t, s = q.shape[1], k.shape[1]
+    c = causal_block(t)
+    if cache is None and t == s and c < t:
+      # Causal block skipping: query block [i, i+c) attends only to keys [0, i+c); the mask still
+      # applies inside. Each block's softmax is complete (it sees every key it may attend to).
+      out = jnp.concatenate([self._attend(q[:, i:i + c], k[:, :i + c], v[:, :i + c],
+                                          mask[:, i:i + c, :i + c]) for i in range(0, t, c)], axis=1)
+    else:
+      out = self._attend(q, k, v, mask)
+    y = dense(out, self.o[...].astype(dt), n_in=2)  # BTNH,NHD->BTD
+    if cfg.o_bias:
+      y = y + self.o_bias[...].astype(dt)
+    return y, cache
+
+  def _attend(self, q: Array, k: Array, v: Array, mask: Array) -> Array:
+    """softmax(q kᵀ) v for q [B,T,N,H], k/v [B,S,K,H], mask [B,T,S] → [B,T,N,H]."""
+    cfg, dt = self.cfg, self.dtype
     # Fold the G query heads of each KV head into the query axis (Q = G·T) so that both attention
     # matmuls are plain batched GEMMs over (B, K); XLA:CPU runs this 2.5× faster than a 5-D einsum.
     b, t, n, h = q.shape
@@ -140,11 +169,7 @@ class Attention(nnx.Module):
     scores = jnp.where(mask[:, None, None, :, :], scores, jnp.finfo(jnp.float32).min)
     probs = jax.nn.softmax(scores, axis=-1).astype(dt).reshape(b, kh, g * t, s)
     out = jnp.einsum("BKQS,BKSH->BKQH", probs, v)
-    out = out.reshape(b, kh, g, t, h).transpose(0, 3, 1, 2, 4).reshape(b, t, n, h)
-    y = dense(out, self.o[...].astype(dt), n_in=2)  # BTNH,NHD->BTD
-    if cfg.o_bias:
-      y = y + self.o_bias[...].astype(dt)
-    return y, cache
+    return out.reshape(b, kh, g, t, h).transpose(0, 3, 1, 2, 4).reshape(b, t, n, h)
 
 
 class MLP(nnx.Module):
