@@ -56,3 +56,56 @@ def test_packed_segments_do_not_predict_across_examples():
   lp_b, _ = token_logprobs(model, jnp.asarray(b[None], jnp.int32))
   np.testing.assert_allclose(lp[0, :4], lp_a[0], atol=1e-5)
   np.testing.assert_allclose(lp[0, 4:7], lp_b[0], atol=1e-5)
+
+
+@pytest.mark.parametrize("dtype,tol", [(jnp.float32, 2e-5), (jnp.bfloat16, 2e-2)])
+@pytest.mark.parametrize("chunk,cap", [(16, None), (7, 3.0), (64, None)])
+def test_fused_nll_value_and_grads_match_autodiff(chunk, cap, dtype, tol):
+  from elasticity.logprobs import chunked_target_logprobs, fused_weighted_nll
+  k = jax.random.split(jax.random.PRNGKey(0), 4)
+  h = jax.random.normal(k[0], (3, 37, 24)).astype(dtype)
+  w = (0.3 * jax.random.normal(k[1], (24, 101))).astype(dtype)
+  t = jax.random.randint(k[2], (3, 37), 0, 101)
+  wt = jax.random.uniform(k[3], (3, 37)) * (jax.random.uniform(k[3], (3, 37)) > 0.3)
+
+  def ref(h, w, wt):
+    return -jnp.sum(chunked_target_logprobs(h, w, t, chunk_size=chunk, final_softcap=cap) * wt)
+
+  def fused(h, w, wt):
+    return fused_weighted_nll(h, w, t, wt, chunk, cap)
+
+  want, want_g = jax.value_and_grad(ref, argnums=(0, 1, 2))(h, w, wt)
+  got, got_g = jax.jit(jax.value_and_grad(fused, argnums=(0, 1, 2)))(h, w, wt)
+  assert abs(float(got) - float(want)) <= tol * abs(float(want))
+  assert float(fused(h, w, wt)) == pytest.approx(float(got), rel=1e-6)   # primal without grad
+  for name, a, b in zip(("h", "w", "weights"), got_g, want_g):
+    a, b = np.asarray(a, np.float32), np.asarray(b, np.float32)
+    assert a.dtype == b.dtype
+    err = np.max(np.abs(a - b)) / (np.max(np.abs(b)) + 1e-12)
+    assert err < tol, f"d/d{name}: relative error {err:.2e}"
+
+
+def test_weighted_nll_equals_token_logprobs_on_a_model():
+  from elasticity.logprobs import weighted_nll
+  model = create_model(CFG, seed=3)
+  gd, params = nnx.split(model)
+  rng = np.random.default_rng(2)
+  ids = jnp.asarray(rng.integers(0, CFG.vocab_size, (2, 20)), jnp.int32)
+  mask = jnp.asarray(np.arange(20)[None] < np.array([[20], [13]]), jnp.int32)
+  loss_mask = jnp.asarray(rng.integers(0, 2, (2, 20)), jnp.float32)
+
+  def via_logprobs(p):
+    lp, valid = token_logprobs(nnx.merge(gd, p), ids, attention_mask=mask, chunk_size=8)
+    return -jnp.sum(lp * jnp.where(valid, loss_mask, 0.0))
+
+  def fused(p):
+    return weighted_nll(nnx.merge(gd, p), ids, loss_mask, attention_mask=mask, chunk_size=8)[0]
+
+  want, gw = jax.value_and_grad(via_logprobs)(params)
+  got, gf = jax.value_and_grad(fused)(params)
+  assert float(got) == pytest.approx(float(want), rel=1e-5)
+  for a, b in zip(jax.tree.leaves(gf), jax.tree.leaves(gw)):
+    np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-4, atol=1e-6)
+  _, count = weighted_nll(model, ids, loss_mask, attention_mask=mask)
+  valid = np.asarray(mask[:, 1:] & mask[:, :-1], bool)
+  assert float(count) == float(np.asarray(loss_mask)[:, 1:][valid].sum())
