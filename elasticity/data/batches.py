@@ -1,4 +1,4 @@
-"""Fixed-shape numpy batches over tokenized examples, for SFT, DPO and compression measurement.
+"""Fixed-shape numpy batches over tokenized examples, for SFT, DPO, KTO and compression measurement.
 
 Every batch has the same shape, ``[batch_size, max_length]`` (jit compiles once): the last batch is
 filled with all-padding rows, marked by ``row_valid = 0``. Each example appears in exactly one row
@@ -14,6 +14,7 @@ import numpy as np
 
 from elasticity.data.packing import (PAD_SIDES, bucket_order, empty_rows, fill_packed, fill_padded,
                                      plan_rows)
+from elasticity.data.labelled import LabelledExample
 from elasticity.data.tokenize import PreferencePair, TokenizedExample
 
 
@@ -81,3 +82,30 @@ def preference_batches(pairs: Sequence[PreferencePair], batch_size: int, max_len
       halves[side] = out
     halves["row_valid"] = (np.arange(batch_size) < len(chunk)).astype(np.int32)
     yield halves
+
+
+def labelled_batches(examples: Sequence[LabelledExample], batch_size: int, max_length: int, *,
+                     pad_side: str = "right", pad_id: int = 0
+                     ) -> Iterator[dict[str, dict[str, np.ndarray] | np.ndarray]]:
+  """KTO batches: ``{"example": rows, "kl": rows, "label": [B], "row_valid": [B]}``, row i of both
+  halves from the same example (its completion, and its KL sequence), one example per row.
+
+  ``label`` is 1 (desirable) or 0 (undesirable), 0 on padding rows.
+  """
+  if batch_size < 1:
+    raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+  if pad_side not in PAD_SIDES:
+    raise ValueError(f"pad_side must be one of {PAD_SIDES}, got {pad_side!r}")
+  for start in range(0, len(examples), batch_size):
+    chunk = examples[start:start + batch_size]
+    out: dict[str, dict[str, np.ndarray] | np.ndarray] = {}
+    for part in ("example", "kl"):
+      rows = empty_rows(batch_size, max_length, pad_id)
+      for r, ex in enumerate(chunk):
+        fill_padded(rows, r, getattr(ex, part), pad_side)
+      out[part] = rows
+    label = np.zeros(batch_size, np.int32)
+    label[:len(chunk)] = [int(ex.label) for ex in chunk]
+    out["label"] = label
+    out["row_valid"] = (np.arange(batch_size) < len(chunk)).astype(np.int32)
+    yield out
