@@ -193,3 +193,38 @@ def test_objective_config_names_bad_keys():
     objective_from_config({"name": "ppo"})
   with pytest.raises(ValueError, match="betta"):
     objective_from_config({"name": "dpo", "betta": 0.1})
+
+
+def test_kto_reference_point_is_the_mean_kl_over_real_rows_only():
+  """z0 = max(0, mean over rows with example_mask 1 of π(kl) − ref(kl)); a padding row (mask 0) moves
+  neither z0 nor the loss, and rewards are split by label."""
+  model = create_model(CFG0, seed=10)
+  rng = np.random.default_rng(4)
+  b, t = 3, 6
+  ids, kl_ids = rng.integers(0, CFG0.vocab_size, (2, b, t))
+  lm = np.zeros((b, t), np.int32)
+  lm[:, 2:] = 1
+  p, _ = seq_logp_and_grad(model, ids, lm)
+  pk, _ = seq_logp_and_grad(model, kl_ids, lm)
+  ref, rk = p + np.array([0.5, -1.0, 7.0]), pk - np.array([1.0, 3.0, 50.0])
+  batch = {"input_ids": jnp.asarray(ids, jnp.int32), "loss_mask": jnp.asarray(lm),
+           "kl_input_ids": jnp.asarray(kl_ids, jnp.int32), "kl_loss_mask": jnp.asarray(lm),
+           "ref_logps": jnp.asarray(ref, jnp.float32), "ref_kl_logps": jnp.asarray(rk, jnp.float32),
+           "label": jnp.asarray([1.0, 0.0, 1.0]), "example_mask": jnp.asarray([1.0, 1.0, 0.0])}
+  beta, wd, wu = 0.5, 1.0, 1.5
+  sums = Objective("kto", beta=beta, desirable_weight=wd, undesirable_weight=wu)(model, batch)
+  z0 = 2.0                                   # mean of 1 and 3; the padding row's 50 stays out
+  np.testing.assert_allclose(float(sums["kl_z0"][0]), z0, rtol=1e-5)
+  r = p - ref                                # −0.5, 1.0 (the padding row: −7)
+  want = [wd * (1 - sig(beta * (r[0] - z0))), wu * (1 - sig(beta * (z0 - r[1])))]
+  s, n = sums["loss"]
+  assert float(n) == 2.0
+  np.testing.assert_allclose(float(s / n), np.mean(want), rtol=1e-5)
+  for name, want_reward in (("reward_desirable", beta * r[0]), ("reward_undesirable", beta * r[1])):
+    s, n = sums[name]
+    assert float(n) == 1.0
+    np.testing.assert_allclose(float(s), want_reward, rtol=1e-5)
+  # a microbatch of padding rows only: z0 = 0, nothing counted, nothing NaN
+  empty = Objective("kto")(model, {**batch, "example_mask": jnp.zeros(3)})
+  assert float(empty["kl_z0"][0]) == 0.0 and float(empty["loss"][1]) == 0.0
+  assert all(np.isfinite(float(v[0])) for v in empty.values())

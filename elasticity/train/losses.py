@@ -174,16 +174,25 @@ class Objective:
     p, _ = _logps(model, batch, "", self.chunk_size)
     ref = batch["ref_logps"] if "ref_logps" in batch else self._ref(ref_model, batch, "")
     if "kl_input_ids" in batch:
-      # z0 = max(0, mean KL estimate on mismatched pairs), as in the KTO paper (per microbatch).
+      # z0 = max(0, mean KL estimate on mismatched pairs), as in the KTO paper (per microbatch);
+      # the mean is over real rows only: padding rows (example_mask 0) do not enter it.
       pk, _ = _logps(model, batch, "kl_", self.chunk_size)
       rk = batch["ref_kl_logps"] if "ref_kl_logps" in batch else self._ref(ref_model, batch, "kl_")
-      z0 = jnp.maximum(jnp.mean(pk - rk), 0.0)
+      kl_sum, n_real = _per_example(pk - rk, batch)
+      z0 = jnp.maximum(kl_sum / jnp.maximum(n_real, 1.0), 0.0)
     else:
       z0 = jnp.zeros((), jnp.float32)
     losses, rewards = kto_losses(p, ref, batch["label"], z0, self.beta, self.desirable_weight,
                                  self.undesirable_weight)
+    real = (jnp.asarray(batch["example_mask"], jnp.float32) if "example_mask" in batch
+            else jnp.ones_like(p))
+    desirable = (jnp.asarray(batch["label"]) > 0).astype(jnp.float32)
+
+    def among(w):   # (Σ rewards over the rows weighted by w, Σ w)
+      return jnp.sum(jnp.where(w > 0, rewards * w, 0.0)), jnp.sum(w)
     return {"loss": _per_example(losses, batch), "reward": _per_example(rewards, batch),
-            "kl_z0": (z0, jnp.ones(()))}
+            "reward_desirable": among(real * desirable),
+            "reward_undesirable": among(real * (1.0 - desirable)), "kl_z0": (z0, jnp.ones(()))}
 
 
 def reference_logps(objective: Objective, ref_model, batch: Mapping[str, Array]) -> dict[str, Array]:
