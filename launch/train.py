@@ -1,4 +1,4 @@
-"""Train (SFT, DPO, SimPO) from a config file: one command from a laptop CPU to a TPU pod or GPU cluster.
+"""Train (SFT, DPO, SimPO, KTO) from a config file: one command from a laptop CPU to a TPU pod or GPU cluster.
 
     python -m launch.train --config=configs/sft.py:tiny --workdir=/tmp/tiny
     python -m launch.train --config=configs/sft.py:llama2-7b,forward --config=... --workdir=gs://...

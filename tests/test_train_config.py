@@ -10,7 +10,7 @@ from elasticity import paths
 from elasticity.train.config import default_config, validate
 
 sys.path.insert(0, str(paths.PROJECT_ROOT))
-from configs import dpo, mesh, models, sft  # noqa: E402
+from configs import dpo, kto, mesh, models, sft  # noqa: E402
 
 PAPER_MODELS = ["llama2-7b", "llama2-13b", "llama3-8b", "tinyllama-1.1b", "qwen1.5-0.5b", "qwen1.5-4b",
                 "qwen1.5-7b", "gemma-2b"]
@@ -58,3 +58,37 @@ def test_bad_values_and_variants_name_the_key():
   locked = sft.get_config("tiny")
   with pytest.raises(AttributeError, match="num_stepz"):
     locked.train.num_stepz = 3
+
+
+@pytest.mark.parametrize("model", PAPER_MODELS)
+def test_kto_presets_have_the_paper_hyperparameters(model):
+  for mesh_name in ("", "gpu1", "tpu_v5e"):
+    c = kto.get_config(",".join(p for p in (model, mesh_name) if p))
+    validate(c)
+    assert (c.objective.name, c.objective.beta, c.objective.desirable_weight,
+            c.objective.undesirable_weight, c.objective.reference) == ("kto", 0.1, 1.0, 1.0,
+                                                                       "precomputed")
+    assert (c.data.name, c.data.n, c.data.max_length, c.data.pack) == ("hh_rlhf", 2000, 512, False)
+    assert (c.train.num_epochs, c.train.global_batch_size) == (1, 8)
+    assert (c.optimizer.lr, c.optimizer.schedule, c.optimizer.warmup_steps) == (1e-5, "constant", 0)
+    assert (c.optimizer.weight_decay, c.seed, c.model.dtype, c.model.param_dtype) == (
+        0.0, 42, "bfloat16", "float32")
+    assert c.model.remat != "none"
+    assert c.mesh.tensor == mesh.PRESETS[mesh_name or models.default_mesh(model)]["tensor"]
+
+
+def test_kto_tiny_is_accepted_and_kto_refuses_packing_naming_the_key():
+  c = kto.get_config("tiny")
+  validate(c)
+  assert (c.objective.name, c.data.name, c.data.label_field, tuple(c.data.desirable)) == (
+      "kto", "imdb", "label", ("pos",))
+  assert c.data.load_kwargs.prompt_len == 8 and c.data.max_length <= 128
+  assert c.mesh.fsdp == -1 and c.objective.reference == "precomputed"
+  c.unlock()
+  c.data.pack = True
+  with pytest.raises(ValueError, match=r"config\.data\.pack"):
+    validate(c)
+  with pytest.raises(ValueError, match="configs/kto.py"):
+    kto.get_config("llama2-7b,gpu8,extra")
+  with pytest.raises(ValueError, match="unknown mesh preset"):
+    kto.get_config("llama2-7b,tpu_v9")

@@ -222,3 +222,55 @@ def test_dpo_reference_once_equals_on_the_fly(stories, tmp_path):
     curves[mode] = losses(tmp_path / mode)
   np.testing.assert_allclose(curves["precomputed"][0], np.log(2.0), rtol=1e-5)
   np.testing.assert_allclose(curves["precomputed"], curves["on_the_fly"], rtol=1e-5)
+
+
+def test_kto_learns_and_reference_once_equals_on_the_fly(stories, tmp_path):
+  """configs/kto.py:tiny on one repeated batch of 8 IMDb reviews: the first loss is Σ λ_y/2 over the
+  batch (policy = reference, z0 = 0), the loss falls and the desirable reward rises, every token the
+  model reads (KL rows included) is counted, and the reference computed once before training (KL
+  sequences included) gives the run the on-the-fly reference gives."""
+  sys.path.insert(0, ROOT)
+  from configs import kto
+  runs, seen = {}, {}
+  for mode in ("precomputed", "on_the_fly"):
+    c = kto.get_config("tiny")
+    c.unlock()
+    c.data.n, c.data.max_length, c.train.num_steps = 8, 64, 4
+    c.objective.reference = mode
+    c.export.hf, c.metrics.tensorboard = False, False
+    c.lock()
+
+    def look(step, batch, mode=mode):
+      seen.setdefault(mode, []).append(dict(batch))
+      return batch
+    assert train(c, tmp_path / mode, batch_transform=look).status == "completed"
+    runs[mode] = read_jsonl(os.path.join(tmp_path / mode, "metrics.jsonl"))
+  first = seen["precomputed"][0]
+  assert {"ref_logps", "ref_kl_logps"} <= set(first) and "ref_logps" not in seen["on_the_fly"][0]
+  lam = np.where(first["label"] > 0, c.objective.desirable_weight, c.objective.undesirable_weight)
+  assert 0 < first["label"].sum() < 8
+  curve = [r["loss"] for r in runs["precomputed"]]
+  np.testing.assert_allclose(curve[0], np.sum(lam * 0.5 * first["example_mask"]) / 8, rtol=1e-5)
+  assert all(b < a for a, b in zip(curve, curve[1:])), curve
+  rewards = [r["reward_desirable"] for r in runs["precomputed"]]
+  assert rewards[-1] > rewards[0] + 0.1 and runs["precomputed"][-1]["reward_undesirable"] < -0.1
+  read = first["attention_mask"].sum() + first["kl_attention_mask"].sum()
+  assert runs["precomputed"][0]["tokens"] == read
+  np.testing.assert_allclose(curve, [r["loss"] for r in runs["on_the_fly"]], rtol=1e-5)
+
+
+def test_kto_balance_warns_outside_the_papers_range(caplog):
+  """λ_D·n_D / (λ_U·n_U) outside [1, 4/3] (the KTO paper's advice) is logged as a warning."""
+  import logging as std_logging
+  from types import SimpleNamespace
+
+  from elasticity.train import loop
+  from elasticity.train.losses import Objective
+  counts = SimpleNamespace(n_desirable=41, n_undesirable=23)
+  with caplog.at_level(std_logging.INFO, logger="absl"):
+    loop._log_kto_balance(counts, Objective("kto"))                          # 1.783: warn
+    loop._log_kto_balance(counts, Objective("kto", undesirable_weight=1.5))  # 1.188: fine
+    loop._log_kto_balance(SimpleNamespace(n_desirable=4, n_undesirable=0), Objective("kto"))
+  warned = [r.getMessage() for r in caplog.records if r.levelno == std_logging.WARNING]
+  assert len(warned) == 2 and "= 1.783" in warned[0] and "n_U=0" in warned[1], warned
+  assert any("41 desirable, 23 undesirable" in r.getMessage() for r in caplog.records)

@@ -36,6 +36,8 @@ def data_section(**overrides: Any) -> ml_collections.ConfigDict:
   d.policy = "truncate_prompt_left"
   d.add_eos = True
   d.drop_last = False
+  d.label_field = "label"         # KTO: the record field holding the desirable/undesirable label
+  d.desirable = ()                # KTO: label values that are desirable (() = the label is boolean)
   for k, v in overrides.items():
     if k == "load_kwargs":
       d.load_kwargs = ml_collections.ConfigDict(v)
@@ -175,7 +177,6 @@ def validate(cfg: ml_collections.ConfigDict) -> None:
     raise ValueError(f"config.{e}") from None
   if cfg.objective.name in ("dpo", "simpo") and cfg.data.pack:
     raise ValueError("config.data.pack: preference objectives use one pair per row (pack=False)")
-  if cfg.objective.name == "kto":
-    raise ValueError("config.objective.name: 'kto' has no dataset plumbing in the launcher yet "
-                     "(labelled single completions); use elasticity.train.losses.Objective('kto') "
-                     "with your own batches")
+  if cfg.objective.name == "kto" and cfg.data.pack:
+    raise ValueError("config.data.pack: KTO uses one example (and its KL sequence) per row "
+                     "(pack=False)")

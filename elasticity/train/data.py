@@ -11,6 +11,11 @@ Batches carry only the fields the objectives read (`elasticity.train.losses`): S
 ``segment_ids`` + ``positions`` (packed); preference rows give the same fields prefixed ``chosen_`` /
 ``rejected_``, ``example_mask`` (0 for the padding rows of a last, partial batch) and ``example_id``
 (the example's index, −1 on padding rows; host-side only, to attach precomputed reference values).
+Unpaired (KTO) rows give the SFT fields of the completion, the same prefixed ``kl_`` for its KL
+sequence (`elasticity.data.labelled`), ``label`` (1 desirable, 0 undesirable), ``example_mask`` and
+``example_id``. Preference records given to the unpaired kind are unpaired first (chosen → 1,
+rejected → 0); other records need a label field (``data.label_field``, read as a boolean, or
+desirable iff its value is in ``data.desirable``).
 """
 
 from __future__ import annotations
@@ -22,9 +27,9 @@ import numpy as np
 
 from elasticity import data
 
-KINDS = ("sft", "preference")
+KINDS = ("sft", "preference", "unpaired")
 KEYS = ("name", "split", "load_kwargs", "n", "seed", "slice", "template", "max_length", "pack",
-        "shuffle", "policy", "add_eos", "drop_last")
+        "shuffle", "policy", "add_eos", "drop_last", "label_field", "desirable")
 
 
 def select(records: Sequence, cfg: Mapping[str, Any]) -> list:
@@ -47,19 +52,33 @@ def select(records: Sequence, cfg: Mapping[str, Any]) -> list:
 
 
 def load_examples(cfg: Mapping[str, Any], tokenizer, kind: str = "sft") -> data.TokenizedDataset:
-  """Load, select and tokenize the dataset named by a ``data`` config section."""
+  """Load, select and tokenize the dataset named by a ``data`` config section.
+
+  For ``"unpaired"``, ``n`` and ``slice`` select source records (pairs, for preference data) before
+  they are unpaired.
+  """
   unknown = sorted(set(cfg) - set(KEYS))
   if unknown:
     raise ValueError(f"data: unknown key(s) {unknown}; known: {sorted(KEYS)}")
   if kind not in KINDS:
     raise ValueError(f"data kind {kind!r} is not one of {KINDS}")
   records = data.load_dataset(cfg["name"], cfg.get("split") or None, **dict(cfg.get("load_kwargs") or {}))
+  record_kind = getattr(records, "kind", None)
   records = select(records, cfg)
   opts = dict(template=cfg.get("template", "plain"), max_length=int(cfg["max_length"]),
               policy=cfg.get("policy", "truncate_prompt_left"), add_eos=bool(cfg.get("add_eos", True)))
   if kind == "sft":
     return data.tokenize(records, tokenizer, **opts)
-  return data.tokenize_preference(records, tokenizer, **opts)
+  if kind == "preference":
+    return data.tokenize_preference(records, tokenizer, **opts)
+  paired = record_kind == "preference" or (
+      record_kind is None and set(data.KINDS["preference"]) <= set(records[0]))
+  if paired:
+    return data.tokenize_labelled(data.unpair(records), tokenizer, seed=int(cfg.get("seed", 0)),
+                                  **opts)
+  return data.tokenize_labelled(records, tokenizer, label_field=cfg.get("label_field") or "label",
+                                desirable=tuple(cfg.get("desirable") or ()) or None,
+                                seed=int(cfg.get("seed", 0)), **opts)
 
 
 def sft_fields(rows: Mapping[str, np.ndarray], packed: bool) -> dict[str, np.ndarray]:
@@ -96,6 +115,16 @@ class BatchStream:
       out = [sft_fields(r, self.pack) for r in data.batches(
           ordered, self.batch_size, self.max_length, pack=self.pack, pad_id=self.pad_id)
              if not self.drop_last or r["row_valid"].all()]
+    elif self.kind == "unpaired":
+      out = []
+      for r in data.labelled_batches(ordered, self.batch_size, self.max_length, pad_id=self.pad_id):
+        if self.drop_last and not r["row_valid"].all():
+          continue
+        b = {"example_mask": r["row_valid"].astype(np.float32),
+             "example_id": r["example"]["example_index"].max(axis=1),
+             "label": r["label"].astype(np.float32), **sft_fields(r["example"], False)}
+        b.update({f"kl_{k}": v for k, v in sft_fields(r["kl"], False).items()})
+        out.append(b)
     else:
       out = []
       for r in data.preference_batches(ordered, self.batch_size, self.max_length, pad_id=self.pad_id):

@@ -131,11 +131,31 @@ def _n_params(abstract_params) -> int:
 
 
 def _real_tokens(batch: Mapping[str, np.ndarray]) -> int:
-  for k in ("attention_mask", "chosen_attention_mask"):
-    if k in batch:
-      n = int(np.asarray(batch[k]).sum())
-      return n + (int(np.asarray(batch["rejected_attention_mask"]).sum()) if k.startswith("chosen") else 0)
+  """Tokens the model reads in a batch: every row set (chosen/rejected, KTO's kl_ rows) included."""
+  masks = [k for k in batch if k.endswith("attention_mask")]
+  if masks:
+    return sum(int(np.asarray(batch[k]).sum()) for k in masks)
   return int((np.asarray(batch["segment_ids"]) > 0).sum())
+
+
+def _data_kind(objective_name: str) -> str:
+  """The batch kind an objective trains on (`elasticity.train.data.KINDS`)."""
+  return {"sft": "sft", "kto": "unpaired"}.get(objective_name, "preference")
+
+
+def _log_kto_balance(examples, objective) -> None:
+  """Log the desirable/undesirable counts; warn when λ_D·n_D / (λ_U·n_U) is outside [1, 4/3].
+
+  The KTO paper (Ethayarajh et al. 2024) recommends that range for the weighted class balance.
+  """
+  n_d, n_u = examples.n_desirable, examples.n_undesirable
+  lam_d, lam_u = objective.desirable_weight, objective.undesirable_weight
+  ratio = lam_d * n_d / (lam_u * n_u) if lam_u * n_u > 0 else float("inf")
+  logging.info("KTO data: %d desirable, %d undesirable; λ_D·n_D / (λ_U·n_U) = %.3f", n_d, n_u, ratio)
+  if not 1.0 <= ratio <= 4.0 / 3.0:
+    logging.warning("KTO data: λ_D·n_D / (λ_U·n_U) = %.3f (λ_D=%g, n_D=%d, λ_U=%g, n_U=%d) is outside "
+                    "[1, 4/3], the range the KTO paper recommends; adjust "
+                    "objective.desirable_weight / undesirable_weight", ratio, lam_d, n_d, lam_u, n_u)
 
 
 class _Evaluator:
@@ -203,9 +223,11 @@ def train(cfg, workdir: str | os.PathLike, *,
   from elasticity.tokenizers import load_tokenizer
   tokenizer = load_tokenizer(_tokenizer_path(cfg))
   objective = objective_from_config(cfg.objective)
-  kind = "sft" if objective.name == "sft" else "preference"
+  kind = _data_kind(objective.name)
   examples = load_examples(cfg.data, tokenizer, kind)
   logging.info("data: %s", examples.report)
+  if kind == "unpaired":
+    _log_kto_balance(examples, objective)
   stream = BatchStream(examples, batch_size=cfg.train.global_batch_size, max_length=cfg.data.max_length,
                        kind=kind, pack=cfg.data.pack, pad_id=tokenizer.pad_id, seed=cfg.seed,
                        shuffle=cfg.data.shuffle, drop_last=cfg.data.drop_last)
@@ -237,7 +259,7 @@ def train(cfg, workdir: str | os.PathLike, *,
                                                seed=cfg.seed))[1]
     state = init_train_state(init, tx, shardings, cfg.seed)
 
-  # Reference model (DPO): the initial policy unless reference.path says otherwise.
+  # Reference model (DPO, KTO): the initial policy unless reference.path says otherwise.
   ref_params = ref_graphdef = None
   ref_table: dict[int, dict[str, float]] | None = None
   if objective.uses_reference:
@@ -258,9 +280,9 @@ def train(cfg, workdir: str | os.PathLike, *,
   b_sh = batch_shardings(first, mesh, rules)
   if objective.uses_reference and cfg.objective.reference == "precomputed":
     ref_table = _precompute_reference(objective, ref_graphdef, ref_params, examples, cfg, tokenizer,
-                                      mesh, shardings["params"], rules)
+                                      mesh, shardings["params"], rules, kind)
     ref_params = ref_graphdef = None
-    b_sh.update({k: shd.batch_sharding(mesh, 1, rules) for k in objective.reference_fields()})
+    b_sh.update({k: shd.batch_sharding(mesh, 1, rules) for k in _reference_keys(ref_table)})
 
   train_step = make_train_step(graphdef, objective, tx, schedule, mesh, shardings, b_sh,
                                num_microbatches=cfg.train.num_microbatches,
@@ -316,7 +338,7 @@ def train(cfg, workdir: str | os.PathLike, *,
       while step < total_steps:
         host = next(stream)
         if ref_table is not None:
-          host = _attach_reference(host, ref_table, objective)
+          host = _attach_reference(host, ref_table)
         host = dict(host)
         host.pop("example_id", None)
         if batch_transform is not None:
@@ -402,10 +424,13 @@ def _hms(seconds: float) -> str:
 
 
 def _precompute_reference(objective, ref_graphdef, ref_params, examples, cfg, tokenizer, mesh,
-                          param_shardings, rules) -> dict[int, dict[str, float]]:
-  """Reference log-probs of every example, computed once before training (then the model is freed)."""
+                          param_shardings, rules, kind: str) -> dict[int, dict[str, float]]:
+  """Reference log-probs of every example, computed once before training (then the model is freed).
+
+  One entry per example index: the fields `reference_logps` gives (for KTO also the KL sequence's).
+  """
   stream = BatchStream(examples, batch_size=cfg.train.global_batch_size, max_length=cfg.data.max_length,
-                       kind="preference", pad_id=tokenizer.pad_id, shuffle=False)
+                       kind=kind, pad_id=tokenizer.pad_id, shuffle=False)
   batches = [{k: v for k, v in b.items()} for b in stream._epoch_batches(0)]
   ids = [b.pop("example_id") for b in batches]
   b_sh = batch_shardings(batches[0], mesh, rules)
@@ -420,9 +445,14 @@ def _precompute_reference(objective, ref_graphdef, ref_params, examples, cfg, to
   return table
 
 
-def _attach_reference(batch, table, objective) -> dict[str, np.ndarray]:
+def _reference_keys(table: Mapping[int, Mapping[str, float]]) -> tuple[str, ...]:
+  return tuple(next(iter(table.values())).keys()) if table else ()
+
+
+def _attach_reference(batch, table) -> dict[str, np.ndarray]:
+  """``batch`` with the precomputed reference fields of its rows (0 on padding rows)."""
   out = dict(batch)
   ids = batch["example_id"]
-  for k in objective.reference_fields():
+  for k in _reference_keys(table):
     out[k] = np.asarray([table[int(i)][k] if i >= 0 else 0.0 for i in ids], np.float32)
   return out
