@@ -228,3 +228,10 @@ def test_kto_reference_point_is_the_mean_kl_over_real_rows_only():
   empty = Objective("kto")(model, {**batch, "example_mask": jnp.zeros(3)})
   assert float(empty["kl_z0"][0]) == 0.0 and float(empty["loss"][1]) == 0.0
   assert all(np.isfinite(float(v[0])) for v in empty.values())
+
+
+def test_kto_with_kl_rows_needs_both_reference_fields():
+  kto = Objective("kto")
+  assert kto.needs_reference_model({"input_ids", "ref_logps"}) is False
+  assert kto.needs_reference_model({"input_ids", "kl_input_ids", "ref_logps"}) is True
+  assert kto.needs_reference_model({"input_ids", "kl_input_ids", "ref_logps", "ref_kl_logps"}) is False

@@ -33,7 +33,23 @@ def make_batches(n_steps, b=8, t=16, seed=0):
   return out
 
 
-def run(mesh_shape, batches, *, microbatches=1, dtype=jnp.float32, remat=None, opt=None, devices=None):
+def kto_batches(n_steps, b=8, t=16, seed=1):
+  """KTO rows with mismatched KL rows, precomputed reference values and a padding row (the last)."""
+  rng = np.random.default_rng(seed)
+  out = []
+  for x in make_batches(n_steps, b, t, seed):
+    kl = make_batches(1, b, t, seed + 100)[0]
+    out.append({**x, **{"kl_" + k: v for k, v in kl.items()},
+                "label": rng.integers(0, 2, b).astype(np.float32),
+                "example_mask": (np.arange(b) < b - 1).astype(np.float32),
+                "ref_logps": rng.normal(-40.0, 5.0, b).astype(np.float32),
+                # far below the policy's KL log-probs, and uneven: z0 > 0 and differs per microbatch
+                "ref_kl_logps": rng.normal(-200.0, 60.0, b).astype(np.float32)})
+  return out
+
+
+def run(mesh_shape, batches, *, microbatches=1, dtype=jnp.float32, remat=None, opt=None, devices=None,
+        objective=None):
   devices = devices if devices is not None else jax.devices()[:int(np.prod(mesh_shape))]
   mesh = shd.make_mesh(*mesh_shape, devices=devices)
   tx, schedule = make_optimizer(opt or {"name": "adamw", "lr": 1e-2, "weight_decay": 0.1,
@@ -43,7 +59,7 @@ def run(mesh_shape, batches, *, microbatches=1, dtype=jnp.float32, remat=None, o
   graphdef, _ = split_params(abstract)
   _, sh = state_shardings(abstract, tx, mesh)
   state = init_train_state(lambda: split_params(create_model(CFG, seed=0))[1], tx, sh, seed=0)
-  step = make_train_step(graphdef, Objective("sft", chunk_size=8), tx, schedule, mesh, sh,
+  step = make_train_step(graphdef, objective or Objective("sft", chunk_size=8), tx, schedule, mesh, sh,
                          batch_shardings(batches[0], mesh), num_microbatches=microbatches)
   losses = []
   for b in batches:
@@ -78,6 +94,19 @@ def test_gradient_accumulation_equals_one_big_batch():
   # the loss is Σ token losses / Σ tokens over the global batch, not a mean of microbatch means
   assert float(m1["count"]) == sum(int(b["loss_mask"].sum() - (b["loss_mask"][:, 0]).sum())
                                    for b in batches[-1:])
+
+
+def test_kto_accumulation_keeps_the_global_batch_reference_point():
+  batches = kto_batches(2)
+  sgd = {"name": "sgd", "lr": 0.5}
+  kto = Objective("kto", chunk_size=8)
+  whole, p1, m1 = run((1, 2, 1), batches, microbatches=1, opt=sgd, objective=kto)
+  acc, p4, m4 = run((1, 2, 1), batches, microbatches=4, opt=sgd, objective=kto)
+  assert float(m1["kl_z0"]) > 1.0
+  np.testing.assert_allclose(float(m4["kl_z0"]), float(m1["kl_z0"]), rtol=1e-5)
+  np.testing.assert_allclose(acc, whole, rtol=1e-5)
+  for a, b in zip(jax.tree.leaves(p4), jax.tree.leaves(p1)):
+    np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
 
 
 def test_bf16_compute_keeps_fp32_master_weights():

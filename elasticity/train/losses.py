@@ -125,12 +125,26 @@ class Objective:
   def uses_reference(self) -> bool:
     return self.name in ("dpo", "kto")
 
-  def reference_fields(self) -> tuple[str, ...]:
-    """Batch fields that, when present, replace running the reference model."""
-    return {"dpo": ("ref_chosen_logps", "ref_rejected_logps"), "kto": ("ref_logps",)}.get(self.name, ())
+  def reference_fields(self, batch_keys=()) -> tuple[str, ...]:
+    """Batch fields that, when present, replace running the reference model (KTO's KL rows too)."""
+    if self.name == "kto":
+      return ("ref_logps",) + (("ref_kl_logps",) if "kl_input_ids" in batch_keys else ())
+    return {"dpo": ("ref_chosen_logps", "ref_rejected_logps")}.get(self.name, ())
 
   def needs_reference_model(self, batch_keys) -> bool:
-    return self.uses_reference and not all(k in batch_keys for k in self.reference_fields())
+    return self.uses_reference and not all(k in batch_keys for k in self.reference_fields(batch_keys))
+
+  def kl_sums(self, model, batch: Mapping[str, Array], ref_model=None) -> tuple[Array, Array]:
+    """KTO's reference point in parts: (Σ over real rows of π − ref on the mismatched KL rows, rows).
+
+    The train step adds these over all microbatches and passes ``kl_z0 = max(0, Σ / rows)`` to
+    every microbatch, so z0 is the estimate of the whole global batch (not of one microbatch of
+    maybe one row); without ``kl_z0`` `_kto` computes it from its own rows. No gradient flows.
+    """
+    pk, _ = _logps(model, batch, "kl_", self.chunk_size)
+    rk = batch["ref_kl_logps"] if "ref_kl_logps" in batch else self._ref(ref_model, batch, "kl_")
+    s, n = _per_example(pk - rk, batch)
+    return jax.lax.stop_gradient(s), n
 
   def __call__(self, model, batch: Mapping[str, Array], ref_model=None) -> Sums:
     fn: Callable[..., Sums] = getattr(self, "_" + self.name)
@@ -138,8 +152,9 @@ class Objective:
 
   def _ref(self, ref_model, batch, prefix) -> Array:
     if ref_model is None:
+      fields = ", ".join(self.reference_fields(batch.keys()))
       raise ValueError(f"objective {self.name}: batch has no precomputed reference log-probs "
-                       f"({', '.join(self.reference_fields())}) and no reference model was given")
+                       f"({fields}) and no reference model was given")
     logp, _ = _logps(ref_model, batch, prefix, self.chunk_size)
     return jax.lax.stop_gradient(logp)
 
@@ -173,12 +188,12 @@ class Objective:
   def _kto(self, model, batch, ref_model) -> Sums:
     p, _ = _logps(model, batch, "", self.chunk_size)
     ref = batch["ref_logps"] if "ref_logps" in batch else self._ref(ref_model, batch, "")
-    if "kl_input_ids" in batch:
-      # z0 = max(0, mean KL estimate on mismatched pairs), as in the KTO paper (per microbatch);
-      # the mean is over real rows only: padding rows (example_mask 0) do not enter it.
-      pk, _ = _logps(model, batch, "kl_", self.chunk_size)
-      rk = batch["ref_kl_logps"] if "ref_kl_logps" in batch else self._ref(ref_model, batch, "kl_")
-      kl_sum, n_real = _per_example(pk - rk, batch)
+    if "kl_z0" in batch:          # the global batch's estimate (see `kl_sums`)
+      z0 = jnp.asarray(batch["kl_z0"], jnp.float32)
+    elif "kl_input_ids" in batch:
+      # z0 = max(0, mean KL estimate on mismatched pairs), as in the KTO paper; the mean is over
+      # real rows only: padding rows (example_mask 0) do not enter it.
+      kl_sum, n_real = self.kl_sums(model, batch, ref_model)
       z0 = jnp.maximum(kl_sum / jnp.maximum(n_real, 1.0), 0.0)
     else:
       z0 = jnp.zeros((), jnp.float32)

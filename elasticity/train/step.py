@@ -14,8 +14,10 @@ initialiser with ``out_shardings`` (random init) or from host arrays placed shar
 ``in_shardings``/``out_shardings`` and the state donated. Inside, the global batch is cut into
 ``num_microbatches`` interleaved microbatches (row i goes to microbatch i mod M, so every device keeps
 its rows) and a `lax.scan` accumulates gradient *sums* and the objective's (sum, count) pairs;
-the loss and gradient are divided once by the global count. A step whose loss or gradient norm is
-not finite leaves the state unchanged and reports ``finite = 0``.
+the loss and gradient are divided once by the global count. KTO's reference point z0 is estimated
+on the whole global batch first (a forward pass over the microbatches' KL rows), so accumulation
+does not change it. A step whose loss or gradient norm is not finite leaves the state unchanged and
+reports ``finite = 0``.
 """
 
 from __future__ import annotations
@@ -114,13 +116,26 @@ def make_train_step(graphdef: nnx.GraphDef, objective: Objective, tx: optax.Grad
 
   grad_fn = jax.grad(micro_loss, has_aux=True)
 
+  def kl_z0(params, mbs, ref_params):
+    """KTO's reference point over the whole global batch (forward only, summed over microbatches)."""
+    def body(carry, mb):
+      ref = nnx.merge(ref_graphdef, ref_params) if with_ref else None
+      s, n = objective.kl_sums(nnx.merge(graphdef, params), constrain_batch(mb), ref)
+      return (carry[0] + s, carry[1] + n), None
+    zero = jnp.zeros((), jnp.float32)
+    (s, n), _ = jax.lax.scan(body, (zero, zero), mbs)
+    return jnp.maximum(s / jnp.maximum(n, 1.0), 0.0)
+
   def step(state, batch, ref_params=None):
     params = state["params"]
     mbs = _microbatches(batch, m) if m > 1 else None
+    extra = {}
+    if m > 1 and objective.name == "kto" and "kl_input_ids" in batch:
+      extra["kl_z0"] = kl_z0(params, mbs, ref_params)
 
     def body(carry, mb):
       g_acc, s_acc = carry
-      g, sums = grad_fn(params, constrain_batch(mb), ref_params)
+      g, sums = grad_fn(params, {**constrain_batch(mb), **extra}, ref_params)
       g_acc = jax.tree.map(jnp.add, g_acc, g)
       g_acc = jax.lax.with_sharding_constraint(g_acc, param_sh)
       s_acc = jax.tree.map(jnp.add, s_acc, sums)
@@ -129,7 +144,7 @@ def make_train_step(graphdef: nnx.GraphDef, objective: Objective, tx: optax.Grad
     if m == 1:   # no accumulation: skip the loop and the zero-initialised accumulators
       g_sum, sums = grad_fn(params, constrain_batch(dict(batch)), ref_params)
     else:
-      mb0 = jax.tree.map(lambda x: x[0], mbs)
+      mb0 = {**jax.tree.map(lambda x: x[0], mbs), **extra}
       _, sums_shape = jax.eval_shape(grad_fn, params, mb0, ref_params)
       zeros_s = jax.tree.map(lambda s: jnp.zeros(s.shape, jnp.float32), sums_shape)
       zeros_g = jax.lax.with_sharding_constraint(jax.tree.map(jnp.zeros_like, params), param_sh)
