@@ -184,7 +184,11 @@ class _Evaluator:
       logging.log_first_n(logging.WARNING, "eval skipped: elasticity.compression unavailable (%s)", 1, e)
       return {}
     if self.scorer is None:
-      self.scorer = compression.Scorer(model, mesh=self.mesh, chunk_size=self.cfg.objective.chunk_size)
+      # The training rules, so the scorer's parameter shardings equal the train state's and
+      # `update` places nothing (no second copy of the model).
+      rules = tuple(tuple(r) for r in self.cfg.sharding.rules)
+      self.scorer = compression.Scorer(model, mesh=self.mesh, rules=rules,
+                                       chunk_size=self.cfg.objective.chunk_size)
     else:
       self.scorer.update(model)
     out = {}
