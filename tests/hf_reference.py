@@ -79,3 +79,13 @@ def torch_logits(model, ids, mask, positions) -> np.ndarray:
     out = model(input_ids=torch.from_numpy(ids), attention_mask=torch.from_numpy(mask),
                 position_ids=torch.from_numpy(positions))
   return out.logits.float().numpy()
+
+
+def valid_logit_error(ref, model, lengths, pad_side: str) -> tuple[float, np.ndarray]:
+  """(max abs logit difference of ``model`` from ``ref`` over real tokens, ``model``'s logits) on a
+  ragged batch of random ids with rows of ``lengths`` padded on ``pad_side``."""
+  ids, mask, positions = ragged_batch(ref.config.vocab_size, lengths, pad_side)
+  want = torch_logits(ref, ids, mask, positions)
+  got = np.asarray(model(ids.astype(np.int32), attention_mask=mask))
+  valid = mask.astype(bool)
+  return float(np.max(np.abs(got[valid] - want[valid]))), got

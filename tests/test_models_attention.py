@@ -8,7 +8,7 @@ import pytest
 
 from elasticity.models import layers, load_pretrained
 
-from hf_reference import ragged_batch, tiny_hf_model, torch_logits
+from hf_reference import tiny_hf_model, valid_logit_error
 
 
 def test_causal_block_sizes():
@@ -23,13 +23,8 @@ def test_causal_block_sizes():
 def test_long_rows_match_transformers(variant, pad_side, tmp_path):
   ref = tiny_hf_model(variant)
   ref.save_pretrained(tmp_path)
-  model = load_pretrained(tmp_path)
   # 300 slots → query blocks [0,128), [128,256), [256,300); rows end inside different blocks.
-  ids, mask, positions = ragged_batch(ref.config.vocab_size, [300, 200, 130], pad_side)
-  want = torch_logits(ref, ids, mask, positions)
-  got = np.asarray(model(ids.astype(np.int32), attention_mask=mask))
-  valid = mask.astype(bool)
-  err = np.max(np.abs(got[valid] - want[valid]))
+  err, _ = valid_logit_error(ref, load_pretrained(tmp_path), [300, 200, 130], pad_side)
   assert err < 1e-4, f"{variant} {pad_side}: max abs logit error {err:.2e}"
 
 

@@ -8,7 +8,7 @@ from safetensors.numpy import load_file
 
 from elasticity.models import load_pretrained, save_pretrained
 
-from hf_reference import VARIANTS, ragged_batch, tiny_hf_model, torch_logits
+from hf_reference import VARIANTS, ragged_batch, tiny_hf_model, torch_logits, valid_logit_error
 
 
 @pytest.fixture(scope="module", params=sorted(VARIANTS))
@@ -22,12 +22,7 @@ def saved(request, tmp_path_factory):
 @pytest.mark.parametrize("pad_side", ["right", "left"])
 def test_logits_match_transformers(saved, pad_side):
   variant, ref, path = saved
-  flax_model = load_pretrained(path)
-  ids, mask, positions = ragged_batch(ref.config.vocab_size, [11, 7, 3], pad_side)
-  want = torch_logits(ref, ids, mask, positions)
-  got = np.asarray(flax_model(ids.astype(np.int32), attention_mask=mask))
-  valid = mask.astype(bool)
-  err = np.max(np.abs(got[valid] - want[valid]))
+  err, got = valid_logit_error(ref, load_pretrained(path), [11, 7, 3], pad_side)
   assert err < 1e-4, f"{variant} {pad_side}: max abs logit error {err:.2e}"
   assert np.all(np.isfinite(got)), "padding positions must stay finite"
 

@@ -206,6 +206,17 @@ def test_two_processes_reproduce_the_single_process_run(stories, tmp_path):
                              atol=1e-6)
 
 
+def tiny_with_reference(module, mode, *, n, max_length, steps):
+  """``module.get_config("tiny")`` (configs/dpo.py or kto.py) shrunk, with the reference ``mode``."""
+  c = module.get_config("tiny")
+  c.unlock()
+  c.data.n, c.data.max_length, c.train.num_steps = n, max_length, steps
+  c.objective.reference = mode
+  c.export.hf, c.metrics.tensorboard = False, False
+  c.lock()
+  return c
+
+
 def test_dpo_reference_once_equals_on_the_fly(stories, tmp_path):
   """configs/dpo.py:tiny on HH-RLHF pairs: the first loss is log 2 (policy = reference), and the
   reference computed once before training gives the run the on-the-fly reference gives."""
@@ -213,12 +224,7 @@ def test_dpo_reference_once_equals_on_the_fly(stories, tmp_path):
   from configs import dpo
   curves = {}
   for mode in ("precomputed", "on_the_fly"):
-    c = dpo.get_config("tiny")
-    c.unlock()
-    c.data.n, c.data.max_length, c.train.num_steps = 16, 64, 2
-    c.objective.reference = mode
-    c.export.hf, c.metrics.tensorboard = False, False
-    c.lock()
+    c = tiny_with_reference(dpo, mode, n=16, max_length=64, steps=2)
     assert train(c, tmp_path / mode).status == "completed"
     curves[mode] = losses(tmp_path / mode)
   np.testing.assert_allclose(curves["precomputed"][0], np.log(2.0), rtol=1e-5)
@@ -234,12 +240,7 @@ def test_kto_learns_and_reference_once_equals_on_the_fly(stories, tmp_path):
   from configs import kto
   runs, seen = {}, {}
   for mode in ("precomputed", "on_the_fly"):
-    c = kto.get_config("tiny")
-    c.unlock()
-    c.data.n, c.data.max_length, c.train.num_steps = 8, 64, 4
-    c.objective.reference = mode
-    c.export.hf, c.metrics.tensorboard = False, False
-    c.lock()
+    c = tiny_with_reference(kto, mode, n=8, max_length=64, steps=4)
 
     def look(step, batch, mode=mode):
       seen.setdefault(mode, []).append(dict(batch))
