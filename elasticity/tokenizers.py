@@ -15,7 +15,8 @@ Conventions shared by all implementations: ``encode`` never adds BOS/EOS unless 
 (``add_bos=True``); special-token strings written in the text (e.g. a chat template's
 ``<|im_start|>``) are encoded as the special tokens, as Hugging Face tokenizers do; ``pad_id`` falls
 back to ``eos_id`` and then to 0; ``add_bos_token`` says whether the model's sequences conventionally
-start with BOS (Llama 1/2/3: yes; GPT-2, Qwen, SmolLM2: no).
+start with BOS (Llama 1/2/3: yes; GPT-2, Qwen, SmolLM2: no). ``save(out_dir)`` writes files that
+``load_tokenizer(out_dir)`` reads back as the same tokenizer (model exports carry their tokenizer).
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from __future__ import annotations
 import heapq
 import os
 import re
+import shutil
 import struct
 from collections.abc import Sequence
 from pathlib import Path
@@ -47,6 +49,10 @@ class Tokenizer(Protocol):
   eos_id: int | None
   pad_id: int
   add_bos_token: bool
+
+  def save(self, out_dir: str | os.PathLike) -> None:
+    """Write the tokenizer's files into ``out_dir`` so that `load_tokenizer(out_dir)` reloads it."""
+    ...
 
   def encode(self, text: str, *, add_bos: bool = False) -> list[int]:
     """Ids of ``text``; BOS first only when ``add_bos`` (and the tokenizer has one)."""
@@ -77,6 +83,14 @@ def _pad_fallback(pad_id: int | None, eos_id: int | None) -> int:
   if eos_id is not None:
     return int(eos_id)
   return 0
+
+
+def _copy_into(out_dir: str | os.PathLike, files: dict[str, Path]) -> None:
+  """Copy ``{name in out_dir: source file}``, creating ``out_dir``."""
+  out = Path(out_dir)
+  out.mkdir(parents=True, exist_ok=True)
+  for name, src in files.items():
+    shutil.copyfile(src, out / name)
 
 
 def _with_bos(ids: list[int], add_bos: bool, bos_id: int | None) -> list[int]:
@@ -123,6 +137,10 @@ class HFTokenizer:
       return cls(AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name, **kw))
     return cls(AutoTokenizer.from_pretrained(str(path), **kw))
 
+  def save(self, out_dir: str | os.PathLike) -> None:
+    """``save_pretrained``: a Hugging Face tokenizer folder (also for one read from a GGUF file)."""
+    self.hf.save_pretrained(str(out_dir))
+
   @property
   def bos_token(self) -> str | None:
     return self.hf.bos_token
@@ -166,6 +184,9 @@ class SentencePieceTokenizer(_NoChatTemplate):
     self.add_bos_token = self.bos_id is not None
     self._special = {i for i in range(self.vocab_size)
                      if self.sp.is_control(i) or self.sp.is_unknown(i)}
+
+  def save(self, out_dir: str | os.PathLike) -> None:
+    _copy_into(out_dir, {"tokenizer.model": self.path})
 
   @property
   def bos_token(self) -> str | None:
@@ -255,6 +276,9 @@ class Llama2cTokenizer(_NoChatTemplate):
       m = _BYTE_PIECE.match(p)
       if m:
         self._byte_of[i] = int(m.group(1), 16)
+
+  def save(self, out_dir: str | os.PathLike) -> None:
+    _copy_into(out_dir, {"tokenizer.bin": self.path})
 
   @property
   def bos_token(self) -> str | None:
@@ -374,9 +398,10 @@ class TiktokenTokenizer(_NoChatTemplate):
   """A ``tiktoken.Encoding`` with the project's conventions (Llama 3, Qwen v1, GPT-2 files)."""
 
   def __init__(self, encoding: Any, *, bos: str | None, eos: str | None,
-               add_bos_token: bool, name: str):
+               add_bos_token: bool, name: str, files: Sequence[str | os.PathLike] = ()):
     self.enc = encoding
     self.name = name
+    self.files = tuple(Path(f) for f in files)
     self.vocab_size = int(encoding.n_vocab)
     specials = encoding._special_tokens  # pylint: disable=protected-access
     self._special_ids = frozenset(specials.values())
@@ -394,7 +419,7 @@ class TiktokenTokenizer(_NoChatTemplate):
     enc = tiktoken.Encoding(name=Path(path).stem, pat_str=LLAMA3_PATTERN, mergeable_ranks=ranks,
                             special_tokens=_llama3_specials(len(ranks)))
     return cls(enc, bos="<|begin_of_text|>", eos="<|end_of_text|>", add_bos_token=True,
-               name="llama3")
+               name="llama3", files=[path])
 
   @classmethod
   def qwen(cls, path: str | os.PathLike) -> "TiktokenTokenizer":
@@ -403,7 +428,7 @@ class TiktokenTokenizer(_NoChatTemplate):
     ranks = load_tiktoken_bpe(str(path))
     enc = tiktoken.Encoding(name=Path(path).stem, pat_str=QWEN_PATTERN, mergeable_ranks=ranks,
                             special_tokens=_qwen_specials(len(ranks)))
-    return cls(enc, bos=None, eos="<|endoftext|>", add_bos_token=False, name="qwen")
+    return cls(enc, bos=None, eos="<|endoftext|>", add_bos_token=False, name="qwen", files=[path])
 
   @classmethod
   def gpt2(cls, folder: str | os.PathLike) -> "TiktokenTokenizer":
@@ -414,7 +439,14 @@ class TiktokenTokenizer(_NoChatTemplate):
     enc = tiktoken.Encoding(name="gpt2", pat_str=GPT2_PATTERN, mergeable_ranks=ranks,
                             special_tokens={"<|endoftext|>": len(ranks)})
     # GPT-2's BOS and EOS are both <|endoftext|>; it is not prepended by convention.
-    return cls(enc, bos="<|endoftext|>", eos="<|endoftext|>", add_bos_token=False, name="gpt2")
+    return cls(enc, bos="<|endoftext|>", eos="<|endoftext|>", add_bos_token=False, name="gpt2",
+               files=[folder / "encoder.json", folder / "vocab.bpe"])
+
+  def save(self, out_dir: str | os.PathLike) -> None:
+    """The source files under their own names (one ``.tiktoken``; GPT-2's encoder.json + vocab.bpe)."""
+    if not self.files:
+      raise ValueError(f"tiktoken tokenizer {self.name!r} was built in memory: no files to save")
+    _copy_into(out_dir, {f.name: f for f in self.files})
 
   @property
   def bos_token(self) -> str | None:

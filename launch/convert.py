@@ -1,5 +1,8 @@
 """Convert a checkpoint between formats: HF directory / .gguf / llama2.c .bin → HF directory or orbax.
 
+An HF export carries the source's tokenizer (``--tokenizer``, else the one in or at ``--src``) when
+there is one, so `load_tokenizer(dst)` works on it.
+
     python -m launch.convert --src=model.gguf --dst=out/hf [--dtype=bfloat16]
     python -m launch.convert --src=stories260K.bin --tokenizer=tok512.bin --dst=out/hf
     python -m launch.convert --src=out/hf --dst=out/orbax --to=orbax
@@ -22,13 +25,27 @@ _DTYPE = flags.DEFINE_enum("dtype", None, ["float32", "bfloat16", "float16"],
 _TOKENIZER = flags.DEFINE_string("tokenizer", None, "llama2.c tokenizer.bin (checked against the vocab).")
 
 
+def _source_tokenizer():
+  """The source's tokenizer (--tokenizer, else the source itself), or None if it has none."""
+  from elasticity.tokenizers import load_tokenizer
+  path = _TOKENIZER.value or _SRC.value
+  if not _TOKENIZER.value and _SRC.value.endswith(".bin"):   # a llama2.c checkpoint, not a tokenizer
+    logging.warning("no --tokenizer for the llama2.c checkpoint: the export holds the model only")
+    return None
+  try:
+    return load_tokenizer(path)
+  except (ValueError, OSError) as e:
+    logging.warning("no tokenizer found with %s (%s): the export holds the model only", path, e)
+    return None
+
+
 def main(argv):
   del argv
   from elasticity.models import load_pretrained, save_pretrained
   dtype = jnp.dtype(_DTYPE.value or "float32")
   model = load_pretrained(_SRC.value, dtype=dtype, tokenizer=_TOKENIZER.value)
   if _TO.value == "hf":
-    out = save_pretrained(model, _DST.value)
+    out = save_pretrained(model, _DST.value, tokenizer=_source_tokenizer())
   else:
     from elasticity.convert.orbax_model import save_orbax
     out = save_orbax(model, _DST.value)

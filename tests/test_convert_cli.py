@@ -33,6 +33,10 @@ def test_llama2c_to_hf_to_orbax_keeps_logits(shared, tmp_path):
   want = np.asarray(load_pretrained(ckpt)(ids))
   np.testing.assert_array_equal(np.asarray(load_pretrained(tmp_path / "hf")(ids)), want)
   np.testing.assert_array_equal(np.asarray(load_pretrained(tmp_path / "orbax")(ids)), want)
+  # the HF export carries the tokenizer given with --tokenizer
+  from elasticity.tokenizers import load_tokenizer
+  text = "Once upon a time, Lily saw a big dog."
+  assert load_tokenizer(tmp_path / "hf").encode(text) == load_tokenizer(tok).encode(text)
 
 
 def test_bfloat16_export_loads_in_transformers(tmp_path):

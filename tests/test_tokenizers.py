@@ -209,12 +209,33 @@ def test_gguf_tokenizer_and_chat_template(smollm2):
 
 
 def test_hf_folder_roundtrip(smollm2, tmp_path):
-  smollm2.hf.save_pretrained(tmp_path)
+  smollm2.save(tmp_path)                  # read from the GGUF file, written as an HF folder
   tok = tk.load_tokenizer(tmp_path)
   assert isinstance(tok, tk.HFTokenizer)
   for s in SENTENCES:
     assert tok.encode(s) == smollm2.encode(s)
   assert tok.has_chat_template
+
+
+@pytest.mark.parametrize("source, kind", [
+    ("tokenizers/llama2/tokenizer.model", tk.SentencePieceTokenizer),
+    ("tokenizers/llama2/tokenizer.bin", tk.Llama2cTokenizer),
+    ("models/stories260K/tok512.bin", tk.Llama2cTokenizer),
+    ("tokenizers/llama3/tokenizer_llama3.tiktoken", tk.TiktokenTokenizer),
+    ("tokenizers/qwen/qwen.tiktoken", tk.TiktokenTokenizer),
+    ("tokenizers/gpt2", tk.TiktokenTokenizer),
+])
+def test_save_then_load_gives_the_same_tokenizer(shared_dir_module, source, kind, tmp_path):
+  """A tokenizer saved into a folder (as model exports do) loads back from that folder alone."""
+  orig = tk.load_tokenizer(require(shared_dir_module / source))
+  (tmp_path / "config.json").write_text("{}")       # an export folder also holds the model
+  orig.save(tmp_path)
+  tok = tk.load_tokenizer(tmp_path)
+  assert type(tok) is kind
+  for s in SENTENCES + ["café 日本 🙂 <|endoftext|>"]:
+    assert tok.encode(s, add_bos=True) == orig.encode(s, add_bos=True)
+  assert (tok.vocab_size, tok.bos_id, tok.eos_id, tok.pad_id, tok.add_bos_token) == (
+      orig.vocab_size, orig.bos_id, orig.eos_id, orig.pad_id, orig.add_bos_token)
 
 
 def test_load_tokenizer_rejects_unknown(tmp_path):

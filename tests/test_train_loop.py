@@ -102,6 +102,11 @@ def test_launched_tiny_run_learns_and_exports_a_transformers_model(stories, tmp_
   init = load_pretrained(paths.shared_path("models", "stories260K", "stories260K.bin"),
                          tokenizer=paths.shared_path("models", "stories260K", "tok512.bin"))
   assert not np.allclose(np.asarray(init.embed[...]), np.asarray(ours.embed[...]))
+  # the export carries the run's tokenizer: the folder alone is enough to score or fine-tune again
+  from elasticity.tokenizers import load_tokenizer
+  text = "Once upon a time, Lily saw a big dog."
+  source = load_tokenizer(paths.shared_path("models", "stories260K", "tok512.bin"))
+  assert load_tokenizer(workdir / "hf").encode(text) == source.encode(text)
 
 
 def test_restart_after_sigterm_equals_uninterrupted_run(stories, tmp_path):

@@ -73,10 +73,12 @@ def load_hf(path: str | os.PathLike, *, dtype=jnp.float32, param_dtype=None) -> 
 
 
 def save_hf(model: CausalLM, out_dir: str | os.PathLike, *, dtype: str | None = None,
-            max_shard_bytes: int = 5 * 2**30) -> Path:
+            max_shard_bytes: int = 5 * 2**30, tokenizer=None) -> Path:
   """Write ``config.json`` and safetensors (sharded past ``max_shard_bytes``) atomically.
 
-  ``dtype``: "float32" | "bfloat16" | "float16" (default: the parameters' dtype).
+  ``dtype``: "float32" | "bfloat16" | "float16" (default: the parameters' dtype). ``tokenizer``: an
+  `elasticity.tokenizers.Tokenizer` whose files go into the same directory (same atomic write), so
+  that the export is self-contained for `load_tokenizer` (and `transformers` for HF tokenizers).
   """
   out_dir = Path(out_dir)
   if dtype is not None and dtype not in _DTYPES:
@@ -108,6 +110,8 @@ def save_hf(model: CausalLM, out_dir: str | os.PathLike, *, dtype: str | None = 
       total = sum(w.nbytes for w in tensors.values())
       (tmp / INDEX).write_text(json.dumps({"metadata": {"total_size": total}, "weight_map": weight_map},
                                           indent=2) + "\n")
+    if tokenizer is not None:
+      tokenizer.save(tmp)
     if out_dir.exists():
       old = out_dir.with_name(f".{out_dir.name}.old")
       shutil.rmtree(old, ignore_errors=True)

@@ -52,7 +52,11 @@ def load_pretrained(path: str | os.PathLike, *, dtype=jnp.float32, param_dtype=N
   raise ValueError(f"{p}: unknown checkpoint kind (want a Hugging Face directory, .gguf or llama2.c .bin)")
 
 
-def save_pretrained(model: CausalLM, out_dir: str | os.PathLike, *, dtype: str | None = None) -> Path:
-  """Export to a Hugging Face directory that ``AutoModelForCausalLM.from_pretrained`` loads."""
+def save_pretrained(model: CausalLM, out_dir: str | os.PathLike, *, dtype: str | None = None,
+                    tokenizer=None) -> Path:
+  """Export to a Hugging Face directory that ``AutoModelForCausalLM.from_pretrained`` loads.
+
+  With ``tokenizer`` (an `elasticity.tokenizers.Tokenizer`) its files are written there too.
+  """
   from elasticity.convert.hf import save_hf
-  return save_hf(model, out_dir, dtype=dtype)
+  return save_hf(model, out_dir, dtype=dtype, tokenizer=tokenizer)

@@ -12,7 +12,7 @@ named datasets every ``eval.every`` steps, a checkpoint every ``checkpoint.every
 ``checkpoint.keep``). SIGTERM/SIGINT (a TPU preemption notice, Ctrl-C, SLURM's time limit) saves a
 checkpoint and returns ``status="preempted"``; a non-finite loss raises `NonFiniteLossError` naming the
 step, leaving the last good checkpoint as it was. At the end the model is exported to
-``<workdir>/hf`` (a Hugging Face directory).
+``<workdir>/hf`` (a Hugging Face directory, with the run's tokenizer files).
 
 Metrics are read one step late (the host reads step N−1's numbers while the device runs step N), and
 the step itself refuses a non-finite update, so a bad batch never reaches the parameters.
@@ -384,14 +384,15 @@ def train(cfg, workdir: str | os.PathLike, *,
   export_dir = None
   if status == "completed" and cfg.export.hf:
     export_dir = export_hf(graphdef, state["params"], os.path.join(workdir, "hf"),
-                           dtype=cfg.export.dtype or None)
+                           dtype=cfg.export.dtype or None, tokenizer=tokenizer)
   elapsed = time.perf_counter() - t_start
   logging.info("%s: %d steps (%d this run) in %s", status, step, step - start_step, _hms(elapsed))
   return RunResult(status, step, total_steps, workdir, export_dir, last)
 
 
-def export_hf(graphdef, params, out_dir: str, dtype: str | None = None) -> str | None:
-  """Gather the parameters to the host and write a Hugging Face directory (process 0 only)."""
+def export_hf(graphdef, params, out_dir: str, dtype: str | None = None, tokenizer=None) -> str | None:
+  """Gather the parameters to the host and write a Hugging Face directory (process 0 only), with
+  the run's tokenizer files when ``tokenizer`` is given."""
   from flax import nnx
 
   from elasticity.models import save_pretrained
@@ -400,7 +401,7 @@ def export_hf(graphdef, params, out_dir: str, dtype: str | None = None) -> str |
     return None
   model = nnx.merge(graphdef, jax.tree.map(np.asarray, host))
   model.remat = None
-  return os.fspath(save_pretrained(model, out_dir, dtype=dtype))
+  return os.fspath(save_pretrained(model, out_dir, dtype=dtype, tokenizer=tokenizer))
 
 
 def _run_eval(evaluate, graphdef, state, step: int, writer) -> None:
