@@ -11,10 +11,11 @@ A fourth field names a mesh preset of configs/mesh.py (gpu1, gpu8, gpu8_tp2, tpu
 tpu_v5e_2slices); the default is the model's own (configs/models.py).
 
 Models: see configs/models.py. Datasets: alpaca, truthfulqa, beavertails, imdb (positive reviews).
-Directions (paper §5.1): ``base`` trains the pretrained model on the whole selection, saving θ_k
-checkpoints; the selection is cut in thirds D_1, D_2, D_3; ``forward`` starts from θ1 (``model.path``
-= ``$ELASTICITY_RUNS/<model>-<dataset>/theta1``) and trains on D_2, ``inverse`` starts from θ2 and trains
-on D_1. Override ``--config.model.path`` to point at your own θ checkpoints.
+Directions (paper §5.1): ``base`` trains the pretrained model on the whole selection and exports
+θ1, θ2, θ3 (after each third of the epoch) as HF directories ``$ELASTICITY_RUNS/<model>-<dataset>/
+theta{1,2,3}`` (``export.snapshots``); the selection is cut in thirds D_1, D_2, D_3; ``forward``
+starts from θ1 there and trains on D_2, ``inverse`` starts from θ2 and trains on D_1. Override
+``--config.model.path`` to point at your own θ checkpoints.
 
 Paper hyper-parameters (verified on a released run): max length 512, 1 epoch, global batch 8
 (per-device 1 × accumulation 8), lr 1e-5 constant, no warmup, weight decay 0, bf16, seed 42,
@@ -98,9 +99,12 @@ def alignment(model: str, dataset: str = "alpaca", direction: str = "base",
   third = ds["n"] // 3
   run = os.path.join(RUNS_DIR, f"{model}-{dataset}")
   if direction == "base":
-    # θ1, θ2, θ3 = the checkpoints after each third of the epoch
-    c.checkpoint.every = max(1, third // c.train.global_batch_size)
+    # θ1, θ2, θ3 = the model after each third of the epoch, exported where forward/inverse look
+    per_third = max(1, third // c.train.global_batch_size)
+    c.checkpoint.every = per_third
     c.checkpoint.keep = 3
+    c.export.snapshot_dir = run
+    c.export.snapshots = ml_collections.ConfigDict({f"theta{k}": k * per_third for k in (1, 2, 3)})
   elif direction == "forward":
     c.model.path = os.path.join(run, "theta1")
     c.data.slice = (third, 2 * third)

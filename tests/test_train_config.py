@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 
 import pytest
@@ -32,6 +33,11 @@ def test_alignment_presets_have_the_paper_hyperparameters(model):
   fwd, inv = sft.get_config(f"{model},alpaca,forward"), sft.get_config(f"{model},alpaca,inverse")
   assert fwd.model.path.endswith("theta1") and tuple(fwd.data.slice) == (600, 1200)
   assert inv.model.path.endswith("theta2") and tuple(inv.data.slice) == (0, 600)
+  # the base run exports θ1..θ3 after each third of the epoch, exactly where forward/inverse start
+  base = sft.get_config(f"{model},alpaca,base")
+  assert dict(base.export.snapshots) == {"theta1": 75, "theta2": 150, "theta3": 225}
+  assert os.path.join(base.export.snapshot_dir, "theta1") == fwd.model.path
+  assert os.path.join(base.export.snapshot_dir, "theta2") == inv.model.path
   assert models.default_mesh(model) in mesh.PRESETS
   validate(dpo.get_config(f"{model},simpo"))
 
@@ -44,7 +50,9 @@ def test_bad_values_and_variants_name_the_key():
                               ("model.remat", "some", "config.model.remat"),
                               ("optimizer.schedule", "poly", "config.optimizer.schedule"),
                               ("sharding.rules", (("embed", "fsdpp"),), "sharding.rules"),
-                              ("mesh.fsdp", -2, "config.mesh.fsdp")]:
+                              ("mesh.fsdp", -2, "config.mesh.fsdp"),
+                              ("export.snapshots", {"theta1": 0}, "config.export.snapshots.theta1"),
+                              ("export.snapshots", {"a/b": 3}, "config.export.snapshots.a/b")]:
     bad = default_config()
     bad.model.path = "x"
     section, name = key.split(".")

@@ -54,7 +54,7 @@ def losses(workdir):
   return [r["loss"] for r in read_jsonl(os.path.join(workdir, "metrics.jsonl"))]
 
 
-def final_params(workdir, cfg):
+def final_params(workdir, cfg, step=None):
   from elasticity.train import loop, step as step_lib
   from elasticity.train.optimizer import make_optimizer
   from elasticity import sharding as shd
@@ -63,7 +63,7 @@ def final_params(workdir, cfg):
   tx, _ = make_optimizer(cfg.optimizer, cfg.train.num_steps)
   abs_state, sh = step_lib.state_shardings(abstract, tx, mesh)
   ck = Checkpointer(os.path.join(workdir, "checkpoints"))
-  step, state, data_state, _ = ck.restore(step_lib.with_shardings(abs_state, sh))
+  step, state, data_state, _ = ck.restore(step_lib.with_shardings(abs_state, sh), step)
   ck.close()
   return step, jax.device_get(state), data_state
 
@@ -107,6 +107,27 @@ def test_launched_tiny_run_learns_and_exports_a_transformers_model(stories, tmp_
   text = "Once upon a time, Lily saw a big dog."
   source = load_tokenizer(paths.shared_path("models", "stories260K", "tok512.bin"))
   assert load_tokenizer(workdir / "hf").encode(text) == source.encode(text)
+
+
+def test_snapshots_export_the_model_at_the_named_steps(stories, tmp_path):
+  """export.snapshots: HF directories of the model at the named steps (the θ_k of a base run)."""
+  from elasticity.models import load_pretrained
+  from elasticity.tokenizers import load_tokenizer
+  c = small_config(num_steps=4)
+  c.unlock()
+  c.export.snapshots = {"theta1": 2, "theta2": 4, "late": 9}
+  c.export.snapshot_dir = str(tmp_path / "runs")
+  c.export.hf = True
+  c.lock()
+  assert train(c, tmp_path / "w").status == "completed"
+  assert sorted(p.name for p in (tmp_path / "runs").iterdir()) == ["theta1", "theta2"]
+  theta1, theta2 = (load_pretrained(tmp_path / "runs" / n) for n in ("theta1", "theta2"))
+  _, at2, _ = final_params(tmp_path / "w", c, step=2)
+  np.testing.assert_array_equal(np.asarray(theta1.embed[...]), at2["params"]["embed"])
+  final = load_pretrained(tmp_path / "w" / "hf")
+  np.testing.assert_array_equal(np.asarray(theta2.embed[...]), np.asarray(final.embed[...]))
+  assert not np.array_equal(np.asarray(theta1.embed[...]), np.asarray(theta2.embed[...]))
+  assert load_tokenizer(tmp_path / "runs" / "theta1").vocab_size == 512
 
 
 def test_restart_after_sigterm_equals_uninterrupted_run(stories, tmp_path):

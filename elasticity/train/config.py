@@ -102,6 +102,10 @@ def default_config() -> ml_collections.ConfigDict:
   c.export = ml_collections.ConfigDict()
   c.export.hf = True              # write <workdir>/hf at the end
   c.export.dtype = ""             # "" = the parameters' dtype
+  # HF snapshots during the run: name -> step, written to <snapshot_dir>/<name> when the step is
+  # reached (the paper's θ1, θ2, θ3 of a base run, which forward/inverse runs then start from).
+  c.export.snapshots = ml_collections.ConfigDict()
+  c.export.snapshot_dir = ""      # "" = the workdir
 
   c.distributed = ml_collections.ConfigDict()
   c.distributed.coordinator_address = ""   # "" = auto-detect (SLURM, TPU pod, JAX_* variables)
@@ -152,6 +156,11 @@ def validate(cfg: ml_collections.ConfigDict) -> None:
                      "matmul of an FSDP or tensor-parallel step)")
   if cfg.export.dtype:
     _one_of(cfg, "export.dtype", DTYPES)
+  for name, step in cfg.export.snapshots.items():
+    if not isinstance(step, int) or isinstance(step, bool) or step < 1:
+      raise ValueError(f"config.export.snapshots.{name}: want a step >= 1, got {step!r}")
+    if name in ("", ".", "..", "checkpoints", "hf") or "/" in name or "\\" in name:
+      raise ValueError(f"config.export.snapshots.{name}: not usable as a directory name")
   if not cfg.model.path and not cfg.model.random_init:
     raise ValueError("config.model.path: required (or config.model.random_init = a preset name)")
   for key in ("train.global_batch_size", "train.num_microbatches", "train.log_every",

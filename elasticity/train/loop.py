@@ -12,7 +12,8 @@ named datasets every ``eval.every`` steps, a checkpoint every ``checkpoint.every
 ``checkpoint.keep``). SIGTERM/SIGINT (a TPU preemption notice, Ctrl-C, SLURM's time limit) saves a
 checkpoint and returns ``status="preempted"``; a non-finite loss raises `NonFiniteLossError` naming the
 step, leaving the last good checkpoint as it was. At the end the model is exported to
-``<workdir>/hf`` (a Hugging Face directory, with the run's tokenizer files).
+``<workdir>/hf`` (a Hugging Face directory, with the run's tokenizer files); ``export.snapshots``
+names steps at which to export one too (``<export.snapshot_dir>/<name>``, e.g. the θ_k of a base run).
 
 Metrics are read one step late (the host reads step N−1's numbers while the device runs step N), and
 the step itself refuses a non-finite update, so a bad batch never reaches the parameters.
@@ -336,6 +337,14 @@ def train(cfg, workdir: str | os.PathLike, *,
                        **({"mfu": mfu} if mfu is not None else {})}, kind="perf")
       window.update(t=now, tokens=0, steps=0)
 
+  snapshots: dict[int, list[str]] = {}
+  for name, at in cfg.export.snapshots.items():
+    if at > total_steps:
+      logging.warning("config.export.snapshots.%s: step %d is past the run's %d steps; not written",
+                      name, at, total_steps)
+    snapshots.setdefault(int(at), []).append(name)
+  snapshot_dir = cfg.export.snapshot_dir or workdir
+
   status = "completed"
   try:
     with _Stop() as stop:
@@ -367,6 +376,10 @@ def train(cfg, workdir: str | os.PathLike, *,
           _run_eval(evaluate, graphdef, state, step, writer)
         if ckpt.should_save(step) or preempt:
           ckpt.save(step, state, stream.state(), meta(), wait=preempt)
+        for name in snapshots.get(step, ()):
+          out = export_hf(graphdef, state["params"], os.path.join(snapshot_dir, name),
+                          dtype=cfg.export.dtype or None, tokenizer=tokenizer)
+          logging.info("step %d: snapshot %r exported to %s", step, name, out)
         if preempt:
           status = "preempted"
           logging.warning("stopped at step %d on a signal; checkpoint saved in %s", step, ckpt.directory)
