@@ -104,7 +104,7 @@ def alignment(model: str, dataset: str = "alpaca", direction: str = "base",
     c.checkpoint.every = per_third
     c.checkpoint.keep = 3
     c.export.snapshot_dir = run
-    c.export.snapshots = ml_collections.ConfigDict({f"theta{k}": k * per_third for k in (1, 2, 3)})
+    c.export.snapshots = ",".join(f"theta{k}={k * per_third}" for k in (1, 2, 3))
   elif direction == "forward":
     c.model.path = os.path.join(run, "theta1")
     c.data.slice = (third, 2 * third)

@@ -8,7 +8,7 @@ import sys
 import pytest
 
 from elasticity import paths
-from elasticity.train.config import default_config, validate
+from elasticity.train.config import default_config, parse_snapshots, validate
 
 sys.path.insert(0, str(paths.PROJECT_ROOT))
 from configs import dpo, kto, mesh, models, sft  # noqa: E402
@@ -35,7 +35,7 @@ def test_alignment_presets_have_the_paper_hyperparameters(model):
   assert inv.model.path.endswith("theta2") and tuple(inv.data.slice) == (0, 600)
   # the base run exports θ1..θ3 after each third of the epoch, exactly where forward/inverse start
   base = sft.get_config(f"{model},alpaca,base")
-  assert dict(base.export.snapshots) == {"theta1": 75, "theta2": 150, "theta3": 225}
+  assert parse_snapshots(base.export.snapshots) == {"theta1": 75, "theta2": 150, "theta3": 225}
   assert os.path.join(base.export.snapshot_dir, "theta1") == fwd.model.path
   assert os.path.join(base.export.snapshot_dir, "theta2") == inv.model.path
   assert models.default_mesh(model) in mesh.PRESETS
@@ -51,8 +51,9 @@ def test_bad_values_and_variants_name_the_key():
                               ("optimizer.schedule", "poly", "config.optimizer.schedule"),
                               ("sharding.rules", (("embed", "fsdpp"),), "sharding.rules"),
                               ("mesh.fsdp", -2, "config.mesh.fsdp"),
-                              ("export.snapshots", {"theta1": 0}, "config.export.snapshots.theta1"),
-                              ("export.snapshots", {"a/b": 3}, "config.export.snapshots.a/b")]:
+                              ("export.snapshots", "theta1=0", "config.export.snapshots"),
+                              ("export.snapshots", "theta1", "config.export.snapshots"),
+                              ("export.snapshots", "a/b=3", "config.export.snapshots")]:
     bad = default_config()
     bad.model.path = "x"
     section, name = key.split(".")

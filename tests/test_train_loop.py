@@ -115,7 +115,7 @@ def test_snapshots_export_the_model_at_the_named_steps(stories, tmp_path):
   from elasticity.tokenizers import load_tokenizer
   c = small_config(num_steps=4)
   c.unlock()
-  c.export.snapshots = {"theta1": 2, "theta2": 4, "late": 9}
+  c.export.snapshots = "theta1=2, theta2=4,late=9"
   c.export.snapshot_dir = str(tmp_path / "runs")
   c.export.hf = True
   c.lock()

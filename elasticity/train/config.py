@@ -102,9 +102,9 @@ def default_config() -> ml_collections.ConfigDict:
   c.export = ml_collections.ConfigDict()
   c.export.hf = True              # write <workdir>/hf at the end
   c.export.dtype = ""             # "" = the parameters' dtype
-  # HF snapshots during the run: name -> step, written to <snapshot_dir>/<name> when the step is
-  # reached (the paper's θ1, θ2, θ3 of a base run, which forward/inverse runs then start from).
-  c.export.snapshots = ml_collections.ConfigDict()
+  # HF snapshots during the run, "name=step,name=step": written to <snapshot_dir>/<name> when the
+  # step is reached (the paper's θ1, θ2, θ3 of a base run, which forward/inverse runs start from).
+  c.export.snapshots = ""
   c.export.snapshot_dir = ""      # "" = the workdir
 
   c.distributed = ml_collections.ConfigDict()
@@ -116,6 +116,22 @@ def default_config() -> ml_collections.ConfigDict:
   c.metrics.tensorboard = True
   c.metrics.peak_flops = 0.0      # per-device peak FLOP/s for MFU (0 = from the device kind)
   return c
+
+
+def parse_snapshots(spec: str) -> dict[str, int]:
+  """``"theta1=75,theta2=150"`` → ``{"theta1": 75, "theta2": 150}`` (``config.export.snapshots``)."""
+  out: dict[str, int] = {}
+  for item in (p.strip() for p in str(spec or "").split(",")):
+    if not item:
+      continue
+    name, sep, step = (x.strip() for x in item.partition("="))
+    if not sep or not step.isdigit() or int(step) < 1:
+      raise ValueError(f"config.export.snapshots: {item!r} is not name=step with a step >= 1")
+    if name in ("", ".", "..", "checkpoints", "hf") or "/" in name or "\\" in name or name in out:
+      raise ValueError(f"config.export.snapshots: {name!r} is not usable (or repeated) as a "
+                       "directory name")
+    out[name] = int(step)
+  return out
 
 
 def _one_of(cfg, key: str, allowed) -> None:
@@ -156,11 +172,7 @@ def validate(cfg: ml_collections.ConfigDict) -> None:
                      "matmul of an FSDP or tensor-parallel step)")
   if cfg.export.dtype:
     _one_of(cfg, "export.dtype", DTYPES)
-  for name, step in cfg.export.snapshots.items():
-    if not isinstance(step, int) or isinstance(step, bool) or step < 1:
-      raise ValueError(f"config.export.snapshots.{name}: want a step >= 1, got {step!r}")
-    if name in ("", ".", "..", "checkpoints", "hf") or "/" in name or "\\" in name:
-      raise ValueError(f"config.export.snapshots.{name}: not usable as a directory name")
+  parse_snapshots(cfg.export.snapshots)
   if not cfg.model.path and not cfg.model.random_init:
     raise ValueError("config.model.path: required (or config.model.random_init = a preset name)")
   for key in ("train.global_batch_size", "train.num_microbatches", "train.log_every",

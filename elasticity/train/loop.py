@@ -338,7 +338,7 @@ def train(cfg, workdir: str | os.PathLike, *,
       window.update(t=now, tokens=0, steps=0)
 
   snapshots: dict[int, list[str]] = {}
-  for name, at in cfg.export.snapshots.items():
+  for name, at in config_lib.parse_snapshots(cfg.export.snapshots).items():
     if at > total_steps:
       logging.warning("config.export.snapshots.%s: step %d is past the run's %d steps; not written",
                       name, at, total_steps)
