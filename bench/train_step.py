@@ -15,8 +15,8 @@ median step for reference. The minimum is the estimator least affected by other 
 a shared machine (seen here: the same torch step took 1.3 s to 7 s from one step to the next), peak RSS of the whole process, and the peak above the RSS after
 loading the model (the step's own working set: gradients, optimizer state, activations).
 
-No accelerator is lent to this task, so the GPU MFU comparison the issue mentions is not run here;
-the loop prints an MFU estimate on GPUs/TPUs from the device kind.
+The MFU of a 1B-class Llama step on a GPU/TPU is `bench/mfu.py` (no accelerator was lent when
+these CPU numbers were taken).
 
 Ends with ``ratio train_step_tokens_per_s_<case> x`` (ours / torch) and ``ratio train_step_peak_rss_<case>
 x`` (torch / ours) lines.
