@@ -13,6 +13,7 @@ import math
 import os
 import platform
 import re
+import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -121,4 +122,32 @@ def record(section_title: str, markdown: str, path: str | os.PathLike = RESULTS)
   return atomic_write(path, text)
 
 
-__all__ = ["print_table", "markdown_table", "ratio", "record", "environment", "fmt", "RESULTS"]
+def gemm_rates(m: int = 1024, shapes=((576, 1536), (1536, 576), (576, 49152)), repeats: int = 10
+               ) -> list[dict]:
+  """float32 GEMM GFLOP/s of XLA:CPU and torch on ``m`` rows × the (K, N) ``shapes`` (a model's
+  projections): why GEMM-bound runs differ. Alternating, best of ``repeats``."""
+  import jax
+  import jax.numpy as jnp
+  import torch
+  mm = jax.jit(jnp.matmul)
+  out = []
+  for k, n in shapes:
+    a, b = jnp.ones((m, k)), jnp.ones((k, n))
+    ta, tb = torch.ones(m, k), torch.ones(k, n)
+    jax.block_until_ready(mm(a, b))
+    tj, tt = [], []
+    for _ in range(repeats):
+      t0 = time.perf_counter()
+      jax.block_until_ready(mm(a, b))
+      tj.append(time.perf_counter() - t0)
+      t0 = time.perf_counter()
+      ta @ tb
+      tt.append(time.perf_counter() - t0)
+    flop = 2 * m * k * n / 1e9
+    out.append({"GEMM (M x K x N)": f"{m}x{k}x{n}", "XLA:CPU GFLOP/s": flop / min(tj),
+                "torch GFLOP/s": flop / min(tt), "XLA / torch": min(tt) / min(tj)})
+  return out
+
+
+__all__ = ["print_table", "markdown_table", "ratio", "record", "environment", "fmt", "gemm_rates",
+           "RESULTS"]

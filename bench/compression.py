@@ -41,7 +41,7 @@ import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 from flax import nnx  # noqa: E402
 
-from bench.common import environment, print_table, ratio, record  # noqa: E402
+from bench.common import environment, gemm_rates, print_table, ratio, record  # noqa: E402
 from elasticity import compression  # noqa: E402
 from elasticity.compression import LN2, Scorer, code_lengths, default_mesh, measure  # noqa: E402
 from elasticity.data import load_dataset  # noqa: E402
@@ -138,31 +138,6 @@ def speed(args) -> tuple[list[dict], list[dict], float]:
                  "tokens/s (best)": max(rates), "tokens/s (median)": float(np.median(rates)),
                  "GFLOP per run": gflop, "GFLOP/s (best)": gflop / seconds})
   return rows, rounds, float(np.median(paired))
-
-
-def gemm_rates(m: int = 1024, shapes=((576, 1536), (1536, 576), (576, 49152)), repeats: int = 10
-               ) -> list[dict]:
-  """float32 GEMM GFLOP/s of XLA:CPU and torch on the model's projection shapes (why the speeds
-  differ: both runs are GEMM-bound). Alternating, best of ``repeats``."""
-  import torch
-  mm = jax.jit(jnp.matmul)
-  out = []
-  for k, n in shapes:
-    a, b = jnp.ones((m, k)), jnp.ones((k, n))
-    ta, tb = torch.ones(m, k), torch.ones(k, n)
-    jax.block_until_ready(mm(a, b))
-    tj, tt = [], []
-    for _ in range(repeats):
-      t0 = time.perf_counter()
-      jax.block_until_ready(mm(a, b))
-      tj.append(time.perf_counter() - t0)
-      t0 = time.perf_counter()
-      ta @ tb
-      tt.append(time.perf_counter() - t0)
-    flop = 2 * m * k * n / 1e9
-    out.append({"GEMM (M x K x N)": f"{m}x{k}x{n}", "XLA:CPU GFLOP/s": flop / min(tj),
-                "torch GFLOP/s": flop / min(tt), "XLA / torch": min(tt) / min(tj)})
-  return out
 
 
 # --------------------------------------------------------------------------------------------------

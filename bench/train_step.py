@@ -55,6 +55,9 @@ LLAMA_20M = dict(vocab_size=16000, hidden_size=512, intermediate_size=1376, num_
                  num_attention_heads=8, num_key_value_heads=8, tie_word_embeddings=True,
                  max_position_embeddings=1024)
 CASES = {"llama20m": (8, 256), "smollm2": (4, 256)}
+# The cases' projection shapes (K, N): MLP in, MLP out, vocabulary head.
+GEMM_SHAPES = {"llama20m": ((512, 1376), (1376, 512), (512, 16000)),
+               "smollm2": ((576, 1536), (1536, 576), (576, 49152))}
 
 
 def rss_mib() -> float:
@@ -165,8 +168,10 @@ def main(argv):
     fn = {"ours": worker_ours, "torch": worker_torch}[_WORKER.value]
     print("RESULT " + json.dumps(fn(_MODEL_DIR.value, _BATCH.value, _SEQ.value, _STEPS.value)), flush=True)
     return
-  from bench.common import environment, print_table, ratio, record
-  rows, ratios = [], []
+  import numpy as np
+
+  from bench.common import environment, gemm_rates, print_table, ratio, record
+  rows, ratios, gemms = [], [], []
   with tempfile.TemporaryDirectory() as tmp:
     for case in _CASES.value:
       if case not in CASES:
@@ -191,15 +196,25 @@ def main(argv):
                      "loss": r["loss"], "peak RSS MiB": r["peak_rss_mib"],
                      "peak above loaded model MiB": r["peak_rss_mib"] - r["base_rss_mib"]})
       ratios.append((f"train_step_tokens_per_s_{case}", res["torch"]["step_s"] / res["ours"]["step_s"]))
+      gemms += [{"case": case, **g} for g in gemm_rates(b * t, GEMM_SHAPES[case])]
       ratios.append((f"train_step_peak_rss_{case}", res["torch"]["peak_rss_mib"] / res["ours"]["peak_rss_mib"]))
   table = print_table(rows)
+  print("\n== float32 GEMM throughput on the cases' shapes (same machine, same run) ==")
+  gemm_md = print_table(gemms)
+  gemm_ratio = float(np.median([g["XLA / torch"] for g in gemms]))
   note = (f"{environment()}. One SFT step (forward, backward, AdamW), float32, every token scored; "
           f"fastest of {_STEPS.value} steps after a warm-up step, best of {_ROUNDS.value} alternating "
           "rounds; each side in its own process, on a 2-core machine shared with other jobs. "
-          "Ratios: tokens/s ours/torch; peak RSS torch/ours. No GPU was available, so no MFU "
-          "comparison on GPU.")
+          "Ratios: tokens/s ours/torch; peak RSS torch/ours. The GPU MFU check is bench/mfu.py.\n\n"
+          "Why: both sides are float32-GEMM-bound, and on the cases' own shapes XLA:CPU's GEMM runs "
+          f"at a median {gemm_ratio:.2f}x torch's (oneDNN), table below. Ours does no more work than "
+          "torch: the fused SFT head needs 3 vocabulary GEMMs per step, as torch's autograd does, "
+          "while holding one chunk of logits (chunking with rematerialisation alone would cost a "
+          "4th), and causal block skipping does 75% of the attention matmuls at T = 256. With the "
+          f"same work, 1.3x would need GEMMs about {1.3 / gemm_ratio:.1f}x as fast as XLA:CPU's.")
   lines = [ratio(what, value) for what, value in ratios]
-  record("train step (bench/train_step.py)", table + "\n" + note + "\n\n```\n" + "\n".join(lines) + "\n```\n")
+  record("train step (bench/train_step.py)", table + "\n" + note + "\n\n" + gemm_md + "\n\n```\n"
+         + "\n".join(lines) + "\n```\n")
 
 
 if __name__ == "__main__":
