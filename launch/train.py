@@ -1,7 +1,7 @@
 """Train (SFT, DPO, SimPO, KTO) from a config file: one command from a laptop CPU to a TPU pod or GPU cluster.
 
     python -m launch.train --config=configs/sft.py:tiny --workdir=/tmp/tiny
-    python -m launch.train --config=configs/sft.py:llama2-7b,forward --config=... --workdir=gs://...
+    python -m launch.train --config=configs/sft.py:llama2-7b,alpaca,forward --workdir=/gcs/bucket/run
     python -m launch.train --config=configs/sft.py:tiny --workdir=DIR --config.train.num_steps=50
 
 Every process of a multi-host job runs this same command (launch/tpu/, launch/slurm/). Unknown or

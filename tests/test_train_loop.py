@@ -209,6 +209,13 @@ print("RESULT", jax.process_index(), jax.device_count(), res.status, res.step)
 
 
 @pytest.mark.slow
+def test_a_url_workdir_is_refused_before_anything_runs(tmp_path, monkeypatch):
+  monkeypatch.chdir(tmp_path)
+  with pytest.raises(ValueError, match="workdir 'gs://bucket/run': a URL"):
+    train(small_config(), "gs://bucket/run")
+  assert not any(tmp_path.iterdir())      # no ./gs:/bucket/run left behind
+
+
 def test_two_processes_reproduce_the_single_process_run(stories, tmp_path):
   import socket
   with socket.socket() as s:

@@ -212,6 +212,9 @@ def train(cfg, workdir: str | os.PathLike, *,
   """
   jax.config.update("jax_threefry_partitionable", True)
   config_lib.validate(cfg)
+  if "://" in os.fspath(workdir):
+    raise ValueError(f"workdir {os.fspath(workdir)!r}: a URL; the workdir must be a file-system path "
+                     "all processes see (mount the bucket, e.g. with gcsfuse, or use NFS/Filestore)")
   workdir = os.path.abspath(os.fspath(workdir))
   os.makedirs(workdir, exist_ok=True)
   d = cfg.distributed

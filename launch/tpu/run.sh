@@ -1,13 +1,14 @@
 #!/usr/bin/env bash
 # Run the same training command on every worker of a TPU VM pod slice.
 #
-#   launch/tpu/run.sh TPU_NAME ZONE [PROJECT] -- --config=configs/sft.py:llama2-7b --workdir=gs://bucket/run
+#   launch/tpu/run.sh TPU_NAME ZONE [PROJECT] -- --config=configs/sft.py:llama2-7b --workdir=/gcs/bucket/run
 #
 # Every worker runs `python -m launch.train <args>` from the same checkout with ELASTICITY_DISTRIBUTED=1,
 # so the launcher calls jax.distributed.initialize() with no arguments and JAX's TPU cluster detection
 # finds the other workers and the coordinator (worker 0) from the VM metadata: no address needed. The work directory
-# must be shared storage all workers see (a gs:// bucket or an NFS/Filestore mount): orbax writes one
-# checkpoint from all hosts together.
+# must be a file-system path all workers see (a bucket mounted with gcsfuse at the same path on every
+# worker, or an NFS/Filestore mount): orbax writes one checkpoint from all hosts together. A gs:// URL
+# is refused (metrics, exports and snapshots are written with local file operations).
 #
 # Environment: REPO_DIR (checkout path on the workers, default ~/elasticity), VENV (default
 # $REPO_DIR/.venv), SYNC=1 to rsync this checkout to every worker first (scp --worker=all).
