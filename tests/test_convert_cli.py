@@ -33,6 +33,10 @@ def test_llama2c_to_hf_to_orbax_keeps_logits(shared, tmp_path):
   want = np.asarray(load_pretrained(ckpt)(ids))
   np.testing.assert_array_equal(np.asarray(load_pretrained(tmp_path / "hf")(ids)), want)
   np.testing.assert_array_equal(np.asarray(load_pretrained(tmp_path / "orbax")(ids)), want)
+  # load_config reads the same config from every format without building the model
+  from elasticity.models import load_config
+  for src in (ckpt, tmp_path / "hf", tmp_path / "orbax"):
+    assert load_config(src) == load_pretrained(src).config, src
   # the HF export carries the tokenizer given with --tokenizer
   from elasticity.tokenizers import load_tokenizer
   text = "Once upon a time, Lily saw a big dog."

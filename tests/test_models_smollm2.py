@@ -41,3 +41,8 @@ def test_greedy_continuation_matches_transformers(pair):
                  stop_tokens=[tok.eos_token_id]).tokens[0]
   assert len(want) == 20, "the prompt must yield a full 20-token continuation"
   assert got == want, (tok.decode(got), tok.decode(want))
+
+
+def test_load_config_reads_the_gguf_metadata_only(smollm2_gguf, smollm2_pair):
+  from elasticity.models import load_config
+  assert load_config(smollm2_gguf) == smollm2_pair[0].config

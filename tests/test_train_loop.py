@@ -264,6 +264,31 @@ def test_dpo_reference_once_equals_on_the_fly(stories, tmp_path):
   np.testing.assert_allclose(curves["precomputed"], curves["on_the_fly"], rtol=1e-5)
 
 
+def test_resume_reads_neither_the_pretrained_weights_nor_the_reference_again(stories, tmp_path,
+                                                                             monkeypatch):
+  """DPO with a precomputed reference: 2 steps, then a restart to 4 takes the parameters from the
+  checkpoint and the reference log-probs from the workdir's cache (loading the pretrained model is
+  made to fail), and equals 4 uninterrupted steps."""
+  sys.path.insert(0, ROOT)
+  from configs import dpo
+  import elasticity.models as models_lib
+  full = tiny_with_reference(dpo, "precomputed", n=16, max_length=64, steps=4)
+  assert train(full, tmp_path / "full").status == "completed"
+  first = tiny_with_reference(dpo, "precomputed", n=16, max_length=64, steps=2)
+  assert train(first, tmp_path / "split").status == "completed"
+  assert (tmp_path / "split" / "reference_logps.npz").exists()
+
+  def no_loading(*args, **kwargs):
+    raise AssertionError("a resumed run loaded the pretrained checkpoint")
+  monkeypatch.setattr(models_lib, "load_pretrained", no_loading)
+  assert train(full, tmp_path / "split").status == "completed"
+  np.testing.assert_array_equal(losses(tmp_path / "split"), losses(tmp_path / "full"))
+  # a different data selection does not reuse the cache (and needs the model again)
+  other = tiny_with_reference(dpo, "precomputed", n=12, max_length=64, steps=4)
+  with pytest.raises(AssertionError, match="loaded the pretrained checkpoint"):
+    train(other, tmp_path / "split")
+
+
 def test_kto_learns_and_reference_once_equals_on_the_fly(stories, tmp_path):
   """configs/kto.py:tiny on one repeated batch of 8 IMDb reviews: the first loss is Σ λ_y/2 over the
   batch (policy = reference, z0 = 0), the loss falls and the desirable reward rises, every token the

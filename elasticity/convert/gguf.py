@@ -17,19 +17,31 @@ from elasticity.models.registry import config_from_hf
 from elasticity.models.transformer import CausalLM
 
 
-def read_gguf(path: str | os.PathLike) -> tuple[dict, dict]:
-  """(HF config dict, HF-named float32 numpy tensors) of a GGUF file."""
+def _hf_config(path: Path):
+  """The transformers config object of a GGUF file (metadata only, no tensors)."""
   try:
-    import torch
     import transformers
     from transformers.modeling_gguf_pytorch_utils import load_gguf_checkpoint
   except ImportError as e:  # pragma: no cover - depends on the environment
     raise ImportError(f"reading {path} needs torch and gguf: pip install 'elasticity[gguf]' ({e})") from e
-  path = Path(path)
   parsed = load_gguf_checkpoint(str(path), return_tensors=False)
   cfg_dict = dict(parsed["config"])
   model_type = cfg_dict.pop("model_type")
-  hf_cfg = transformers.AutoConfig.for_model(model_type, **cfg_dict)
+  return transformers.AutoConfig.for_model(model_type, **cfg_dict)
+
+
+def read_gguf_config(path: str | os.PathLike) -> dict:
+  """The HF config dict of a GGUF file, without reading its tensors."""
+  return _hf_config(Path(path)).to_dict()
+
+
+def read_gguf(path: str | os.PathLike) -> tuple[dict, dict]:
+  """(HF config dict, HF-named float32 numpy tensors) of a GGUF file."""
+  import torch
+  import transformers
+  from transformers.modeling_gguf_pytorch_utils import load_gguf_checkpoint
+  path = Path(path)
+  hf_cfg = _hf_config(path)
   with torch.device("meta"):
     meta = transformers.AutoModelForCausalLM.from_config(hf_cfg)
   parsed = load_gguf_checkpoint(str(path), return_tensors=True, model_to_load=meta)

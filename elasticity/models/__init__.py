@@ -8,6 +8,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
@@ -18,7 +19,7 @@ from elasticity.models.registry import (abstract_model, config_from_hf, config_t
                                         supported_model_types)
 from elasticity.models.transformer import CausalLM
 
-__all__ = ["CausalLM", "ModelConfig", "RopeConfig", "FULL", "SLIDING", "load_pretrained",
+__all__ = ["CausalLM", "ModelConfig", "RopeConfig", "FULL", "SLIDING", "load_pretrained", "load_config",
            "save_pretrained", "create_model", "abstract_model", "config_from_hf", "config_to_hf",
            "supported_model_types"]
 
@@ -49,6 +50,28 @@ def load_pretrained(path: str | os.PathLike, *, dtype=jnp.float32, param_dtype=N
   if p.suffix == ".bin":
     from elasticity.convert.llama2c import load_llama2c
     return load_llama2c(p, tokenizer=tokenizer, dtype=dtype, param_dtype=param_dtype)
+  raise ValueError(f"{p}: unknown checkpoint kind (want a Hugging Face directory, .gguf or llama2.c .bin)")
+
+
+def load_config(path: str | os.PathLike) -> ModelConfig:
+  """The `ModelConfig` of a checkpoint ``load_pretrained`` reads, without building the model.
+
+  HF directories and orbax exports: their ``config.json``; GGUF: the metadata only; llama2.c: the
+  header (the file is small and read whole).
+  """
+  p = Path(path)
+  if p.is_dir():
+    if not (p / "config.json").exists():
+      raise FileNotFoundError(f"{p}: no config.json (not a Hugging Face directory or orbax export)")
+    return config_from_hf(json.loads((p / "config.json").read_text()))
+  if not p.exists():
+    raise FileNotFoundError(f"{p}: no such checkpoint")
+  if p.suffix == ".gguf":
+    from elasticity.convert.gguf import read_gguf_config
+    return config_from_hf(read_gguf_config(p))
+  if p.suffix == ".bin":
+    from elasticity.convert.llama2c import read_llama2c
+    return read_llama2c(p)[0]
   raise ValueError(f"{p}: unknown checkpoint kind (want a Hugging Face directory, .gguf or llama2.c .bin)")
 
 

@@ -38,12 +38,13 @@ from absl import logging
 from elasticity import sharding as shd
 from elasticity.train import config as config_lib
 from elasticity.train import metrics as metrics_lib
+from elasticity.train import reference
 from elasticity.train.checkpoint import Checkpointer
 from elasticity.train.data import BatchStream, load_examples, select
 from elasticity.train.losses import objective_from_config
 from elasticity.train.optimizer import make_optimizer
-from elasticity.train.step import (batch_shardings, init_train_state, make_reference_fn,
-                                   make_train_step, split_params, state_shardings, with_shardings)
+from elasticity.train.step import (batch_shardings, init_train_state, make_train_step, split_params,
+                                   state_shardings, with_shardings)
 
 _DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
 
@@ -103,14 +104,21 @@ def _on_host():
     return contextlib.nullcontext()
 
 
-def _load_model(cfg, tokenizer_path: str | None):
-  """(model on the host, its abstract twin) with compute/param dtypes and the remat policy."""
-  from elasticity.models import abstract_model, load_pretrained
+def _load_model(cfg, tokenizer_path: str | None, weights: bool = True):
+  """(model on the host, its abstract twin) with compute/param dtypes and the remat policy.
+
+  ``weights=False`` reads only the checkpoint's config (the model is None): a resumed run takes its
+  parameters from the train-state checkpoint.
+  """
+  from elasticity.models import abstract_model, load_config, load_pretrained
   dtype, pdtype = _DTYPES[cfg.model.dtype], _DTYPES[cfg.model.param_dtype]
   remat = None if cfg.model.remat == "none" else cfg.model.remat
   if cfg.model.random_init:
     from elasticity.models.presets import preset_config
     mcfg = preset_config(cfg.model.random_init)
+    model = None
+  elif not weights:
+    mcfg = load_config(cfg.model.path)
     model = None
   else:
     with _on_host():   # host memory: never one accelerator holding the whole model
@@ -241,16 +249,23 @@ def train(cfg, workdir: str | os.PathLike, *,
                        shuffle=cfg.data.shuffle, drop_last=cfg.data.drop_last)
   total_steps = cfg.train.num_steps or cfg.train.num_epochs * stream.batches_per_epoch
 
-  model, abstract = _load_model(cfg, _tokenizer_path(cfg))
+  ckpt = Checkpointer(os.path.join(workdir, "checkpoints"), every=cfg.checkpoint.every,
+                      keep=cfg.checkpoint.keep, async_save=cfg.checkpoint.async_save)
+  resuming = ckpt.latest_step() is not None
+  precomputed = objective.uses_reference and cfg.objective.reference == "precomputed"
+  ref_fp = reference.fingerprint(cfg)
+  ref_table = reference.load(workdir, ref_fp) if precomputed else None
+  # The pretrained weights are read only if something needs them: a fresh run's initial state, or
+  # a reference model that is the initial policy and has no cached table.
+  needs_initial_ref = objective.uses_reference and not cfg.reference.path and ref_table is None
+  model, abstract = _load_model(cfg, _tokenizer_path(cfg),
+                                weights=not resuming or needs_initial_ref)
   graphdef, _ = split_params(abstract)
   tx, schedule = make_optimizer(cfg.optimizer, total_steps)
   abstract_state, shardings = state_shardings(abstract, tx, mesh, rules)
-
-  ckpt = Checkpointer(os.path.join(workdir, "checkpoints"), every=cfg.checkpoint.every,
-                      keep=cfg.checkpoint.keep, async_save=cfg.checkpoint.async_save)
   host_params = split_params(model)[1] if model is not None else None
   tokens_seen = 0
-  if ckpt.latest_step() is not None:
+  if resuming:
     step, state, data_state, meta = ckpt.restore(with_shardings(abstract_state, shardings))
     stream.restore(data_state)
     tokens_seen = int(meta.get("tokens_seen", 0))
@@ -267,10 +282,10 @@ def train(cfg, workdir: str | os.PathLike, *,
                                                seed=cfg.seed))[1]
     state = init_train_state(init, tx, shardings, cfg.seed)
 
-  # Reference model (DPO, KTO): the initial policy unless reference.path says otherwise.
+  # Reference model (DPO, KTO): the initial policy unless reference.path says otherwise; not needed
+  # at all when its log-probs are precomputed and cached (`elasticity.train.reference`).
   ref_params = ref_graphdef = None
-  ref_table: dict[int, dict[str, float]] | None = None
-  if objective.uses_reference:
+  if objective.uses_reference and ref_table is None:
     if cfg.reference.path:
       with _on_host():
         from elasticity.models import load_pretrained
@@ -286,11 +301,13 @@ def train(cfg, workdir: str | os.PathLike, *,
     ref_params = shd.host_to_global(ref_host, shardings["params"])
   first = {k: v for k, v in stream._epoch_batches(stream.epoch)[0].items() if k != "example_id"}
   b_sh = batch_shardings(first, mesh, rules)
-  if objective.uses_reference and cfg.objective.reference == "precomputed":
-    ref_table = _precompute_reference(objective, ref_graphdef, ref_params, examples, cfg, tokenizer,
-                                      mesh, shardings["params"], rules, kind)
+  if precomputed and ref_table is None:
+    ref_table = reference.precompute(objective, ref_graphdef, ref_params, examples, cfg, tokenizer,
+                                     mesh, shardings["params"], rules, kind)
+    reference.save(workdir, ref_table, ref_fp)
+  if precomputed:
     ref_params = ref_graphdef = None
-    b_sh.update({k: shd.batch_sharding(mesh, 1, rules) for k in _reference_keys(ref_table)})
+    b_sh.update({k: shd.batch_sharding(mesh, 1, rules) for k in reference.keys(ref_table)})
 
   train_step = make_train_step(graphdef, objective, tx, schedule, mesh, shardings, b_sh,
                                num_microbatches=cfg.train.num_microbatches,
@@ -354,7 +371,7 @@ def train(cfg, workdir: str | os.PathLike, *,
       while step < total_steps:
         host = next(stream)
         if ref_table is not None:
-          host = _attach_reference(host, ref_table)
+          host = reference.attach(host, ref_table)
         host = dict(host)
         host.pop("example_id", None)
         if batch_transform is not None:
@@ -442,38 +459,3 @@ def _agree(flag: bool) -> bool:
 def _hms(seconds: float) -> str:
   seconds = int(max(seconds, 0))
   return f"{seconds // 3600}:{seconds % 3600 // 60:02d}:{seconds % 60:02d}"
-
-
-def _precompute_reference(objective, ref_graphdef, ref_params, examples, cfg, tokenizer, mesh,
-                          param_shardings, rules, kind: str) -> dict[int, dict[str, float]]:
-  """Reference log-probs of every example, computed once before training (then the model is freed).
-
-  One entry per example index: the fields `reference_logps` gives (for KTO also the KL sequence's).
-  """
-  stream = BatchStream(examples, batch_size=cfg.train.global_batch_size, max_length=cfg.data.max_length,
-                       kind=kind, pad_id=tokenizer.pad_id, shuffle=False)
-  batches = [{k: v for k, v in b.items()} for b in stream._epoch_batches(0)]
-  ids = [b.pop("example_id") for b in batches]
-  b_sh = batch_shardings(batches[0], mesh, rules)
-  fn = make_reference_fn(ref_graphdef, objective, mesh, param_shardings, b_sh)
-  table: dict[int, dict[str, float]] = {}
-  for b, row_ids in zip(batches, ids):
-    out = jax.device_get(fn(ref_params, shd.global_batch(b, mesh, rules)))
-    for r, i in enumerate(row_ids):
-      if i >= 0:
-        table[int(i)] = {k: float(v[r]) for k, v in out.items()}
-  logging.info("reference log-probs precomputed for %d examples", len(table))
-  return table
-
-
-def _reference_keys(table: Mapping[int, Mapping[str, float]]) -> tuple[str, ...]:
-  return tuple(next(iter(table.values())).keys()) if table else ()
-
-
-def _attach_reference(batch, table) -> dict[str, np.ndarray]:
-  """``batch`` with the precomputed reference fields of its rows (0 on padding rows)."""
-  out = dict(batch)
-  ids = batch["example_id"]
-  for k in _reference_keys(table):
-    out[k] = np.asarray([table[int(i)][k] if i >= 0 else 0.0 for i in ids], np.float32)
-  return out

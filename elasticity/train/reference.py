@@ -1,0 +1,101 @@
+"""Precomputed reference log-probs (DPO, KTO): computed once, cached in the workdir, attached to batches.
+
+With ``objective.reference = "precomputed"`` the reference model's sequence log-probs of every
+training example (for KTO also of its mismatched KL sequence) are computed once before training and
+the reference model is freed. The table is saved to ``<workdir>/reference_logps.npz`` (process 0,
+atomically) with a fingerprint of what it depends on — reference checkpoint, tokenizer, dtypes,
+objective and data selection — so that a restarted run reuses it: the same numbers (exact resume)
+without loading the reference model again. A table whose fingerprint differs is recomputed.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Mapping
+from typing import Any
+
+import jax
+import numpy as np
+from absl import logging
+
+from elasticity import sharding as shd
+from elasticity.train.data import BatchStream
+from elasticity.train.step import batch_shardings, make_reference_fn
+
+CACHE = "reference_logps.npz"
+Table = dict[int, dict[str, float]]
+
+
+def fingerprint(cfg) -> str:
+  """What the table depends on, as canonical JSON."""
+  what = {"reference": cfg.reference.path or cfg.model.path,
+          "tokenizer": cfg.model.tokenizer or cfg.model.path,
+          "dtype": cfg.model.dtype, "param_dtype": cfg.model.param_dtype,
+          "objective": cfg.objective.name, "chunk_size": cfg.objective.chunk_size,
+          "data": cfg.data.to_dict()}
+  return json.dumps(what, sort_keys=True, default=str)
+
+
+def precompute(objective, ref_graphdef, ref_params, examples, cfg, tokenizer, mesh, param_shardings,
+               rules, kind: str) -> Table:
+  """Reference log-probs of every example: ``{example index: {field: value}}``.
+
+  The fields are those `elasticity.train.losses.reference_logps` gives (for KTO also the KL
+  sequence's), computed in unshuffled batches of the run's global batch size.
+  """
+  stream = BatchStream(examples, batch_size=cfg.train.global_batch_size, max_length=cfg.data.max_length,
+                       kind=kind, pad_id=tokenizer.pad_id, shuffle=False)
+  batches = [{k: v for k, v in b.items()} for b in stream._epoch_batches(0)]
+  ids = [b.pop("example_id") for b in batches]
+  b_sh = batch_shardings(batches[0], mesh, rules)
+  fn = make_reference_fn(ref_graphdef, objective, mesh, param_shardings, b_sh)
+  table: Table = {}
+  for b, row_ids in zip(batches, ids):
+    out = jax.device_get(fn(ref_params, shd.global_batch(b, mesh, rules)))
+    for r, i in enumerate(row_ids):
+      if i >= 0:
+        table[int(i)] = {k: float(v[r]) for k, v in out.items()}
+  logging.info("reference log-probs precomputed for %d examples", len(table))
+  return table
+
+
+def save(workdir: str, table: Table, fp: str) -> None:
+  """Write the table (process 0 only), atomically: a temporary file renamed into place."""
+  if jax.process_index() != 0 or not table:
+    return
+  ids = np.asarray(sorted(table), np.int64)
+  fields = {k: np.asarray([table[int(i)][k] for i in ids], np.float32) for k in keys(table)}
+  path = os.path.join(workdir, CACHE)
+  tmp = path + ".tmp.npz"
+  np.savez(tmp, example_id=ids, fingerprint=np.asarray(fp), **fields)
+  os.replace(tmp, path)
+
+
+def load(workdir: str, fp: str) -> Table | None:
+  """The cached table if there is one with this fingerprint, else None."""
+  path = os.path.join(workdir, CACHE)
+  if not os.path.exists(path):
+    return None
+  with np.load(path) as f:
+    if str(f["fingerprint"]) != fp:
+      logging.warning("%s was computed for another reference or data selection; recomputing", path)
+      return None
+    fields = [k for k in f.files if k not in ("example_id", "fingerprint")]
+    ids = f["example_id"]
+    values = {k: f[k] for k in fields}
+  logging.info("reference log-probs of %d examples read from %s", len(ids), path)
+  return {int(i): {k: float(values[k][n]) for k in fields} for n, i in enumerate(ids)}
+
+
+def keys(table: Mapping[int, Mapping[str, float]]) -> tuple[str, ...]:
+  return tuple(next(iter(table.values())).keys()) if table else ()
+
+
+def attach(batch: Mapping[str, Any], table: Table) -> dict[str, np.ndarray]:
+  """``batch`` with the precomputed reference fields of its rows (0 on padding rows)."""
+  out = dict(batch)
+  ids = batch["example_id"]
+  for k in keys(table):
+    out[k] = np.asarray([table[int(i)][k] if i >= 0 else 0.0 for i in ids], np.float32)
+  return out
