@@ -259,7 +259,7 @@ class Scorer:
                             chunk_size=chunk)
 
       b = self.batch_sharding
-      self._fns[key] = jax.jit(score, in_shardings=(self.param_shardings, b, b, b, b),
+      self._fns[key] = shd.jit(score, self.mesh, in_shardings=(self.param_shardings, b, b, b, b),
                                out_shardings=(self.replicated, self.replicated))
     return self._fns[key]
 

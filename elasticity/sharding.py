@@ -126,8 +126,9 @@ def make_mesh(data: int = 1, fsdp: int = -1, tensor: int = 1, *, dcn_data: int =
   ``dcn_*`` > 1 describes several slices joined by the data-centre network (a multi-slice TPU job):
   then the per-slice sizes are ``data/dcn_data`` etc. and the hybrid mesh keeps slices contiguous.
   ``axis_types``: "auto" (the compiler propagates shardings from the annotated inputs/outputs; the
-  models need no per-op annotations) or "explicit" (sharding in types; every ambiguous op must say
-  its output sharding, which the model code does not do — use it for experiments only).
+  models need no per-op annotations) or "explicit" (sharding in JAX types: arrays carry their
+  shardings, inspectable with `jax.typeof`); the project's jitted programs go through `jit` below,
+  which runs the model bodies with Auto axes on either kind, with the same numbers.
   """
   if axis_types not in AXIS_TYPES:
     raise ValueError(f"mesh.axis_types: {axis_types!r} is not one of {sorted(AXIS_TYPES)}")
@@ -249,6 +250,39 @@ def batch_spec(ndim: int, rules: Rules = DEFAULT_RULES, mesh: Mesh | None = None
 
 def batch_sharding(mesh: Mesh, ndim: int = 2, rules: Rules = DEFAULT_RULES) -> NamedSharding:
   return NamedSharding(mesh, batch_spec(ndim, rules, mesh))
+
+
+def is_explicit(mesh: Mesh) -> bool:
+  """Whether any axis of ``mesh`` has the Explicit type (sharding in JAX types)."""
+  return any(t == AxisType.Explicit for t in mesh.axis_types)
+
+
+def jit(fn, mesh: Mesh, *, in_shardings, out_shardings, **kw):
+  """`jax.jit` with shardings that also works on an Explicit mesh.
+
+  The models name logical axes for the compiler's sharding propagation (Auto mode, as MaxText
+  does). On a mesh with Explicit axes the body therefore runs under `jax.sharding.auto_axes`: the
+  arguments and results keep their explicit shardings, inside the axes are Auto, and calls happen
+  under the mesh (`jax.set_mesh`). Inside such a body, sharding constraints must name
+  PartitionSpecs (see `constraint`). On an Auto mesh this is plain `jax.jit`.
+  """
+  if not is_explicit(mesh):
+    return jax.jit(fn, in_shardings=in_shardings, out_shardings=out_shardings, **kw)
+  specs = jax.tree.map(lambda s: s.spec, out_shardings,
+                       is_leaf=lambda x: isinstance(x, NamedSharding))
+  body = lambda *args: jax.sharding.auto_axes(fn, out_sharding=specs)(*args)  # noqa: E731
+  jitted = jax.jit(body, in_shardings=in_shardings, out_shardings=out_shardings, **kw)
+
+  def call(*args):
+    with jax.set_mesh(mesh):
+      return jitted(*args)
+  return call
+
+
+def constraint(sharding: NamedSharding, mesh: Mesh):
+  """What `jax.lax.with_sharding_constraint` takes inside a `jit` body: the sharding itself on an
+  Auto mesh, its PartitionSpec (of the context mesh) on an Explicit one."""
+  return sharding.spec if is_explicit(mesh) else sharding
 
 
 def batch_divisor(mesh: Mesh, rules: Rules = DEFAULT_RULES) -> int:

@@ -140,6 +140,7 @@ def baseline(model, tok, records):
     dict(buckets=None),                                              # the default length buckets
     dict(mesh="one_device"),
     dict(mesh="data2_fsdp2_tensor2"),                                # parameters sharded
+    dict(mesh="data2_fsdp2_tensor2_explicit"),                       # Explicit axis types
 ], ids=lambda v: ",".join(f"{k}={x}" for k, x in v.items()))
 def test_measure_is_invariant(model, tok, records, baseline, variant):
   kw = dict(max_length=512, batch_size=8, buckets=(128, 256, 512))
@@ -148,6 +149,8 @@ def test_measure_is_invariant(model, tok, records, baseline, variant):
     kw["mesh"] = default_mesh(jax.devices()[:1])
   elif kw.get("mesh") == "data2_fsdp2_tensor2":
     kw["mesh"] = make_mesh(data=2, fsdp=2, tensor=2)
+  elif kw.get("mesh") == "data2_fsdp2_tensor2_explicit":
+    kw["mesh"] = make_mesh(data=2, fsdp=2, tensor=2, axis_types="explicit")
   got = measure(model, tok, records, **kw)
   assert (got.tokens, got.bytes, got.examples, got.skipped) == (
       baseline.tokens, baseline.bytes, baseline.examples, baseline.skipped)

@@ -176,7 +176,7 @@ def test_nan_in_batch_stops_with_the_step_and_keeps_last_good_checkpoint(stories
     ("--config.train.num_stepz=3", "num_stepz"),
     ("--config.optimizer.name=lion", "config.optimizer.name"),
     ("--config.mesh.tensor=0", "config.mesh.tensor"),
-    ("--config.mesh.axis_types=explicit", "config.mesh.axis_types"),
+    ("--config.mesh.axis_types=manual", "config.mesh.axis_types"),
 ])
 def test_bad_config_fails_fast_naming_the_key(tmp_path, override, message):
   proc = subprocess.run([sys.executable, "-m", "launch.train", "--config=configs/sft.py:tiny",

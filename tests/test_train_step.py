@@ -49,9 +49,9 @@ def kto_batches(n_steps, b=8, t=16, seed=1):
 
 
 def run(mesh_shape, batches, *, microbatches=1, dtype=jnp.float32, remat=None, opt=None, devices=None,
-        objective=None):
+        objective=None, axis_types="auto"):
   devices = devices if devices is not None else jax.devices()[:int(np.prod(mesh_shape))]
-  mesh = shd.make_mesh(*mesh_shape, devices=devices)
+  mesh = shd.make_mesh(*mesh_shape, devices=devices, axis_types=axis_types)
   tx, schedule = make_optimizer(opt or {"name": "adamw", "lr": 1e-2, "weight_decay": 0.1,
                                         "clip_norm": 1.0}, 100)
   abstract = abstract_model(CFG, dtype=dtype, param_dtype=jnp.float32)
@@ -80,6 +80,16 @@ def test_same_losses_on_every_mesh():
       # Adam turns reduction-order noise in near-zero gradients (rare tokens) into O(lr) steps on
       # single entries, so parameters are compared by relative norm per tensor.
       assert np.linalg.norm(a - b) <= 1e-3 * np.linalg.norm(b), mesh_shape
+
+
+def test_explicit_mesh_axes_give_the_auto_run():
+  """On a mesh with Explicit axis types the step's body runs under auto_axes: same numbers."""
+  batches = make_batches(3)
+  auto, p_auto, _ = run((2, 2, 2), batches, microbatches=2)
+  expl, p_expl, _ = run((2, 2, 2), batches, microbatches=2, axis_types="explicit")
+  np.testing.assert_array_equal(expl, auto)
+  for a, b in zip(jax.tree.leaves(p_expl), jax.tree.leaves(p_auto)):
+    np.testing.assert_array_equal(a, b)
 
 
 def test_gradient_accumulation_equals_one_big_batch():

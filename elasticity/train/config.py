@@ -164,12 +164,6 @@ def validate(cfg: ml_collections.ConfigDict) -> None:
   _one_of(cfg, "optimizer.name", optimizer.NAMES)
   _one_of(cfg, "optimizer.schedule", optimizer.SCHEDULES)
   _one_of(cfg, "mesh.axis_types", tuple(shd.AXIS_TYPES))
-  if cfg.mesh.axis_types != "auto":
-    # The models name logical axes for the compiler's sharding propagation (Auto axes, as MaxText
-    # does); Explicit axes would need a resharding or out_sharding at every ambiguous op.
-    raise ValueError(f"config.mesh.axis_types: training supports 'auto' only, got "
-                     f"{cfg.mesh.axis_types!r} (an 'explicit' mesh fails at the first sharded "
-                     "matmul of an FSDP or tensor-parallel step)")
   if cfg.export.dtype:
     _one_of(cfg, "export.dtype", DTYPES)
   parse_snapshots(cfg.export.snapshots)

@@ -102,11 +102,11 @@ def make_train_step(graphdef: nnx.GraphDef, objective: Objective, tx: optax.Grad
   if m < 1:
     raise ValueError(f"train.num_microbatches: must be >= 1, got {m}")
   with_ref = ref_graphdef is not None
-  param_sh = shardings["params"]
+  param_sh = jax.tree.map(lambda s: shd.constraint(s, mesh), shardings["params"])
 
   def constrain_batch(mb):
-    return {k: jax.lax.with_sharding_constraint(v, shd.batch_sharding(mesh, v.ndim, rules))
-            for k, v in mb.items()}
+    return {k: jax.lax.with_sharding_constraint(
+        v, shd.constraint(shd.batch_sharding(mesh, v.ndim, rules), mesh)) for k, v in mb.items()}
 
   def micro_loss(params, mb, ref_params):
     model = nnx.merge(graphdef, params)
@@ -181,7 +181,7 @@ def make_train_step(graphdef: nnx.GraphDef, objective: Objective, tx: optax.Grad
   replicated = NamedSharding(mesh, P())
   in_sh = (shardings, dict(batch_shardings)) + ((ref_shardings,) if with_ref else ())
   fn = step if with_ref else (lambda state, batch: step(state, batch))
-  return jax.jit(fn, in_shardings=in_sh, out_shardings=(shardings, replicated),
+  return shd.jit(fn, mesh, in_shardings=in_sh, out_shardings=(shardings, replicated),
                  donate_argnums=(0,) if donate else ())
 
 
@@ -198,5 +198,5 @@ def make_reference_fn(ref_graphdef: nnx.GraphDef, objective: Objective, mesh: Me
 
   def fn(ref_params, batch):
     return reference_logps(objective, nnx.merge(ref_graphdef, ref_params), batch)
-  return jax.jit(fn, in_shardings=(ref_shardings, dict(batch_sh)),
+  return shd.jit(fn, mesh, in_shardings=(ref_shardings, dict(batch_sh)),
                  out_shardings=NamedSharding(mesh, P()))
