@@ -16,7 +16,7 @@ import re
 from pathlib import Path
 
 from elasticity.data.errors import DataError
-from elasticity.data.records import KINDS, Records, Row, collect, kind_of, text_field
+from elasticity.data.records import BOOL_WORDS, KINDS, Records, Row, collect, kind_of, text_field
 from elasticity.data.registry import register
 from elasticity.data.sources import (UNITS, file_format, iter_file, iter_hf, map_fields)
 from elasticity.paths import shared_path
@@ -138,8 +138,6 @@ def truthfulqa(*, split=None, data_dir=None, source=None, on_error="raise", path
 # BeaverTails
 # --------------------------------------------------------------------------------------------------
 
-_BOOL = {"true": True, "1": True, "yes": True, "false": False, "0": False, "no": False}
-
 
 @register("beavertails")
 def beavertails(*, split=None, data_dir=None, source=None, on_error="raise", path=None,
@@ -165,8 +163,8 @@ def beavertails(*, split=None, data_dir=None, source=None, on_error="raise", pat
       v = row.value["is_safe"]
       if isinstance(v, bool):
         return v
-      if isinstance(v, str) and v.strip().lower() in _BOOL:
-        return _BOOL[v.strip().lower()]
+      if isinstance(v, str) and v.strip().lower() in BOOL_WORDS:
+        return BOOL_WORDS[v.strip().lower()]
       raise DataError(file, row.number, "is_safe", f"expected a boolean, got {v!r}", unit=unit)
     if safe is None:
       raise DataError(file, row.number, "is_safe",

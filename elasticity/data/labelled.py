@@ -30,14 +30,12 @@ import numpy as np
 
 from elasticity.data.errors import DataError
 from elasticity.data.formats import format_example
-from elasticity.data.records import KINDS, Records, get_field, where
+from elasticity.data.records import BOOL_WORDS, KINDS, Records, get_field, where
 from elasticity.data.subsets import order
 from elasticity.data.tokenize import TokenizedDataset, TokenizedExample, tokenize
 
 log = logging.getLogger(__name__)
 
-TRUE = frozenset({"true", "yes", "1"})
-FALSE = frozenset({"false", "no", "0"})
 
 
 def unpair(records: Sequence[dict]) -> Records:
@@ -81,8 +79,8 @@ def read_label(record: dict, position: int, field: str = "label",
     return int(value)
   if isinstance(value, (int, np.integer)) and int(value) in (0, 1):
     return int(value)
-  if isinstance(value, str) and value.strip().lower() in TRUE | FALSE:
-    return int(value.strip().lower() in TRUE)
+  if isinstance(value, str) and value.strip().lower() in BOOL_WORDS:
+    return int(BOOL_WORDS[value.strip().lower()])
   raise DataError(file, number, field,
                   f"expected a boolean-like label (true/false, 1/0, yes/no), got {value!r}; "
                   "for other values set desirable= (the values that count as desirable)")
@@ -183,7 +181,6 @@ def tokenize_labelled(records: Sequence[dict], tokenizer, *, label_field: str = 
   out = LabelledDataset([LabelledExample(ex, kl_example(ex, toks[j], max_length), labels[ex.index],
                                          toks[j].index) for ex, j in zip(toks, partners)],
                         report=toks.report)
-  log.info("KTO examples: %d desirable, %d undesirable", out.n_desirable, out.n_undesirable)
   if out and not (out.n_desirable and out.n_undesirable):
     log.warning("KTO examples: all %d are %s (label field %r, desirable=%r)", len(out),
                 "desirable" if out.n_desirable else "undesirable", label_field, desirable)

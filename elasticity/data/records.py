@@ -33,6 +33,8 @@ KINDS: dict[str, tuple[str, ...]] = {
     "text": ("text",),
     "prompt": ("prompt",),
 }
+# Boolean words in text sources (CSV cells, JSON strings), lower-cased: BeaverTails' is_safe, KTO labels.
+BOOL_WORDS = {"true": True, "1": True, "yes": True, "false": False, "0": False, "no": False}
 # Fields that a model is trained/scored on; only these may be allowed to be empty.
 RESPONSE_FIELDS = frozenset({"response", "chosen", "rejected", "text"})
 ON_ERROR = ("raise", "skip")
