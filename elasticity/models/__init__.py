@@ -8,7 +8,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 
@@ -24,6 +23,21 @@ __all__ = ["CausalLM", "ModelConfig", "RopeConfig", "FULL", "SLIDING", "load_pre
            "supported_model_types"]
 
 
+_SUFFIXES = {".gguf": "gguf", ".bin": "llama2c"}
+
+
+def checkpoint_kind(path: str | os.PathLike) -> str:
+  """"orbax" | "hf" | "gguf" | "llama2c": which reader `load_pretrained` and `load_config` use."""
+  p = Path(path)
+  if p.is_dir():
+    return "orbax" if (p / "params").is_dir() and not any(p.glob("*.safetensors")) else "hf"
+  if not p.exists():
+    raise FileNotFoundError(f"{p}: no such checkpoint")
+  if p.suffix in _SUFFIXES:
+    return _SUFFIXES[p.suffix]
+  raise ValueError(f"{p}: unknown checkpoint kind (want a Hugging Face directory, .gguf or llama2.c .bin)")
+
+
 def load_pretrained(path: str | os.PathLike, *, dtype=jnp.float32, param_dtype=None,
                     tokenizer: str | os.PathLike | None = None) -> CausalLM:
   """Load a checkpoint into a Flax model.
@@ -36,21 +50,18 @@ def load_pretrained(path: str | os.PathLike, *, dtype=jnp.float32, param_dtype=N
     tokenizer: for llama2.c checkpoints, the ``tokenizer.bin`` whose size must match the model's vocab.
   """
   p = Path(path)
-  if p.is_dir() and (p / "params").is_dir() and not any(p.glob("*.safetensors")):
+  kind = checkpoint_kind(p)
+  if kind == "orbax":
     from elasticity.convert.orbax_model import load_orbax
     return load_orbax(p, dtype=dtype, param_dtype=param_dtype)
-  if p.is_dir():
+  if kind == "hf":
     from elasticity.convert.hf import load_hf
     return load_hf(p, dtype=dtype, param_dtype=param_dtype)
-  if not p.exists():
-    raise FileNotFoundError(f"{p}: no such checkpoint")
-  if p.suffix == ".gguf":
+  if kind == "gguf":
     from elasticity.convert.gguf import load_gguf
     return load_gguf(p, dtype=dtype, param_dtype=param_dtype)
-  if p.suffix == ".bin":
-    from elasticity.convert.llama2c import load_llama2c
-    return load_llama2c(p, tokenizer=tokenizer, dtype=dtype, param_dtype=param_dtype)
-  raise ValueError(f"{p}: unknown checkpoint kind (want a Hugging Face directory, .gguf or llama2.c .bin)")
+  from elasticity.convert.llama2c import load_llama2c
+  return load_llama2c(p, tokenizer=tokenizer, dtype=dtype, param_dtype=param_dtype)
 
 
 def load_config(path: str | os.PathLike) -> ModelConfig:
@@ -60,19 +71,15 @@ def load_config(path: str | os.PathLike) -> ModelConfig:
   header (the file is small and read whole).
   """
   p = Path(path)
-  if p.is_dir():
-    if not (p / "config.json").exists():
-      raise FileNotFoundError(f"{p}: no config.json (not a Hugging Face directory or orbax export)")
-    return config_from_hf(json.loads((p / "config.json").read_text()))
-  if not p.exists():
-    raise FileNotFoundError(f"{p}: no such checkpoint")
-  if p.suffix == ".gguf":
+  kind = checkpoint_kind(p)
+  if kind in ("hf", "orbax"):
+    from elasticity.convert.hf import read_config
+    return config_from_hf(read_config(p))
+  if kind == "gguf":
     from elasticity.convert.gguf import read_gguf_config
     return config_from_hf(read_gguf_config(p))
-  if p.suffix == ".bin":
-    from elasticity.convert.llama2c import read_llama2c
-    return read_llama2c(p)[0]
-  raise ValueError(f"{p}: unknown checkpoint kind (want a Hugging Face directory, .gguf or llama2.c .bin)")
+  from elasticity.convert.llama2c import read_llama2c
+  return read_llama2c(p)[0]
 
 
 def save_pretrained(model: CausalLM, out_dir: str | os.PathLike, *, dtype: str | None = None,
