@@ -128,11 +128,15 @@ class Objective:
   def reference_fields(self, batch_keys=()) -> tuple[str, ...]:
     """Batch fields that, when present, replace running the reference model (KTO's KL rows too)."""
     if self.name == "kto":
-      return ("ref_logps",) + (("ref_kl_logps",) if "kl_input_ids" in batch_keys else ())
+      return ("ref_logps",) + (("ref_kl_logps",) if self.has_kl_rows(batch_keys) else ())
     return {"dpo": ("ref_chosen_logps", "ref_rejected_logps")}.get(self.name, ())
 
   def needs_reference_model(self, batch_keys) -> bool:
     return self.uses_reference and not all(k in batch_keys for k in self.reference_fields(batch_keys))
+
+  def has_kl_rows(self, batch_keys) -> bool:
+    """Whether a batch carries KTO's mismatched KL rows (z0 is then estimated from them)."""
+    return self.name == "kto" and "kl_input_ids" in batch_keys
 
   def kl_sums(self, model, batch: Mapping[str, Array], ref_model=None) -> tuple[Array, Array]:
     """KTO's reference point in parts: (Σ over real rows of π − ref on the mismatched KL rows, rows).
@@ -190,11 +194,10 @@ class Objective:
     ref = batch["ref_logps"] if "ref_logps" in batch else self._ref(ref_model, batch, "")
     if "kl_z0" in batch:          # the global batch's estimate (see `kl_sums`)
       z0 = jnp.asarray(batch["kl_z0"], jnp.float32)
-    elif "kl_input_ids" in batch:
+    elif self.has_kl_rows(batch):
       # z0 = max(0, mean KL estimate on mismatched pairs), as in the KTO paper; the mean is over
       # real rows only: padding rows (example_mask 0) do not enter it.
-      kl_sum, n_real = self.kl_sums(model, batch, ref_model)
-      z0 = jnp.maximum(kl_sum / jnp.maximum(n_real, 1.0), 0.0)
+      z0 = reference_point(*self.kl_sums(model, batch, ref_model))
     else:
       z0 = jnp.zeros((), jnp.float32)
     losses, rewards = kto_losses(p, ref, batch["label"], z0, self.beta, self.desirable_weight,
@@ -210,6 +213,11 @@ class Objective:
             "reward_undesirable": among(real * (1.0 - desirable)), "kl_z0": (z0, jnp.ones(()))}
 
 
+def reference_point(kl_sum: Array, n_rows: Array) -> Array:
+  """KTO's z0 = max(0, mean KL estimate) from `Objective.kl_sums` (added over microbatches)."""
+  return jnp.maximum(kl_sum / jnp.maximum(n_rows, 1.0), 0.0)
+
+
 def reference_logps(objective: Objective, ref_model, batch: Mapping[str, Array]) -> dict[str, Array]:
   """The reference fields of ``batch`` computed with ``ref_model`` (to precompute them once)."""
   if objective.name == "dpo":
@@ -217,7 +225,7 @@ def reference_logps(objective: Objective, ref_model, batch: Mapping[str, Array])
             "ref_rejected_logps": _logps(ref_model, batch, "rejected_", objective.chunk_size)[0]}
   if objective.name == "kto":
     out = {"ref_logps": _logps(ref_model, batch, "", objective.chunk_size)[0]}
-    if "kl_input_ids" in batch:
+    if objective.has_kl_rows(batch):
       out["ref_kl_logps"] = _logps(ref_model, batch, "kl_", objective.chunk_size)[0]
     return out
   return {}

@@ -32,7 +32,7 @@ from flax import nnx
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from elasticity import sharding as shd
-from elasticity.train.losses import Objective
+from elasticity.train.losses import Objective, reference_point
 
 TrainState = dict[str, Any]
 
@@ -124,13 +124,13 @@ def make_train_step(graphdef: nnx.GraphDef, objective: Objective, tx: optax.Grad
       return (carry[0] + s, carry[1] + n), None
     zero = jnp.zeros((), jnp.float32)
     (s, n), _ = jax.lax.scan(body, (zero, zero), mbs)
-    return jnp.maximum(s / jnp.maximum(n, 1.0), 0.0)
+    return reference_point(s, n)
 
   def step(state, batch, ref_params=None):
     params = state["params"]
     mbs = _microbatches(batch, m) if m > 1 else None
     extra = {}
-    if m > 1 and objective.name == "kto" and "kl_input_ids" in batch:
+    if m > 1 and objective.has_kl_rows(batch):
       extra["kl_z0"] = kl_z0(params, mbs, ref_params)
 
     def body(carry, mb):
