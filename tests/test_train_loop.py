@@ -109,7 +109,7 @@ def test_launched_tiny_run_learns_and_exports_a_transformers_model(stories, tmp_
   assert load_tokenizer(workdir / "hf").encode(text) == source.encode(text)
 
 
-def test_snapshots_export_the_model_at_the_named_steps(stories, tmp_path):
+def test_snapshots_export_the_model_at_the_named_steps(stories, tmp_path, monkeypatch):
   """export.snapshots: HF directories of the model at the named steps (the θ_k of a base run)."""
   from elasticity.models import load_pretrained
   from elasticity.tokenizers import load_tokenizer
@@ -119,7 +119,12 @@ def test_snapshots_export_the_model_at_the_named_steps(stories, tmp_path):
   c.export.snapshot_dir = str(tmp_path / "runs")
   c.export.hf = True
   c.lock()
+  from elasticity.train import loop
+  gathers = []
+  gather = loop.gather_model
+  monkeypatch.setattr(loop, "gather_model", lambda *a: gathers.append(1) or gather(*a))
   assert train(c, tmp_path / "w").status == "completed"
+  assert len(gathers) == 2          # steps 2 and 4: the final export reuses step 4's gather
   assert sorted(p.name for p in (tmp_path / "runs").iterdir()) == ["theta1", "theta2"]
   theta1, theta2 = (load_pretrained(tmp_path / "runs" / n) for n in ("theta1", "theta2"))
   _, at2, _ = final_params(tmp_path / "w", c, step=2)

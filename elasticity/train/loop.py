@@ -365,6 +365,7 @@ def train(cfg, workdir: str | os.PathLike, *,
     snapshots.setdefault(int(at), []).append(name)
   snapshot_dir = cfg.export.snapshot_dir or workdir
 
+  final_gather: list[Any] = []   # [model] once the last step's parameters are on the host
   status = "completed"
   try:
     with _Stop() as stop:
@@ -396,10 +397,14 @@ def train(cfg, workdir: str | os.PathLike, *,
           _run_eval(evaluate, graphdef, state, step, writer)
         if ckpt.should_save(step) or preempt:
           ckpt.save(step, state, stream.state(), meta(), wait=preempt)
-        for name in snapshots.get(step, ()):
-          out = export_hf(graphdef, state["params"], os.path.join(snapshot_dir, name),
-                          dtype=cfg.export.dtype or None, tokenizer=tokenizer)
-          logging.info("step %d: snapshot %r exported to %s", step, name, out)
+        if step in snapshots:
+          host_model = gather_model(graphdef, state["params"])
+          for name in snapshots[step]:
+            out = save_export(host_model, os.path.join(snapshot_dir, name),
+                              dtype=cfg.export.dtype or None, tokenizer=tokenizer)
+            logging.info("step %d: snapshot %r exported to %s", step, name, out)
+          if step == total_steps:   # a base run's θ3: the final export reuses this gather
+            final_gather = [host_model]
         if preempt:
           status = "preempted"
           logging.warning("stopped at step %d on a signal; checkpoint saved in %s", step, ckpt.directory)
@@ -416,24 +421,32 @@ def train(cfg, workdir: str | os.PathLike, *,
 
   export_dir = None
   if status == "completed" and cfg.export.hf:
-    export_dir = export_hf(graphdef, state["params"], os.path.join(workdir, "hf"),
-                           dtype=cfg.export.dtype or None, tokenizer=tokenizer)
+    host_model = final_gather[0] if final_gather else gather_model(graphdef, state["params"])
+    export_dir = save_export(host_model, os.path.join(workdir, "hf"), dtype=cfg.export.dtype or None,
+                             tokenizer=tokenizer)
   elapsed = time.perf_counter() - t_start
   logging.info("%s: %d steps (%d this run) in %s", status, step, step - start_step, _hms(elapsed))
   return RunResult(status, step, total_steps, workdir, export_dir, last)
 
 
-def export_hf(graphdef, params, out_dir: str, dtype: str | None = None, tokenizer=None) -> str | None:
-  """Gather the parameters to the host and write a Hugging Face directory (process 0 only), with
-  the run's tokenizer files when ``tokenizer`` is given."""
+def gather_model(graphdef, params):
+  """The model with its parameters gathered to the host: a collective, so every process calls it;
+  process 0 gets the model, the others None."""
   from flax import nnx
-
-  from elasticity.models import save_pretrained
   host = shd.gather_to_host(params)
   if jax.process_index() != 0:
     return None
   model = nnx.merge(graphdef, jax.tree.map(np.asarray, host))
   model.remat = None
+  return model
+
+
+def save_export(model, out_dir: str, dtype: str | None = None, tokenizer=None) -> str | None:
+  """Write ``model`` (from `gather_model`; None off process 0, which writes nothing) as a Hugging
+  Face directory, with the run's tokenizer files when ``tokenizer`` is given."""
+  if model is None:
+    return None
+  from elasticity.models import save_pretrained
   return os.fspath(save_pretrained(model, out_dir, dtype=dtype, tokenizer=tokenizer))
 
 
