@@ -1,0 +1,125 @@
+"""Atomic writes: a reader sees the old file (or folder) or the new one, never half of one.
+
+Every result, report, table, export and cache the project writes goes through here:
+
+    from elasticity import atomic
+    atomic.write_text(path, text)                 # tmp file in the same folder + os.replace
+    atomic.write_json(path, obj)                  # the same, JSON (sorted keys, trailing newline)
+    atomic.append_jsonl(path, rows)               # rewrite-with-append: old rows + new rows, atomically
+    with atomic.directory(out_dir) as tmp:        # fill ``tmp``; it becomes ``out_dir`` on success
+      ...
+
+A failure (an exception, Ctrl-C) removes the temporary and leaves what was there before intact. For a
+folder that already exists, the old one is moved aside, the new one renamed in, then the old one is
+deleted; if the process dies between the two renames, `directory` finds the ``.<name>.old`` sibling
+the next time and restores it before writing, so the previous version is never lost.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Iterable, Iterator, Mapping
+from pathlib import Path
+from typing import Any, Callable
+
+
+def _tmp_file(path: Path, suffix: str = ".tmp") -> str:
+  path.parent.mkdir(parents=True, exist_ok=True)
+  fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=suffix)
+  os.close(fd)
+  return tmp
+
+
+def write_with(path: str | os.PathLike, writer: Callable[[str], None], suffix: str = ".tmp") -> Path:
+  """Call ``writer(tmp_path)`` to write a temporary file, then rename it to ``path``.
+
+  ``suffix`` is the temporary's file ending, for writers that insist on one (``np.savez`` adds
+  ``.npz`` unless the name ends with it).
+  """
+  path = Path(path)
+  tmp = _tmp_file(path, suffix)
+  try:
+    writer(tmp)
+    os.replace(tmp, path)
+  except BaseException:
+    with contextlib.suppress(FileNotFoundError):
+      os.unlink(tmp)
+    raise
+  return path
+
+
+def write_bytes(path: str | os.PathLike, data: bytes) -> Path:
+  def w(tmp: str) -> None:
+    with open(tmp, "wb") as f:
+      f.write(data)
+      f.flush()
+      os.fsync(f.fileno())
+  return write_with(path, w)
+
+
+def write_text(path: str | os.PathLike, text: str) -> Path:
+  return write_bytes(path, text.encode("utf-8"))
+
+
+def write_json(path: str | os.PathLike, obj: Any, *, indent: int | None = 2) -> Path:
+  return write_text(path, json.dumps(obj, indent=indent, sort_keys=True, ensure_ascii=False) + "\n")
+
+
+def write_jsonl(path: str | os.PathLike, rows: Iterable[Mapping[str, Any]]) -> Path:
+  return write_text(path, "".join(json.dumps(r, sort_keys=True, ensure_ascii=False) + "\n"
+                                  for r in rows))
+
+
+def read_jsonl(path: str | os.PathLike) -> list[dict[str, Any]]:
+  """The rows of a JSON-lines file ([] if it does not exist); a bad line names the file and line."""
+  path = Path(path)
+  if not path.exists():
+    return []
+  rows = []
+  with open(path, encoding="utf-8") as f:
+    for i, line in enumerate(f, 1):
+      if not line.strip():
+        continue
+      try:
+        rows.append(json.loads(line))
+      except json.JSONDecodeError as e:
+        raise ValueError(f"{path}: line {i}: not valid JSON ({e.msg})") from None
+  return rows
+
+
+def append_jsonl(path: str | os.PathLike, rows: Iterable[Mapping[str, Any]]) -> Path:
+  """Append ``rows`` by rewriting the whole file atomically (results files are small)."""
+  return write_jsonl(path, [*read_jsonl(path), *rows])
+
+
+def _recover(out_dir: Path) -> None:
+  old = out_dir.with_name(f".{out_dir.name}.old")
+  if old.exists() and not out_dir.exists():
+    old.rename(out_dir)          # died between the two renames: the previous version comes back
+  elif old.exists():
+    shutil.rmtree(old, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def directory(out_dir: str | os.PathLike) -> Iterator[Path]:
+  """A temporary sibling folder to fill; renamed to ``out_dir`` when the block exits cleanly."""
+  out_dir = Path(out_dir)
+  out_dir.parent.mkdir(parents=True, exist_ok=True)
+  _recover(out_dir)
+  tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", suffix=".tmp", dir=out_dir.parent))
+  try:
+    yield tmp
+    if out_dir.exists():
+      old = out_dir.with_name(f".{out_dir.name}.old")
+      out_dir.rename(old)
+      tmp.rename(out_dir)
+      shutil.rmtree(old, ignore_errors=True)
+    else:
+      tmp.rename(out_dir)
+  except BaseException:
+    shutil.rmtree(tmp, ignore_errors=True)
+    raise
