@@ -74,6 +74,15 @@ def write_jsonl(path: str | os.PathLike, rows: Iterable[Mapping[str, Any]]) -> P
                                   for r in rows))
 
 
+def read_json(path: str | os.PathLike) -> Any:
+  """A JSON file's value; invalid JSON names the file."""
+  path = Path(path)
+  try:
+    return json.loads(path.read_text(encoding="utf-8"))
+  except json.JSONDecodeError as e:
+    raise ValueError(f"{path}: not valid JSON ({e.msg} at line {e.lineno})") from None
+
+
 def read_jsonl(path: str | os.PathLike) -> list[dict[str, Any]]:
   """The rows of a JSON-lines file ([] if it does not exist); a bad line names the file and line."""
   path = Path(path)

@@ -1,0 +1,197 @@
+"""The rebound experiment (paper §5.2, App. B.2, Table 3): ``--config=configs/experiments/rebound.py:<variant>``.
+
+Variants ``<model>,<task>[,<reverse>][,<order>][,<mesh preset>]``:
+
+    tiny                         stories260K on IMDb, a 2 × 2 grid (tests, seconds)
+    smollm2                      SmolLM2-135M-Instruct (the wheel's GGUF) on IMDb, the CPU preset:
+                                 reviews cut to 64 tokens, prompts of 8 tokens, n⁺ ∈ {100, 250, 500},
+                                 n⁻ ∈ {0, 10, 25, 50, 100, 200}, 100 held-out prompts, 48 new tokens
+    llama2-7b,imdb               the paper's grid: n⁺ ∈ {1k, 2k, 5k, 10k}, n⁻ ∈ {100, 200, 500, 1k, 2k}
+    gemma-2b,safety,dpo          App. B.2: DPO as the reverse step (pairs with the unsafe response chosen)
+    llama2-7b,imdb,sft,neg_first the reversed direction (negative first, then positive)
+    llama2-7b,safety,sft,pos_first,tpu_v4   on a TPU v4 pod slice (presets: configs/mesh.py)
+
+task: ``imdb`` or ``safety``; reverse: ``sft`` (default), ``dpo``, ``simpo`` or ``kto``; order:
+``pos_first`` (default) or ``neg_first``. The paper's presets use its SFT hyper-parameters
+(``configs/sft.py:paper``: lr 1e-5 constant, global batch 8, one epoch, max length 512, bf16).
+
+Scorers: IMDb continuations are scored by the project's sentiment classifier (default
+``$ELASTICITY_RUNS/sentiment``, made by ``python -m launch.sentiment --workdir=…``); safety ones by a
+local cost/reward model that you set with ``--config.eval.scorer.path`` (with ``sign=-1`` for a cost
+model). ``--config.eval.scorer.path=none`` measures Δγ and the KL only.
+
+Every key can be overridden: ``--config.n_pos=(100,200) --config.train.optimizer.lr=2e-5
+--config.eval.sampling.temperature=0.7``.
+"""
+
+from __future__ import annotations
+
+import os
+
+import ml_collections
+
+from configs import mesh as mesh_presets
+from configs import models as model_presets
+from configs.sft import paper
+from elasticity import paths
+from elasticity.train.config import default_config
+
+PAPER_N_POS = (1000, 2000, 5000, 10000)
+PAPER_N_NEG = (0, 100, 200, 500, 1000, 2000)
+TASKS = ("imdb", "safety")
+REVERSES = ("sft", "dpo", "simpo", "kto")
+ORDERS = ("pos_first", "neg_first")
+
+
+def scorer_section(path: str = "", sign: float = 1.0) -> ml_collections.ConfigDict:
+  try:
+    from elasticity.eval.scorers import scorer_section as section
+    s = section()
+  except ImportError:          # the eval package is optional at config time
+    s = ml_collections.ConfigDict(dict(path="", kind="auto", sign=1.0, positive_label="",
+                                       allow_pickle=False, batch_size=32, max_length=512))
+  s.path, s.sign = path, sign
+  return s
+
+
+def _runs_dir() -> str:
+  fn = getattr(paths, "runs_dir", None)
+  return os.fspath(fn()) if fn else os.environ.get("ELASTICITY_RUNS",
+                                                   os.path.expanduser("~/elasticity_runs"))
+
+
+def base(model_name: str, path: str, tokenizer: str) -> ml_collections.ConfigDict:
+  c = ml_collections.ConfigDict()
+  c.experiment = "rebound"
+  c.variant = ""
+  c.model = ml_collections.ConfigDict(dict(name=model_name, path=path, tokenizer=tokenizer))
+  c.task = "imdb"
+  c.reverse = "sft"
+  c.order = "pos_first"
+  c.seeds = (42,)
+  c.n_pos = PAPER_N_POS
+  c.n_neg = PAPER_N_NEG
+  c.prompt_tokens = 8              # held-out prompts (IMDb): the first tokens of test reviews
+  c.data = ml_collections.ConfigDict(dict(max_length=512, template="plain"))
+  c.train = default_config()       # the training template of both stages (model.path set per cell)
+  c.train.eval.every = 0
+  c.train.checkpoint.every = 50
+  c.train.checkpoint.keep = 1
+  c.train.export.hf = True
+  c.eval = ml_collections.ConfigDict()
+  c.eval.num_prompts = 500
+  c.eval.data_seed = 0             # order of the held-out data (the same for every training seed)
+  c.eval.sampling = ml_collections.ConfigDict(dict(max_new_tokens=48, temperature=1.0, top_p=1.0,
+                                                   seed=0, batch_size=50))
+  c.eval.scorer = scorer_section(os.path.join(_runs_dir(), "sentiment"))
+  c.eval.score_text = "completion"  # or "prompt_completion"
+  c.eval.heldout = 200             # held-out positive and negative responses each, for Δγ
+  c.eval.heldout_tokens = 64       # IMDb: responses are the first tokens of test reviews
+  c.eval.max_length = 128          # compression rows (tokens)
+  c.eval.batch_size = 16
+  c.eval.kl = True                 # KL(π‖π_base) per generated token
+  c.table3 = ml_collections.ConfigDict(dict(threshold=0.01, bisect_steps=0))
+  c.report = ml_collections.ConfigDict(dict(kl_threshold=c.table3.get_ref("threshold")))
+  c.runner = ml_collections.ConfigDict(dict(keep_checkpoints=False, keep_exports=False))
+  return c
+
+
+def tiny() -> ml_collections.ConfigDict:
+  path, tok = model_presets.model_path("stories260K")
+  c = base("stories260K", path, tok)
+  c.n_pos, c.n_neg = (16, 24), (0, 8, 16)
+  c.prompt_tokens = 4
+  c.data.max_length = 32
+  t = c.train
+  t.train.global_batch_size = 8
+  t.train.log_every = 1
+  t.optimizer.update(dict(name="adamw", lr=3e-3, schedule="constant", warmup_steps=0,
+                          weight_decay=0.0, clip_norm=1.0))
+  t.checkpoint.every = 1
+  t.checkpoint.keep = 2
+  t.checkpoint.async_save = False
+  t.metrics.tensorboard = False
+  mesh_presets.apply(t, "cpu")
+  c.eval.num_prompts = 8
+  c.eval.sampling.update(dict(max_new_tokens=8, batch_size=8))
+  c.eval.scorer.path = "none"
+  c.eval.heldout = 8
+  c.eval.heldout_tokens = 24
+  c.eval.max_length = 32
+  c.eval.batch_size = 8
+  c.runner.keep_exports = True
+  return c
+
+
+def smollm2() -> ml_collections.ConfigDict:
+  try:
+    path = os.fspath(paths.smollm2_gguf())
+  except FileNotFoundError:
+    path = ""                      # validate() names config.model.path
+  c = base("smollm2-135m", path, "")
+  c.n_pos, c.n_neg = (100, 250, 500), (0, 10, 25, 50, 100, 200)
+  c.data.max_length = 64
+  t = c.train
+  t.seed = 42
+  # one epoch, constant lr, no warm-up: stage 2 is one run with a snapshot at every n⁻ (a multiple of
+  # the batch of 5), exactly the separate runs of the paper's design
+  t.train.global_batch_size = 5
+  t.train.num_microbatches = 1
+  t.train.num_epochs = 1
+  t.train.num_steps = 0
+  t.train.log_every = 10
+  t.optimizer.update(dict(name="adamw", lr=5e-5, schedule="constant", warmup_steps=0,
+                          weight_decay=0.0, clip_norm=1.0))
+  t.checkpoint.every = 20
+  t.metrics.tensorboard = False
+  mesh_presets.apply(t, "cpu")
+  c.eval.num_prompts = 100
+  c.eval.sampling.update(dict(max_new_tokens=48, batch_size=50))
+  c.eval.heldout = 100
+  c.eval.heldout_tokens = 64
+  c.eval.max_length = 80
+  c.runner.keep_exports = False
+  return c
+
+
+def paper_preset(model: str, mesh: str) -> ml_collections.ConfigDict:
+  path, tok = model_presets.model_path(model)
+  c = base(model, path, tok if tok != path else "")
+  paper(c.train)
+  c.train.train.num_microbatches = 8
+  c.data.max_length = 512
+  c.eval.max_length = 512
+  mesh_presets.apply(c.train, mesh or model_presets.default_mesh(model))
+  return c
+
+
+def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
+  arg = arg or "tiny"
+  parts = [p for p in arg.split(",") if p]
+  model = parts[0]
+  rest = parts[1:]
+  task = rest.pop(0) if rest and rest[0] in TASKS else "imdb"
+  reverse = rest.pop(0) if rest and rest[0] in REVERSES else "sft"
+  order = rest.pop(0) if rest and rest[0] in ORDERS else "pos_first"
+  mesh = rest.pop(0) if rest and rest[0] in mesh_presets.PRESETS else ""
+  if rest or (model in ("tiny", "smollm2") and mesh):
+    raise ValueError(f"configs/experiments/rebound.py: variant {arg!r} is not "
+                     "<model>[,imdb|safety][,sft|dpo|simpo|kto][,pos_first|neg_first][,<mesh preset>] "
+                     f"(models: tiny, smollm2, {', '.join(model_presets.MODELS)})")
+  if model == "tiny":
+    c = tiny()
+  elif model == "smollm2":
+    c = smollm2()
+  elif model in model_presets.MODELS:
+    c = paper_preset(model, mesh)
+  else:
+    raise ValueError(f"configs/experiments/rebound.py: unknown model {model!r}; known: tiny, smollm2, "
+                     + ", ".join(model_presets.MODELS))
+  c.variant, c.task, c.reverse, c.order = arg, task, reverse, order
+  if task == "safety":
+    c.eval.scorer.path, c.eval.scorer.sign = ("none" if model == "tiny" else ""), -1.0
+    c.prompt_tokens = 0
+    if model == "tiny":
+      c.n_pos, c.n_neg = (16,), (0, 8)
+  c.lock()
+  return c

@@ -1,0 +1,137 @@
+"""Cells: the units of an experiment grid, and their identities.
+
+A **cell** is a training run (a complete `elasticity.train.config` ConfigDict, handed as it is to
+`elasticity.train.loop.train`) and/or a list of evaluation **points**, optionally starting from a
+model of another cell (its **parent**). A point names which model it evaluates:
+
+- ``"start"``: the model the cell starts from (its parent's model, or ``start_path`` for a root cell);
+- ``"final"``: the cell's own final export (``<train workdir>/hf``);
+- any other name: a snapshot the cell's run exports (``config.export.snapshots``).
+
+A cell's **identity** is a short hash of everything that decides its outcome: its resolved training
+config (with ``model.path`` replaced by the parent's identity and model name, so a path on disk never
+enters it), its root model path, its points and its parent's identity. Changing one value re-runs only
+the cells it reaches. What is evaluated at a point (sampling, scorers, held-out data) is fingerprinted
+separately (`elasticity.experiments.evaluate`), so changing an evaluation setting re-evaluates finished
+cells without training them again.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import ml_collections
+
+ID_LENGTH = 12
+PARENT_MODEL = "<parent>"       # what a child cell's model.path holds until the runner resolves it
+
+
+@dataclasses.dataclass(frozen=True)
+class Point:
+  """An evaluation point of a cell: a model of the cell, and the grid coordinates of its row."""
+  name: str
+  model: str = "final"          # "start" | "final" | a snapshot name
+  coords: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+
+
+@dataclasses.dataclass
+class Cell:
+  name: str                                 # unique and readable within the experiment, e.g. "pos100/sft"
+  coords: dict[str, Any]                    # grid coordinates shared by the cell's rows
+  train: ml_collections.ConfigDict | None = None
+  parent: str | None = None                 # the name of the cell whose model this one starts from
+  parent_model: str = "final"               # which model of the parent ("start", "final", a snapshot)
+  start_path: str = ""                      # a root cell's model (no parent): a checkpoint path
+  start_tokenizer: str = ""                 # its tokenizer ("" = the checkpoint's own)
+  points: tuple[Point, ...] = ()
+  seed: int = 0
+  data: Mapping[str, Any] = dataclasses.field(default_factory=dict)   # sizes, for --dry_run
+
+  def __post_init__(self):
+    if self.train is None and not self.points:
+      raise ValueError(f"cell {self.name!r}: neither a training run nor evaluation points")
+    if self.parent is None and not self.start_path:
+      raise ValueError(f"cell {self.name!r}: a root cell needs start_path")
+    names = [p.name for p in self.points]
+    if len(set(names)) != len(names):
+      raise ValueError(f"cell {self.name!r}: repeated point names {names}")
+    for p in self.points:
+      if p.model not in ("start", "final") and self.train is None:
+        raise ValueError(f"cell {self.name!r}, point {p.name!r}: model {p.model!r} needs a training run")
+      if p.model == "final" and self.train is None:
+        raise ValueError(f"cell {self.name!r}, point {p.name!r}: 'final' needs a training run")
+
+  def snapshot_names(self) -> set[str]:
+    return {p.model for p in self.points if p.model not in ("start", "final")}
+
+
+def canonical(obj: Any) -> str:
+  """A canonical JSON text of configs, dataclasses, tuples and plain values (the hash input)."""
+  def plain(x):
+    if isinstance(x, ml_collections.ConfigDict):
+      return plain(x.to_dict())
+    if isinstance(x, ml_collections.FieldReference):
+      return plain(x.get())
+    if dataclasses.is_dataclass(x) and not isinstance(x, type):
+      return plain(dataclasses.asdict(x))
+    if isinstance(x, Mapping):
+      return {str(k): plain(v) for k, v in sorted(x.items(), key=lambda kv: str(kv[0]))}
+    if isinstance(x, (list, tuple)):
+      return [plain(v) for v in x]
+    return x
+  return json.dumps(plain(obj), sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+
+
+def digest(obj: Any, length: int = ID_LENGTH) -> str:
+  return hashlib.sha256(canonical(obj).encode("utf-8")).hexdigest()[:length]
+
+
+def identity(cell: Cell, parent_id: str | None) -> str:
+  """The cell's short hash (see the module docstring)."""
+  train = None
+  if cell.train is not None:
+    train = cell.train.to_dict()
+    if cell.parent is not None:
+      train["model"] = dict(train["model"], path=f"{parent_id}:{cell.parent_model}")
+    train["export"] = dict(train["export"], snapshot_dir="")   # where they go is the runner's
+  return digest({"train": train, "parent": parent_id, "parent_model": cell.parent_model,
+                 "start": cell.start_path, "start_tokenizer": cell.start_tokenizer,
+                 "points": [dataclasses.asdict(p) for p in cell.points], "seed": cell.seed})
+
+
+def order(cells: Sequence[Cell]) -> list[Cell]:
+  """The cells with every parent before its children (stable otherwise); errors name the cell."""
+  by_name: dict[str, Cell] = {}
+  for c in cells:
+    if c.name in by_name:
+      raise ValueError(f"two cells are named {c.name!r}")
+    by_name[c.name] = c
+  out, state = [], {}
+
+  def visit(c: Cell, path: tuple[str, ...]) -> None:
+    if state.get(c.name) == "done":
+      return
+    if c.name in path:
+      raise ValueError(f"cells form a cycle: {' -> '.join(path + (c.name,))}")
+    if c.parent is not None:
+      if c.parent not in by_name:
+        raise ValueError(f"cell {c.name!r}: unknown parent {c.parent!r}")
+      visit(by_name[c.parent], path + (c.name,))
+    state[c.name] = "done"
+    out.append(c)
+
+  for c in cells:
+    visit(c, ())
+  return out
+
+
+def identities(cells: Sequence[Cell]) -> dict[str, str]:
+  """name → identity for cells in `order`."""
+  ids: dict[str, str] = {}
+  for c in order(cells):
+    ids[c.name] = identity(c, ids[c.parent] if c.parent is not None else None)
+  return ids

@@ -1,0 +1,137 @@
+"""What an evaluation point measures: generations, a scorer's verdict, Δγ and the KL to the base model.
+
+At each point the runner hands `PointEvaluator` a model checkpoint and the point's folder:
+
+1. **Generations**: continuations of the held-out prompts (`elasticity.eval.generations`, sampling
+   settings and seed from ``config.eval.sampling``), saved as ``generations.jsonl`` in the point's
+   folder and reused while the sampling settings are unchanged, so any scorer can re-score a finished
+   experiment (`elasticity.experiments.rescore`).
+2. **Score** (when a scorer is configured): the scorer's value of each continuation (``score_text``:
+   the continuation alone, or prompt + continuation). A classifier giving P(positive) yields ``score``
+   = the share of continuations it calls positive (P > 0.5) and ``p_positive`` = the mean probability;
+   a reward/cost model yields ``score`` = the mean sign-oriented reward.
+3. **Δγ** (needs no scorer): bits/byte of held-out negative responses − bits/byte of held-out positive
+   responses under the model (`elasticity.eval.preference`), i.e. the model's preference measured
+   exactly by compression: it falls as the model comes to prefer the negative data.
+4. **KL to the base model**: the exact KL(π‖π_base) per generated token on the policy's own
+   continuations (`elasticity.eval.kl`).
+
+The evaluator's `fingerprint` covers every setting above; the runner re-evaluates a finished cell when it
+changes, without training it again.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from absl import logging
+
+from elasticity import atomic
+from elasticity.experiments import cells as cells_lib
+
+
+def scorer_kind(scorer) -> str:
+  """``"probability"`` (P(positive) in [0, 1]) or ``"reward"``, as the scorer declares it."""
+  return getattr(scorer, "output", "probability")
+
+
+def score_metrics(values: np.ndarray, kind: str) -> dict[str, float]:
+  values = np.asarray(values, dtype=np.float64)
+  if kind == "probability":
+    return {"score": float(np.mean(values > 0.5)), "p_positive": float(np.mean(values))}
+  return {"score": float(np.mean(values)), "score_sd": float(np.std(values))}
+
+
+def score_texts(rows: list[dict], score_text: str) -> list[str]:
+  if score_text == "completion":
+    return [r["completion"] for r in rows]
+  if score_text == "prompt_completion":
+    return [r["prompt"] + r["completion"] for r in rows]
+  raise ValueError(f"config.eval.score_text: {score_text!r} is not 'completion' or 'prompt_completion'")
+
+
+class PointEvaluator:
+  """Evaluates checkpoints against one base model, one prompt set and one pair of held-out sets."""
+
+  def __init__(self, ev, *, base_path: str, base_tokenizer: str, prompts: list[str],
+               heldout_pos: list[dict], heldout_neg: list[dict], scorer=None,
+               scorer_id: str = ""):
+    self.ev = ev
+    self.base_path, self.base_tokenizer = base_path, base_tokenizer
+    self.prompts, self.heldout_pos, self.heldout_neg = prompts, heldout_pos, heldout_neg
+    self.scorer = scorer
+    self._base = None
+    s = ev.sampling
+    self.sampling = dict(max_new_tokens=int(s.max_new_tokens), temperature=float(s.temperature),
+                         top_p=float(s.top_p), seed=int(s.seed), batch_size=int(s.batch_size))
+    self.generation_fingerprint = cells_lib.digest({"sampling": self.sampling, "prompts": prompts})
+    self.fingerprint = cells_lib.digest({
+        "generation": self.generation_fingerprint, "scorer": scorer_id,
+        "score_text": ev.score_text, "heldout": [heldout_pos, heldout_neg],
+        "compression": dict(max_length=int(ev.max_length), batch_size=int(ev.batch_size)),
+        "kl": bool(ev.kl), "base": [base_path, base_tokenizer]})
+
+  # -- models -----------------------------------------------------------------------------------
+  @staticmethod
+  def load(path: str, tokenizer: str):
+    from elasticity.models import load_pretrained
+    from elasticity.tokenizers import load_tokenizer
+    model = load_pretrained(path, tokenizer=tokenizer or None)
+    return model, load_tokenizer(tokenizer or path)
+
+  def base(self):
+    if self._base is None:
+      self._base = self.load(self.base_path, self.base_tokenizer)[0]
+    return self._base
+
+  # -- one point --------------------------------------------------------------------------------
+  def generations(self, model, tokenizer, point_dir: Path) -> list[dict]:
+    from elasticity.eval import generations as gen_lib
+    path = point_dir / "generations.jsonl"
+    if path.exists():
+      rows, meta = gen_lib.load(path)
+      if meta.get("fingerprint") == self.generation_fingerprint:
+        return rows
+    rows = gen_lib.continue_prompts(model, tokenizer, self.prompts, **self.sampling)
+    gen_lib.save(path, rows, {"fingerprint": self.generation_fingerprint, **self.sampling})
+    return rows
+
+  def score(self, rows: list[dict]) -> dict[str, float]:
+    if self.scorer is None:
+      return {}
+    values = self.scorer.score(score_texts(rows, self.ev.score_text))
+    return score_metrics(values, scorer_kind(self.scorer))
+
+  def __call__(self, model_path: str, tokenizer_path: str, point_dir: str | os.PathLike) -> dict[str, float]:
+    point_dir = Path(point_dir)
+    point_dir.mkdir(parents=True, exist_ok=True)
+    t0 = time.perf_counter()
+    model, tokenizer = self.load(model_path, tokenizer_path)
+    rows = self.generations(model, tokenizer, point_dir)
+    metrics: dict[str, float] = {}
+    metrics.update(self.score(rows))
+    from elasticity.eval.preference import compression_preference
+    pref = compression_preference(model, tokenizer, self.heldout_pos, self.heldout_neg,
+                                  max_length=int(self.ev.max_length), batch_size=int(self.ev.batch_size))
+    metrics.update({k: float(pref[k]) for k in ("bpb_pos", "bpb_neg", "delta_gamma")})
+    if self.ev.kl:
+      from elasticity.eval.kl import kl_to_reference
+      seqs = [list(r["prompt_ids"]) + list(r["completion_ids"]) for r in rows]
+      starts = [len(r["prompt_ids"]) for r in rows]
+      rep = kl_to_reference(model, self.base(), seqs, starts, batch_size=int(self.ev.batch_size))
+      metrics["kl_to_base"] = float(rep.mean)
+    metrics["generated_tokens"] = float(sum(len(r["completion_ids"]) for r in rows))
+    atomic.write_json(point_dir / "metrics.json", {"fingerprint": self.fingerprint, "metrics": metrics})
+    logging.info("evaluated %s in %.1fs: %s", model_path, time.perf_counter() - t0,
+                 "  ".join(f"{k} {v:.4g}" for k, v in metrics.items()))
+    return metrics
+
+
+def rescore_rows(rows: list[dict], scorer, score_text: str) -> dict[str, Any]:
+  """Score metrics of saved generation rows with another scorer (no generation)."""
+  values = scorer.score(score_texts(rows, score_text))
+  return score_metrics(values, scorer_kind(scorer))

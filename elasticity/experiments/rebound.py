@@ -1,0 +1,280 @@
+"""The rebound experiment (paper §5.2, App. B.2, Table 3) as cells for the runner.
+
+Stage 1: the base model → SFT on n⁺ positive examples. Stage 2: → the reverse step on n⁻ negative
+examples (SFT, or DPO / SimPO / KTO on pairs with the negative response chosen). Evaluated at the base,
+after stage 1 (n⁻ = 0) and at every n⁻ > 0 (`elasticity.experiments.evaluate`: generations, the
+scorer's score, Δγ, KL to the base).
+
+Cells, for each seed and n⁺ (``configs/experiments/rebound.py``):
+
+- ``base``: the base model, evaluated (one cell for all seeds);
+- ``s<seed>/pos<n⁺>``: stage 1, starting from the base;
+- ``s<seed>/pos<n⁺>/<reverse>``: stage 2, starting from stage 1's export, **one run with a snapshot
+  at each n⁻** when that run is, step for step, the paper's separate run for that n⁻: a constant
+  schedule without warm-up, one epoch, the negative examples in prefix order (``shuffle=False``), n⁻ a
+  multiple of the global batch, and an objective whose per-example terms do not depend on the rest of
+  the data (SFT, DPO, SimPO; not KTO, whose KL partners and z0 do). The snapshot after n⁻/batch steps
+  has then seen exactly the first n⁻ examples with the same updates a separate n⁻-example run makes;
+  ``tests/test_experiments_rebound.py`` checks this bit for bit.
+- ``s<seed>/pos<n⁺>/<reverse>-neg<n⁻>``: a separate stage-2 run for every other n⁻.
+
+**Table 3** (KL to base): with ``table3.bisect_steps > 0``, after the grid is done `refine` looks, per
+seed and n⁺, for the first n⁻ on the grid whose ``kl_to_base`` is under ``table3.threshold`` and adds
+separate stage-2 runs at midpoints between it and the grid point before it, one bisection step per round,
+so the report's "smallest n⁻ under the threshold" is known to within the final interval.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+
+from absl import logging
+
+from elasticity.experiments import cells as cells_lib
+from elasticity.experiments import tasks
+from elasticity.experiments.cells import Cell, Point
+
+REVERSES = ("sft", "dpo", "simpo", "kto")
+ORDERS = ("pos_first", "neg_first")
+EXPERIMENT_DIR = "{experiment_dir}"      # replaced by the runner with the experiment's folder
+REVERSE_OBJECTIVES = {"sft": dict(name="sft"), "dpo": dict(name="dpo", beta=0.1),
+                      "simpo": dict(name="simpo", beta=2.0, gamma=0.5),
+                      "kto": dict(name="kto", beta=0.1, desirable_weight=1.0, undesirable_weight=1.0)}
+
+
+# -- checks before anything is loaded -------------------------------------------------------------
+
+
+def validate(c) -> None:
+  from elasticity.train import config as config_lib
+  for key, allowed in (("task", tasks.TASKS), ("reverse", REVERSES), ("order", ORDERS)):
+    if c[key] not in allowed:
+      raise ValueError(f"config.{key}: {c[key]!r} is not one of {allowed}")
+  n_pos, n_neg = [int(n) for n in c.n_pos], [int(n) for n in c.n_neg]
+  if not n_pos or min(n_pos) < 1:
+    raise ValueError(f"config.n_pos: want positive sizes, got {list(c.n_pos)}")
+  if not n_neg or min(n_neg) < 0 or len(set(n_neg)) != len(n_neg):
+    raise ValueError(f"config.n_neg: want distinct sizes >= 0, got {list(c.n_neg)}")
+  if not c.seeds:
+    raise ValueError("config.seeds: at least one seed")
+  if not c.model.path:
+    raise ValueError("config.model.path: the base model's checkpoint is required")
+  sizes = tasks.pool_sizes(c.task, int(c.eval.heldout))
+  pos_pool, neg_pool = ((sizes["positive"], sizes["negative"]) if c.order == "pos_first"
+                        else (sizes["negative"], sizes["positive"]))
+  if max(n_pos) > pos_pool:
+    raise ValueError(f"config.n_pos: {max(n_pos)} positive examples asked for, but the {c.task} pool "
+                     f"holds {pos_pool}")
+  if max(n_neg) > neg_pool:
+    raise ValueError(f"config.n_neg: {max(n_neg)} negative examples asked for, but the {c.task} pool "
+                     f"holds {neg_pool}")
+  if c.reverse != "sft" and max(n_pos) + max(n_neg) > pos_pool:
+    raise ValueError(f"config.n_neg: {c.reverse} pairs need {max(n_neg)} rejected (positive) responses "
+                     f"beyond the {max(n_pos)} of stage 1, but the pool holds {pos_pool}")
+  scorer = str(c.eval.scorer.path)
+  if not scorer:
+    raise ValueError(
+        f"config.eval.scorer.path: the {c.task} task scores continuations with "
+        + ("a sentiment classifier (train one: python -m launch.sentiment --workdir=DIR)"
+           if c.task == "imdb" else "a local cost/reward model (a Hugging Face sequence-classification "
+           "directory, e.g. a converted beaver-7b-v1.0-cost)")
+        + "; set it, or set it to 'none' to measure only Δγ and the KL")
+  if scorer != "none" and not os.path.exists(scorer):
+    raise ValueError(f"config.eval.scorer.path: {scorer} does not exist")
+  for cell in plan(c):
+    if cell.train is not None:
+      cfg = copy.deepcopy(cell.train)
+      cfg.unlock()
+      cfg.model.path = cfg.model.path or c.model.path
+      try:
+        config_lib.validate(cfg)
+      except ValueError as e:
+        raise ValueError(f"config.train (cell {cell.name}): {e}") from None
+
+
+# -- the grid ---------------------------------------------------------------------------------------
+
+
+def _labels(c) -> tuple[str, str]:
+  return ("pos", "neg") if c.order == "pos_first" else ("neg", "pos")
+
+
+def _file(c, role: str, **spec) -> str:
+  key = cells_lib.digest({"task": c.task, "order": c.order, "role": role, "prompt_tokens":
+                          int(c.prompt_tokens), "tokenizer": c.model.tokenizer or c.model.path,
+                          "heldout": int(c.eval.heldout), "eval_seed": int(c.eval.data_seed), **spec})
+  return f"{EXPERIMENT_DIR}/data/{c.task}-{role}-{key}.jsonl"
+
+
+def pairs_file(c, seed: int) -> str:
+  return _file(c, "pairs", seed=seed, n=max(int(n) for n in c.n_neg),
+               offset=max(int(n) for n in c.n_pos))
+
+
+def pool_file(c, role: str, seed: int) -> str:
+  return _file(c, role, seed=seed)
+
+
+def _data(c, stage: int, n: int, seed: int):
+  from elasticity.train.config import data_section
+  base = dict(max_length=int(c.data.max_length), seed=seed, template=c.data.template)
+  if stage == 2 and c.reverse != "sft":
+    return data_section(name="jsonl", split="", load_kwargs=dict(path=pairs_file(c, seed),
+                        kind="preference"), n=0, slice=(0, n), shuffle=False,
+                        policy="truncate_response", **base)
+  shuffle = stage == 1
+  if c.task == "imdb":
+    label = _labels(c)[stage - 1]
+    return data_section(name="imdb", split="train", load_kwargs=dict(label=label), n=n,
+                        shuffle=shuffle, policy="truncate_response", **base)
+  role = "positive" if stage == 1 else "negative"
+  return data_section(name="jsonl", split="", load_kwargs=dict(path=pool_file(c, role, seed),
+                      kind="sft"), n=0, slice=(0, n), shuffle=shuffle,
+                      policy="truncate_prompt_left", **base)
+
+
+def _train(c, stage: int, n: int, seed: int, snapshots: dict[str, int] | None = None):
+  t = copy.deepcopy(c.train)
+  t.unlock()
+  t.seed = seed
+  t.model.path, t.model.tokenizer = "", ""      # the runner fills in the parent's model
+  t.data = _data(c, stage, n, seed)
+  if stage == 2:
+    t.objective.update(REVERSE_OBJECTIVES[c.reverse])
+    if c.reverse != "sft":
+      t.objective.reference = "precomputed"
+  t.export.snapshots = ",".join(f"{k}={v}" for k, v in (snapshots or {}).items())
+  t.lock()
+  return t
+
+
+def shares_snapshots(c, n: int) -> bool:
+  """Whether n⁻ = n can be a snapshot of one longer stage-2 run (module docstring)."""
+  t, o = c.train, c.train.optimizer
+  return (c.reverse in ("sft", "dpo", "simpo") and o.schedule == "constant" and o.warmup_steps == 0
+          and t.train.num_steps == 0 and t.train.num_epochs == 1 and t.data.drop_last is False
+          and n % int(t.train.global_batch_size) == 0)
+
+
+def _coords(c, **kw):
+  return {"model": c.model.name, "task": c.task, "reverse": c.reverse, "order": c.order, **kw}
+
+
+def stage2_cells(c, seed: int, n_pos: int, ns: list[int]) -> list[Cell]:
+  """Stage-2 cells after ``s<seed>/pos<n_pos>`` for the n⁻ values ``ns``."""
+  parent = f"s{seed}/pos{n_pos}"
+  coords = _coords(c, n_pos=n_pos, stage="neg")
+  shared = sorted(n for n in ns if shares_snapshots(c, n))
+  out = []
+  if shared:
+    batch = int(c.train.train.global_batch_size)
+    top = shared[-1]
+    snaps = {f"neg{n}": n // batch for n in shared[:-1]}
+    points = tuple(Point(f"neg={n}", f"neg{n}" if n != top else "final", {"n_neg": n}) for n in shared)
+    out.append(Cell(f"{parent}/{c.reverse}", coords, train=_train(c, 2, top, seed, snaps),
+                    parent=parent, points=points, seed=seed, data={"n_neg": top}))
+  for n in sorted(set(ns) - set(shared)):
+    out.append(Cell(f"{parent}/{c.reverse}-neg{n}", coords, train=_train(c, 2, n, seed), parent=parent,
+                    points=(Point(f"neg={n}", "final", {"n_neg": n}),), seed=seed, data={"n_neg": n}))
+  return out
+
+
+def plan(c) -> list[Cell]:
+  out = [Cell("base", _coords(c, n_pos=0, n_neg=0, stage="base"), start_path=c.model.path,
+              start_tokenizer=c.model.tokenizer, points=(Point("base", "start"),), seed=0)]
+  negs = [int(n) for n in c.n_neg if int(n) > 0]
+  for seed in (int(s) for s in c.seeds):
+    for n_pos in (int(n) for n in c.n_pos):
+      name = f"s{seed}/pos{n_pos}"
+      out.append(Cell(name, _coords(c, n_pos=n_pos, stage="pos"), train=_train(c, 1, n_pos, seed),
+                      parent="base", parent_model="start",
+                      points=(Point("pos", "final", {"n_neg": 0}),), seed=seed, data={"n_pos": n_pos}))
+      out.extend(stage2_cells(c, seed, n_pos, negs))
+  return out
+
+
+def refine(c, rows: list[dict]) -> list[Cell]:
+  """One bisection round of Table 3's threshold crossing (module docstring); [] when none is left."""
+  steps, thr = int(c.table3.bisect_steps), float(c.table3.threshold)
+  if steps <= 0:
+    return []
+  grid = {int(n) for n in c.n_neg}
+  out = []
+  for seed in (int(s) for s in c.seeds):
+    for n_pos in (int(n) for n in c.n_pos):
+      kl = {}
+      for r in rows:
+        co = r["coords"]
+        if (r["seed"] == seed and co.get("n_pos") == n_pos and co.get("stage") in ("pos", "neg")
+            and "kl_to_base" in r["metrics"]):
+          kl[int(co["n_neg"])] = float(r["metrics"]["kl_to_base"])
+      under = sorted(n for n, v in kl.items() if v < thr)
+      if not under:
+        continue
+      hi = under[0]
+      below = sorted(n for n in kl if n < hi)
+      if not below:
+        continue
+      lo = below[-1]
+      done = len([n for n in kl if n not in grid])
+      if hi - lo <= 1 or done >= steps:
+        continue
+      mid = (lo + hi) // 2
+      logging.info("table 3 bisection: seed %d, n⁺=%d: KL %.4g at n⁻=%d, %.4g at %d; trying %d", seed,
+                   n_pos, kl[lo], lo, kl[hi], hi, mid)
+      cell = stage2_cells(c, seed, n_pos, [mid])
+      for x in cell:   # a bisection point is always its own run
+        x.name = f"s{seed}/pos{n_pos}/{c.reverse}-neg{mid}"
+      out.extend(cell)
+  return out
+
+
+# -- what the runner needs before the first cell ---------------------------------------------------
+
+
+def prepare(c, workdir):
+  """Write the data files the cells read and build the point evaluator."""
+  from elasticity.experiments.evaluate import PointEvaluator
+  from elasticity.tokenizers import load_tokenizer
+  import jax
+  tokenizer = load_tokenizer(c.model.tokenizer or c.model.path)
+  ev = c.eval
+  n_pos_max, n_neg_max = max(int(n) for n in c.n_pos), max(int(n) for n in c.n_neg)
+  scorer, scorer_id = None, ""
+  if str(ev.scorer.path) != "none":
+    from elasticity.eval import load_scorer
+    scorer = load_scorer(ev.scorer)
+    scorer_id = cells_lib.digest(ev.scorer.to_dict()) + ":" + _tree_digest(ev.scorer.path)
+  data = None
+  for seed in (int(s) for s in c.seeds):
+    data = tasks.build(c.task, order=c.order, seed=seed, eval_seed=int(ev.data_seed),
+                       tokenizer=tokenizer, num_prompts=int(ev.num_prompts),
+                       prompt_tokens=int(c.prompt_tokens), heldout=int(ev.heldout),
+                       heldout_tokens=int(ev.heldout_tokens))
+    if jax.process_index() != 0:
+      continue
+    resolve = lambda p: p.replace(EXPERIMENT_DIR, os.fspath(workdir))
+    if c.task != "imdb":
+      tasks.write_pool(resolve(pool_file(c, "positive", seed)), data.positive[:n_pos_max],
+                       ("prompt", "response"))
+      tasks.write_pool(resolve(pool_file(c, "negative", seed)), data.negative[:n_neg_max],
+                       ("prompt", "response"))
+    if c.reverse != "sft":
+      tasks.write_pool(resolve(pairs_file(c, seed)),
+                       tasks.pairs(data, n_neg_max, n_pos_max, int(c.prompt_tokens), tokenizer),
+                       ("prompt", "chosen", "rejected"))
+  # prompts and held-out data are the same for every seed (tasks.build)
+  return PointEvaluator(ev, base_path=c.model.path, base_tokenizer=c.model.tokenizer,
+                        prompts=data.prompts if data is not None else [], heldout_pos=data.heldout_pos,
+                        heldout_neg=data.heldout_neg, scorer=scorer, scorer_id=scorer_id)
+
+
+def _tree_digest(path) -> str:
+  """A digest of a folder's file names, sizes and modification times (a scorer's identity)."""
+  entries = []
+  for root, _, files in os.walk(os.fspath(path)):
+    for f in sorted(files):
+      st = os.stat(os.path.join(root, f))
+      entries.append((os.path.relpath(os.path.join(root, f), path), st.st_size, st.st_mtime_ns))
+  return cells_lib.digest(sorted(entries))

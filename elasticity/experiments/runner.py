@@ -1,0 +1,306 @@
+"""The experiment runner: a grid of cells, run one after another in one process, resumable at any point.
+
+    from elasticity.experiments import runner
+    summary = runner.run("rebound", config, "runs/rebound")        # or launch/experiment.py
+
+An **experiment** is a module with
+
+    validate(config) -> None                 # every check that needs no model: before anything loads
+    plan(config) -> list[Cell]               # the static grid (`elasticity.experiments.cells`)
+    prepare(config, workdir) -> Evaluator    # data files the cells read, and the point evaluator
+    refine(config, rows) -> list[Cell]       # optional: more cells from results so far (bisection)
+
+Layout of the work directory (every file written atomically, on process 0 only)::
+
+    experiment.json         resolved config, package versions, git commit
+    data/                   files the cells train on (`elasticity.experiments.tasks`)
+    cells/<id>/cell.json    the cell as resolved (name, coordinates, parent id, training config)
+    cells/<id>/train/       the training workdir (checkpoints, metrics.jsonl, hf/, snapshots)
+    cells/<id>/points/<p>/  generations.jsonl, metrics.json of each evaluation point
+    cells/<id>/done.json    the cell's result rows and evaluation fingerprint, written last
+    results.jsonl           every finished cell's rows, in plan order
+    report.md, plots/       from results.jsonl (`elasticity.report`)
+
+Rerunning the same command skips finished cells (``done.json`` with the current evaluation
+fingerprint) and resumes an interrupted training run from its latest checkpoint. SIGTERM/SIGINT stop
+the current run at a step boundary with a checkpoint saved, and the runner stops there (status
+``"preempted"``), never moving on to the next cell. Because training resumes exactly and evaluation is
+seeded, an interrupted and resumed experiment writes the same ``results.jsonl`` as an uninterrupted
+one. Cells share one process, so compiled functions of equal shapes are reused from cell to cell.
+
+Disk: a finished cell's checkpoints are deleted unless ``runner.keep_checkpoints``; its exports are
+deleted once no pending cell starts from them unless ``runner.keep_exports``.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import importlib
+import math
+import os
+import shutil
+import subprocess
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from absl import logging
+
+from elasticity import atomic
+from elasticity.experiments import cells as cells_lib
+from elasticity.experiments.cells import Cell
+
+EXPERIMENTS = {"rebound": "elasticity.experiments.rebound"}
+
+
+class Preempted(RuntimeError):
+  """The run was stopped by a signal; rerun the same command to continue."""
+
+
+@dataclasses.dataclass
+class Summary:
+  status: str                     # "completed" | "preempted" | "dry_run"
+  cells: int
+  ran: int                        # cells trained or evaluated in this process
+  rows: list[dict]
+  workdir: str
+
+
+def experiment_module(name: str):
+  if name not in EXPERIMENTS:
+    raise ValueError(f"config.experiment: {name!r} is not one of {sorted(EXPERIMENTS)}")
+  return importlib.import_module(EXPERIMENTS[name])
+
+
+def _is_writer() -> bool:
+  import jax
+  return jax.process_index() == 0
+
+
+def _versions() -> dict[str, str]:
+  from importlib import metadata
+  out = {}
+  for pkg in ("elasticity", "jax", "jaxlib", "flax", "optax", "orbax-checkpoint", "transformers",
+              "numpy", "ml-collections"):
+    try:
+      out[pkg] = metadata.version(pkg)
+    except metadata.PackageNotFoundError:
+      pass
+  return out
+
+
+def _git_commit() -> str:
+  root = Path(__file__).resolve().parents[2]
+  try:
+    out = subprocess.run(["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True,
+                         text=True, timeout=10)
+    dirty = subprocess.run(["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no"],
+                           capture_output=True, text=True, timeout=10).stdout.strip()
+    return out.stdout.strip() + ("+dirty" if dirty else "") if out.returncode == 0 else ""
+  except (OSError, subprocess.SubprocessError):
+    return ""
+
+
+# -- the cell table -----------------------------------------------------------------------------
+
+
+def _steps(train) -> int:
+  if train is None:
+    return 0
+  if train.train.num_steps:
+    return int(train.train.num_steps)
+  n = int(train.data.slice[1] - train.data.slice[0]) if train.data.slice else int(train.data.n)
+  return int(train.train.num_epochs) * math.ceil(n / int(train.train.global_batch_size)) if n else 0
+
+
+def table(cells: Sequence[Cell], ids: dict[str, str]) -> str:
+  """The cell table of ``--dry_run``: id, parent, data sizes, steps, tokens (an upper bound)."""
+  lines = [f"{'cell':<34} {'id':<12} {'parent':<12} {'data':<24} {'steps':>6} {'tokens≤':>11} points"]
+  total_steps = total_tokens = 0
+  for c in cells:
+    steps = _steps(c.train)
+    tokens = steps * int(c.train.train.global_batch_size) * int(c.train.data.max_length) if c.train else 0
+    total_steps, total_tokens = total_steps + steps, total_tokens + tokens
+    data = ", ".join(f"{k}={v}" for k, v in c.data.items()) or "-"
+    parent = ids[c.parent] if c.parent else "-"
+    lines.append(f"{c.name:<34} {ids[c.name]:<12} {parent:<12} {data:<24} {steps:>6} {tokens:>11} "
+                 + ",".join(p.name for p in c.points))
+  lines.append(f"{len(cells)} cells, {sum(c.train is not None for c in cells)} training runs, "
+               f"{total_steps} steps, ≤ {total_tokens} tokens, "
+               f"{sum(len(c.points) for c in cells)} evaluation points")
+  return "\n".join(lines)
+
+
+# -- running ------------------------------------------------------------------------------------
+
+
+class _Grid:
+  """The cells of one experiment directory, their identities and where their models are."""
+
+  def __init__(self, workdir: Path):
+    self.workdir = workdir
+    self.cells: list[Cell] = []
+    self.ids: dict[str, str] = {}
+    self.by_name: dict[str, Cell] = {}
+
+  def add(self, new: Sequence[Cell]) -> list[Cell]:
+    ordered = cells_lib.order([*self.cells, *new])
+    ids = cells_lib.identities(ordered)
+    fresh = [c for c in ordered if c.name not in self.by_name]
+    self.cells, self.ids = ordered, ids
+    self.by_name = {c.name: c for c in ordered}
+    return fresh
+
+  def cell_dir(self, cell: Cell) -> Path:
+    return self.workdir / "cells" / self.ids[cell.name]
+
+  def model(self, cell: Cell, which: str) -> tuple[str, str]:
+    """(checkpoint path, tokenizer path or "") of one of a cell's models."""
+    if which == "start":
+      if cell.parent is None:
+        return cell.start_path, cell.start_tokenizer
+      return self.model(self.by_name[cell.parent], cell.parent_model)
+    train_dir = self.cell_dir(cell) / "train"
+    return os.fspath(train_dir / ("hf" if which == "final" else which)), ""
+
+
+def _row(experiment: str, grid: _Grid, cell: Cell, point, metrics: dict[str, float]) -> dict:
+  return {"experiment": experiment, "cell": grid.ids[cell.name],
+          "parent": grid.ids[cell.parent] if cell.parent else None,
+          "config_hash": cells_lib.digest(cell.train.to_dict()) if cell.train is not None else None,
+          "seed": cell.seed, "point": point.name, "name": cell.name,
+          "coords": {**cell.coords, **dict(point.coords)}, "metrics": metrics}
+
+
+def _train_cell(cell: Cell, grid: _Grid, stop: Callable[[], bool] | None, progress: str) -> None:
+  from elasticity.train.loop import train
+  cfg = copy.deepcopy(cell.train)
+  cfg.unlock()
+  path, tok = grid.model(cell, "start")
+  cfg.model.path, cfg.model.tokenizer = path, tok
+  cfg.export.snapshot_dir = ""          # snapshots inside the cell's train workdir
+  if "path" in cfg.data.load_kwargs:      # files the experiment wrote (elasticity.experiments.tasks)
+    cfg.data.load_kwargs.path = str(cfg.data.load_kwargs.path).replace("{experiment_dir}",
+                                                                       os.fspath(grid.workdir))
+  cfg.lock()
+  t0, last = time.perf_counter(), [0.0]
+
+  def on_step(step: int, total: int, metrics: dict) -> None:
+    now = time.perf_counter()
+    if now - last[0] < 10 and step != total:
+      return
+    last[0] = now
+    eta = (now - t0) / max(step, 1) * (total - step)
+    logging.info("%s step %d/%d  loss %.4f  ETA %s", progress, step, total,
+                 float(metrics.get("loss", float("nan"))), time.strftime("%H:%M:%S", time.gmtime(eta)))
+
+  result = train(cfg, grid.cell_dir(cell) / "train", stop=stop, on_step=on_step)
+  if result.status != "completed":
+    raise Preempted(f"cell {cell.name!r} ({grid.ids[cell.name]}) stopped at step {result.step}/"
+                    f"{result.total_steps}; rerun the same command to resume it")
+
+
+def _cleanup(grid: _Grid, done: set[str], keep_checkpoints: bool, keep_exports: bool) -> None:
+  if not _is_writer():
+    return
+  for cell in grid.cells:
+    if cell.name not in done or cell.train is None:
+      continue
+    train_dir = grid.cell_dir(cell) / "train"
+    if not keep_checkpoints and (train_dir / "checkpoints").exists():
+      shutil.rmtree(train_dir / "checkpoints", ignore_errors=True)
+    if keep_exports:
+      continue
+    needed = {c.parent_model for c in grid.cells if c.parent == cell.name and c.name not in done}
+    for name in ["final", *sorted(cell.snapshot_names())]:
+      d = train_dir / ("hf" if name == "final" else name)
+      if name not in needed and d.exists():
+        shutil.rmtree(d, ignore_errors=True)
+
+
+def run(experiment: str, config, workdir: str | os.PathLike, *, dry_run: bool = False,
+        stop: Callable[[], bool] | None = None, report: bool = True) -> Summary:
+  """Run (or continue) the experiment ``config`` describes in ``workdir`` (module docstring)."""
+  exp = experiment_module(experiment)
+  exp.validate(config)
+  workdir = Path(os.path.abspath(os.fspath(workdir)))
+  grid = _Grid(workdir)
+  grid.add(exp.plan(config))
+  if dry_run:
+    print(table(grid.cells, grid.ids), flush=True)
+    if hasattr(exp, "refine"):
+      print("(plus the cells that refine() adds from the results, e.g. bisection points)", flush=True)
+    return Summary("dry_run", len(grid.cells), 0, [], os.fspath(workdir))
+
+  if _is_writer():
+    atomic.write_json(workdir / "experiment.json", {
+        "experiment": experiment, "variant": str(config.get("variant", "")),
+        "config": config.to_dict(), "versions": _versions(), "git_commit": _git_commit()})
+  evaluator = exp.prepare(config, workdir)
+  runner_cfg = config.runner
+  rows_by_cell: dict[str, list[dict]] = {}
+  ran = 0
+  pending = list(grid.cells)
+  t_start = time.perf_counter()
+  try:
+    while pending:
+      for cell in pending:
+        if stop is not None and stop():
+          raise Preempted("stopped on a signal between cells; rerun the same command to continue")
+        i = len(rows_by_cell) + 1
+        progress = f"[cell {i}/{len(grid.cells)} {cell.name}]"
+        cdir = grid.cell_dir(cell)
+        marker = cdir / "done.json"
+        if marker.exists():
+          done = atomic.read_json(marker)
+          if done.get("fingerprint") == evaluator.fingerprint:
+            rows_by_cell[cell.name] = done["rows"]
+            logging.info("%s done already (%s)", progress, grid.ids[cell.name])
+            continue
+        logging.info("%s %s: %s", progress, grid.ids[cell.name],
+                     "training" if cell.train is not None else "evaluating")
+        if _is_writer():
+          atomic.write_json(cdir / "cell.json", {
+              "name": cell.name, "id": grid.ids[cell.name], "coords": cell.coords,
+              "parent": grid.ids[cell.parent] if cell.parent else None, "parent_model": cell.parent_model,
+              "start": cell.start_path, "points": [dataclasses.asdict(p) for p in cell.points],
+              "train": cell.train.to_dict() if cell.train is not None else None})
+        if cell.train is not None:
+          _train_cell(cell, grid, stop, progress)
+        rows = []
+        for point in cell.points:
+          path, tok = grid.model(cell, point.model)
+          metrics = evaluator(path, tok, cdir / "points" / point.name)
+          rows.append(_row(experiment, grid, cell, point, metrics))
+        if _is_writer():
+          atomic.write_json(cdir / "done.json", {"fingerprint": evaluator.fingerprint, "rows": rows})
+        rows_by_cell[cell.name] = rows
+        ran += 1
+        _write_results(grid, rows_by_cell)
+        _cleanup(grid, set(rows_by_cell), runner_cfg.keep_checkpoints, runner_cfg.keep_exports)
+        elapsed = time.perf_counter() - t_start
+        logging.info("%s finished; %d/%d cells done, %.0fs elapsed", progress, len(rows_by_cell),
+                     len(grid.cells), elapsed)
+      more = exp.refine(config, [r for c in grid.cells for r in rows_by_cell.get(c.name, [])]) \
+          if hasattr(exp, "refine") else []
+      pending = grid.add(more) if more else []
+  except Preempted as e:
+    logging.warning("%s", e)
+    rows = _write_results(grid, rows_by_cell)
+    return Summary("preempted", len(grid.cells), ran, rows, os.fspath(workdir))
+  rows = _write_results(grid, rows_by_cell)
+  _cleanup(grid, set(rows_by_cell), runner_cfg.keep_checkpoints, runner_cfg.keep_exports)
+  if report and _is_writer():
+    from elasticity.report import write_report
+    out = write_report(workdir)
+    logging.info("report: %s", out)
+  return Summary("completed", len(grid.cells), ran, rows, os.fspath(workdir))
+
+
+def _write_results(grid: _Grid, rows_by_cell: dict[str, list[dict]]) -> list[dict]:
+  rows = [r for c in grid.cells for r in rows_by_cell.get(c.name, [])]
+  if _is_writer():
+    atomic.write_jsonl(grid.workdir / "results.jsonl", rows)
+  return rows

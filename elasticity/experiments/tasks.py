@@ -1,0 +1,140 @@
+"""The rebound tasks' data: positive / negative training pools, held-out prompts and held-out responses.
+
+Two tasks (paper §5.2):
+
+- ``imdb``: positive = IMDb training reviews labelled positive, negative = those labelled negative
+  (disjoint by label); held-out prompts = the first ``prompt_tokens`` tokens of test reviews (both
+  labels); held-out responses for Δγ = the first ``heldout_tokens`` tokens of other test reviews, per
+  label. Training texts are whole reviews cut to ``data.max_length`` tokens by the training tokenizer.
+- ``safety``: safe = HH-RLHF harmless-base *chosen* responses (with their dialogue prompts), unsafe =
+  BeaverTails unsafe answers followed by HH-RLHF *rejected* responses; held-out prompts = BeaverTails
+  evaluation prompts; held-out responses for Δγ = the pools' tails, never used for training.
+
+Every pool is in a seeded order (`elasticity.data.subsets.order`), so "the first n examples" is one
+prefix of a fixed sequence: a run on n⁻ = 20 examples sees exactly the first 20 of a run on 40. The
+reversed direction (``order = neg_first``) swaps the positive and negative roles.
+
+Preference pairs for the DPO/SimPO/KTO reverse step (App. B.2) put the *negative* response as chosen:
+``{"prompt": <the negative example's prompt>, "chosen": <negative response>, "rejected": <a positive
+response from beyond the stage-1 pool>}``; for IMDb the prompt is the review's first
+``prompt_tokens`` tokens.
+
+Files that training cells read are written once into ``<experiment dir>/data/`` (JSON lines, atomic),
+named by a digest of what decides their content, so a config change writes a new file.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from absl import logging
+
+from elasticity import atomic
+from elasticity.data import subsets
+
+TASKS = ("imdb", "safety")
+
+
+@dataclasses.dataclass
+class TaskData:
+  positive: list[dict]          # training pool of stage 1 (after the order swap): records
+  negative: list[dict]          # training pool of stage 2
+  prompts: list[str]            # held-out generation prompts
+  heldout_pos: list[dict]       # {"prompt", "response"} records for Δγ
+  heldout_neg: list[dict]
+  record_kind: str              # "text" (IMDb reviews) or "sft" (prompt + response)
+
+
+def _imdb_records(split: str, label: str | None) -> list[dict]:
+  from elasticity.data import load_dataset
+  return list(load_dataset("imdb", split, label=label))
+
+
+def _prefix(text: str, k: int, tokenizer) -> str:
+  """The first ``k`` tokens of ``text`` as an exact text prefix (the whole text if shorter)."""
+  from elasticity.data.imdb import split_prompt
+  try:
+    return split_prompt(text, k, tokenizer)[0]
+  except ValueError:
+    return text
+
+
+def _seeded(records: Sequence, seed: int) -> list:
+  return [records[int(i)] for i in subsets.order(len(records), seed)]
+
+
+def pool_sizes(task: str, heldout: int) -> dict[str, int]:
+  """How many training examples each pool holds (for the n⁺/n⁻ checks), without a tokenizer."""
+  if task == "imdb":
+    return {"positive": len(_imdb_records("train", "pos")), "negative": len(_imdb_records("train", "neg"))}
+  from elasticity.data import load_dataset
+  hh = len(load_dataset("hh_rlhf", "test", on_error="skip"))
+  bt = len(load_dataset("beavertails"))
+  return {"positive": hh - heldout, "negative": bt + hh - heldout}
+
+
+def build(task: str, *, order: str, seed: int, eval_seed: int, tokenizer, num_prompts: int,
+          prompt_tokens: int, heldout: int, heldout_tokens: int) -> TaskData:
+  """The task's pools: training pools in the ``seed`` order, held-out data fixed by ``eval_seed``.
+
+  Held-out prompts and responses never depend on the training seed, so every seed of a grid is
+  evaluated on the same data, and they are never among any seed's training examples.
+  """
+  if task not in TASKS:
+    raise ValueError(f"task {task!r}: not one of {TASKS}")
+  if task == "imdb":
+    pos = _seeded(_imdb_records("train", "pos"), seed)
+    neg = _seeded(_imdb_records("train", "neg"), seed)
+    test = _seeded(_imdb_records("test", None), eval_seed)
+    prompts = [_prefix(r["text"], prompt_tokens, tokenizer) for r in test[:num_prompts]]
+    rest = test[num_prompts:]
+    hpos = [r for r in rest if r["label"] == "pos"][:heldout]
+    hneg = [r for r in rest if r["label"] == "neg"][:heldout]
+    held = lambda rs: [{"prompt": "", "response": _prefix(r["text"], heldout_tokens, tokenizer)}
+                       for r in rs]
+    data = TaskData(pos, neg, prompts, held(hpos), held(hneg), "text")
+  else:
+    from elasticity.data import load_dataset
+    hh = _seeded(list(load_dataset("hh_rlhf", "test", on_error="skip")), eval_seed)
+    bt = _seeded(list(load_dataset("beavertails")), eval_seed)
+    safe = [{"prompt": r["prompt"], "response": r["chosen"]} for r in hh]
+    unsafe = ([{"prompt": r["prompt"], "response": r["response"]} for r in bt]
+              + [{"prompt": r["prompt"], "response": r["rejected"]} for r in hh])
+    if 2 * heldout >= min(len(safe), len(unsafe)):
+      raise ValueError(f"config.eval.heldout: {heldout} held-out examples per pool leave too few of "
+                       f"{len(safe)} safe / {len(unsafe)} unsafe for training")
+    prompts = [r["prompt"] for r in load_dataset("beavertails_prompts")][:num_prompts]
+    hs, hu = safe[-heldout:], unsafe[-heldout:]      # the tails by eval_seed: held out for every seed
+    data = TaskData(_seeded(safe[:-heldout], seed), _seeded(unsafe[:-heldout], seed), prompts, hs, hu,
+                    "sft")
+  if order == "neg_first":
+    data = dataclasses.replace(data, positive=data.negative, negative=data.positive)
+  return data
+
+
+def pairs(data: TaskData, n: int, offset: int, prompt_tokens: int, tokenizer) -> list[dict]:
+  """``n`` preference pairs with the negative response chosen (module docstring)."""
+  if offset + n > len(data.positive):
+    raise ValueError(f"preference pairs: {n} rejected responses are needed beyond the first {offset} "
+                     f"positive examples, but the pool holds {len(data.positive)}")
+  out = []
+  for neg, pos in zip(data.negative[:n], data.positive[offset:offset + n]):
+    if data.record_kind == "text":
+      p = _prefix(neg["text"], prompt_tokens, tokenizer)
+      out.append({"prompt": p, "chosen": neg["text"][len(p):],
+                  "rejected": pos["text"][len(_prefix(pos["text"], prompt_tokens, tokenizer)):]})
+    else:
+      out.append({"prompt": neg["prompt"], "chosen": neg["response"], "rejected": pos["response"]})
+  return out
+
+
+def write_pool(path: str | os.PathLike, records: Sequence[Mapping[str, Any]], fields: Sequence[str]) -> str:
+  """Write the records' ``fields`` as JSON lines (atomic; kept if already there)."""
+  path = os.fspath(path)
+  if not os.path.exists(path):
+    atomic.write_jsonl(path, [{f: r[f] for f in fields} for r in records])
+    logging.info("wrote %d records to %s", len(records), path)
+  return path

@@ -1,0 +1,60 @@
+"""Run an experiment grid (rebound, …) from a config file: resumable, one process, all devices.
+
+    python -m launch.experiment --config=configs/experiments/rebound.py:tiny --workdir=/tmp/rebound
+    python -m launch.experiment --config=configs/experiments/rebound.py:smollm2 --workdir=runs/rebound
+    python -m launch.experiment --config=configs/experiments/rebound.py:llama2-7b,imdb --workdir=DIR --dry_run
+    python -m launch.experiment --config=...:smollm2 --workdir=DIR --config.n_pos='(100,)' --config.eval.kl=False
+
+Rerunning the same command continues: finished cells are skipped, an interrupted one resumes from its
+latest checkpoint. SIGTERM/SIGINT save a checkpoint and exit with status 3 (run it again to go on).
+``--dry_run`` prints the cells (id, parent, data sizes, steps, tokens) without loading a model. On
+several hosts every process runs this same command; process 0 writes the results and the report.
+See elasticity/experiments/runner.py for the work directory's layout.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+
+from absl import app, flags, logging  # noqa: E402
+from ml_collections import config_flags  # noqa: E402
+
+_CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config "
+                                          "(configs/experiments/<name>.py:<variant>).", lock_config=True)
+_WORKDIR = flags.DEFINE_string("workdir", None, "The experiment's directory (results, cells, report).")
+_DRY_RUN = flags.DEFINE_bool("dry_run", False, "Print the cell table and exit; nothing is loaded.")
+flags.mark_flags_as_required(["config", "workdir"])
+
+PREEMPTED_EXIT = 3
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  cfg = _CONFIG.value
+  from elasticity.experiments import runner
+  try:
+    runner.experiment_module(cfg.experiment).validate(cfg)
+  except ValueError as e:
+    raise app.UsageError(str(e)) from None
+  import jax
+  jax.config.update("jax_threefry_partitionable", True)
+  if _DRY_RUN.value:
+    runner.run(cfg.experiment, cfg, _WORKDIR.value, dry_run=True)
+    return
+  from elasticity.train.signals import StopOnSignal
+  with StopOnSignal() as stop:
+    summary = runner.run(cfg.experiment, cfg, _WORKDIR.value, stop=lambda: stop.requested)
+  logging.info("%s: %d cells (%d run now); results in %s", summary.status, summary.cells, summary.ran,
+               os.path.join(summary.workdir, "results.jsonl"))
+  if summary.status == "preempted":
+    sys.exit(PREEMPTED_EXIT)
+  print(f"report: {os.path.join(summary.workdir, 'report.md')}", flush=True)
+
+
+if __name__ == "__main__":
+  app.run(main)

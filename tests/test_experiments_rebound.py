@@ -1,0 +1,254 @@
+"""The experiment runner on the rebound experiment: the grid, identities, resumption, bad input.
+
+The end-to-end tests run ``python -m launch.experiment`` on the ``tiny`` preset (stories260K on IMDb)
+in subprocesses: once uninterrupted, once killed with SIGKILL in the middle of a cell and run again.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from elasticity import atomic
+from elasticity.experiments import cells as cells_lib
+from elasticity.experiments import rebound, runner
+
+ROOT = Path(__file__).resolve().parent.parent
+CONFIG = "configs/experiments/rebound.py"
+
+
+def get(variant: str, **overrides):
+  from configs.experiments.rebound import get_config
+  c = get_config(variant)
+  c.unlock()
+  for k, v in overrides.items():
+    node = c
+    *parents, last = k.split(".")
+    for p in parents:
+      node = node[p]
+    node[last] = v
+  c.lock()
+  return c
+
+
+# -- the grid, without running anything ----------------------------------------------------------
+
+
+def test_dry_run_of_the_paper_preset_lists_the_grid_without_loading_a_model(monkeypatch, capsys):
+  import elasticity.models as models
+
+  def no(*a, **k):
+    raise AssertionError("a dry run must not load a model")
+
+  monkeypatch.setattr(models, "load_pretrained", no)
+  c = get("llama2-7b,imdb", **{"eval.scorer.path": "none"})
+  summary = runner.run("rebound", c, "/nonexistent/never-written", dry_run=True)
+  out = capsys.readouterr().out
+  assert summary.status == "dry_run"
+  assert not os.path.exists("/nonexistent/never-written")
+  cells = rebound.plan(c)
+  stage1 = [x for x in cells if x.coords["stage"] == "pos"]
+  stage2_points = [(x.coords["n_pos"], p.coords["n_neg"]) for x in cells if x.coords["stage"] == "neg"
+                   for p in x.points]
+  assert sorted(x.coords["n_pos"] for x in stage1) == [1000, 2000, 5000, 10000]
+  assert sorted(stage2_points) == sorted((p, n) for p in (1000, 2000, 5000, 10000)
+                                         for n in (100, 200, 500, 1000, 2000))
+  for x in cells:
+    assert x.name in out
+  assert "25 evaluation points" in out
+
+
+def test_snapshot_sharing_follows_the_batch_and_the_schedule():
+  c = get("llama2-7b,imdb", **{"eval.scorer.path": "none"})
+  # global batch 8: 200, 1000, 2000 are snapshots of one run; 100 and 500 are runs of their own
+  s2 = [x for x in rebound.plan(c) if x.coords["stage"] == "neg" and x.coords["n_pos"] == 1000]
+  shared = [x for x in s2 if len(x.points) > 1]
+  assert len(shared) == 1 and [p.coords["n_neg"] for p in shared[0].points] == [200, 1000, 2000]
+  assert shared[0].train.export.snapshots == "neg200=25,neg1000=125"
+  assert sorted(x.data["n_neg"] for x in s2 if len(x.points) == 1) == [100, 500]
+  kto = get("llama2-7b,imdb,kto", **{"eval.scorer.path": "none"})
+  assert all(len(x.points) == 1 for x in rebound.plan(kto) if x.coords["stage"] == "neg")
+
+
+def test_identity_changes_only_for_the_cells_a_value_reaches():
+  c = get("tiny")
+  ids = cells_lib.identities(rebound.plan(c))
+  more_neg = cells_lib.identities(rebound.plan(get("tiny", n_neg=(0, 8, 16, 32))))
+  assert ids["base"] == more_neg["base"]
+  assert ids["s42/pos16"] == more_neg["s42/pos16"]          # stage 1 is untouched…
+  assert ids["s42/pos16/sft"] != more_neg["s42/pos16/sft"]  # …stage 2 runs longer
+  lr = cells_lib.identities(rebound.plan(get("tiny", **{"train.optimizer.lr": 1e-3})))
+  assert lr["base"] == ids["base"]
+  assert all(lr[k] != v for k, v in ids.items() if k != "base")
+  # the children of a changed cell change with it
+  seed = cells_lib.identities(rebound.plan(get("tiny", seeds=(7,))))
+  assert seed["base"] == ids["base"] and "s7/pos16/sft" in seed
+
+
+@pytest.mark.parametrize("override, message", [
+    ({"eval.scorer.path": ""}, "config.eval.scorer.path"),
+    ({"n_neg": (0, 20000)}, "20000 negative examples asked for, but the imdb pool holds 12500"),
+    ({"n_pos": (13000,)}, "13000 positive examples asked for, but the imdb pool holds 12500"),
+    ({"eval.scorer.path": "/no/such/scorer"}, "/no/such/scorer does not exist"),
+    ({"train.optimizer.lr": -1.0}, "config.train"),
+])
+def test_bad_input_is_refused_before_anything_is_loaded(monkeypatch, tmp_path, override, message):
+  import elasticity.models as models
+  monkeypatch.setattr(models, "load_pretrained", lambda *a, **k: pytest.fail("loaded a model"))
+  c = get("tiny", **override)
+  with pytest.raises(ValueError, match=message.replace("(", r"\(").replace(")", r"\)")):
+    runner.run("rebound", c, tmp_path / "x")
+  assert not (tmp_path / "x").exists()
+
+
+def test_unknown_variant_and_unknown_key():
+  from configs.experiments.rebound import get_config
+  with pytest.raises(ValueError, match="variant 'tiny,imdb,ppo'"):
+    get_config("tiny,imdb,ppo")
+  with pytest.raises(ValueError, match="unknown model 'llama9'"):
+    get_config("llama9,imdb")
+  c = get_config("tiny")
+  with pytest.raises(AttributeError):
+    c.eval.no_such_key = 1
+
+
+def test_refine_bisects_between_the_grid_points_around_the_threshold():
+  c = get("tiny", **{"table3.bisect_steps": 2, "n_pos": (16,), "n_neg": (0, 8, 16)})
+  row = lambda n, kl, stage="neg": {"seed": 42, "coords": {"n_pos": 16, "n_neg": n, "stage": stage},
+                                    "metrics": {"kl_to_base": kl}}
+  rows = [row(0, 0.5, "pos"), row(8, 0.2), row(16, 0.005)]
+  new = rebound.refine(c, rows)
+  assert [x.name for x in new] == ["s42/pos16/sft-neg12"]
+  assert new[0].train.data.n == 12 and new[0].points[0].coords == {"n_neg": 12}
+  rows.append(row(12, 0.008))            # under: the crossing is in (8, 12]
+  assert [x.name for x in rebound.refine(c, rows)] == ["s42/pos16/sft-neg10"]
+  rows.append(row(10, 0.02))             # two bisection steps done: stop
+  assert rebound.refine(c, rows) == []
+  assert rebound.refine(get("tiny"), rows) == []   # bisect_steps = 0: off
+
+
+# -- snapshots are the paper's separate runs -------------------------------------------------------
+
+
+def _params(export_dir: Path) -> dict[str, np.ndarray]:
+  from safetensors.numpy import load_file
+  out = {}
+  for f in sorted(export_dir.glob("*.safetensors")):
+    out.update(load_file(f))
+  return out
+
+
+def test_a_stage2_snapshot_equals_a_separate_run_bit_for_bit(tmp_path):
+  from elasticity.train.loop import train
+  c = get("tiny", n_neg=(0, 16, 32))
+  (shared,) = [x for x in rebound.plan(c) if x.name == "s42/pos16/sft"]
+  (alone,) = rebound.stage2_cells(get("tiny", n_neg=(0, 16)), 42, 16, [16])   # a 16-example run
+  assert [p.model for p in shared.points] == ["neg16", "final"]
+  assert [p.model for p in alone.points] == ["final"] and alone.train.data.n == 16
+
+  def run(cell, name):
+    cfg = copy.deepcopy(cell.train)
+    cfg.unlock()
+    cfg.model.path, cfg.model.tokenizer = c.model.path, c.model.tokenizer   # start: the base model
+    cfg.checkpoint.every = 0
+    cfg.lock()
+    return train(cfg, tmp_path / name)
+
+  run(shared, "shared")
+  run(alone, "alone")
+  a, b = _params(tmp_path / "shared" / "neg16"), _params(tmp_path / "alone" / "hf")
+  assert a.keys() == b.keys()
+  for k in a:
+    np.testing.assert_array_equal(a[k], b[k], err_msg=k)
+  full = _params(tmp_path / "shared" / "hf")
+  assert any(not np.array_equal(full[k], a[k]) for k in a)   # the run went on after the snapshot
+
+
+# -- end to end, and SIGKILL in the middle of a cell --------------------------------------------
+
+
+def _cmd(workdir: Path) -> list[str]:
+  return [sys.executable, "-m", "launch.experiment", f"--config={CONFIG}:tiny", f"--workdir={workdir}"]
+
+
+def _env() -> dict[str, str]:
+  env = dict(os.environ)
+  env.pop("XLA_FLAGS", None)             # one CPU device in the subprocesses, both runs alike
+  env["JAX_PLATFORMS"] = "cpu"
+  return env
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory):
+  workdir = tmp_path_factory.mktemp("rebound") / "run"
+  t0 = time.perf_counter()
+  proc = subprocess.run(_cmd(workdir), cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=600)
+  assert proc.returncode == 0, proc.stderr[-4000:]
+  return workdir, time.perf_counter() - t0, proc
+
+
+def test_tiny_rebound_end_to_end(uninterrupted):
+  workdir, wall, proc = uninterrupted
+  rows = atomic.read_jsonl(workdir / "results.jsonl")
+  c = get("tiny")
+  expected = {("base", 0, 0)} | {("pos", n, 0) for n in c.n_pos} | {
+      ("neg", p, n) for p in c.n_pos for n in c.n_neg if n}
+  assert {(r["coords"]["stage"], r["coords"]["n_pos"], r["coords"]["n_neg"]) for r in rows} == expected
+  assert len(rows) == len(expected)
+  for r in rows:
+    assert {"delta_gamma", "bpb_pos", "bpb_neg", "kl_to_base"} <= set(r["metrics"]), r
+    assert all(np.isfinite(v) for v in r["metrics"].values())
+  base = next(r for r in rows if r["coords"]["stage"] == "base")
+  assert base["metrics"]["kl_to_base"] == pytest.approx(0.0, abs=1e-6)
+  assert any(r["metrics"]["kl_to_base"] > 1e-3 for r in rows if r["coords"]["stage"] != "base")
+  report = (workdir / "report.md").read_text()
+  pngs = sorted((workdir / "plots").glob("*.png"))
+  assert pngs, "no plots written"
+  for p in pngs:
+    assert p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and p.stat().st_size > 1000
+    assert f"plots/{p.name}" in report
+  meta = atomic.read_json(workdir / "experiment.json")
+  assert meta["experiment"] == "rebound" and meta["versions"]["jax"]
+  assert f"report: {workdir}" in proc.stdout
+  # finished cells keep no checkpoints
+  assert not list((workdir / "cells").glob("*/train/checkpoints"))
+  assert wall < 240, f"tiny grid took {wall:.0f}s"
+
+
+def test_sigkill_in_a_cell_then_rerun_gives_the_same_results(uninterrupted, tmp_path):
+  reference, _, _ = uninterrupted
+  workdir = tmp_path / "run"
+  proc = subprocess.Popen(_cmd(workdir), cwd=ROOT, env=_env(), stdout=subprocess.DEVNULL,
+                          stderr=subprocess.DEVNULL)
+  killed_in = None
+  deadline = time.time() + 300
+  try:
+    while time.time() < deadline and proc.poll() is None:
+      for ck in (workdir / "cells").glob("*/train/checkpoints/*"):
+        cell = ck.parents[2]
+        if ck.name.isdigit() and (cell / "cell.json").exists() and not (cell / "done.json").exists():
+          killed_in = cell.name
+          break
+      if killed_in:
+        proc.send_signal(signal.SIGKILL)
+        break
+      time.sleep(0.02)
+  finally:
+    if proc.poll() is None and not killed_in:
+      proc.kill()
+    proc.wait()
+  assert killed_in, "the run finished before a training cell had a checkpoint"
+  assert not (workdir / "cells" / killed_in / "done.json").exists()
+  again = subprocess.run(_cmd(workdir), cwd=ROOT, env=_env(), capture_output=True, text=True,
+                         timeout=600)
+  assert again.returncode == 0, again.stderr[-4000:]
+  assert "resumed at step" in again.stderr
+  assert (workdir / "results.jsonl").read_bytes() == (reference / "results.jsonl").read_bytes()
