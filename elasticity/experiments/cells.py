@@ -8,6 +8,10 @@ model of another cell (its **parent**). A point names which model it evaluates:
 - ``"final"``: the cell's own final export (``<train workdir>/hf``);
 - any other name: a snapshot the cell's run exports (``config.export.snapshots``).
 
+Strings in a cell's training config may name folders the runner knows only when it runs:
+``{experiment_dir}`` (the experiment's folder) and ``{cell:<name>}`` (the folder of cell ``<name>``, which
+must be the parent or listed in ``needs``), e.g. a data file that another cell generated.
+
 A cell's **identity** is a short hash of everything that decides its outcome: its resolved training
 config (with ``model.path`` replaced by the parent's identity and model name, so a path on disk never
 enters it), its root model path, its points and its parent's identity. Changing one value re-runs only
@@ -50,6 +54,7 @@ class Cell:
   points: tuple[Point, ...] = ()
   seed: int = 0
   data: Mapping[str, Any] = dataclasses.field(default_factory=dict)   # sizes, for --dry_run
+  needs: tuple[str, ...] = ()               # other cells whose outputs this one reads (run first)
 
   def __post_init__(self):
     if self.train is None and not self.points:
@@ -90,8 +95,8 @@ def digest(obj: Any, length: int = ID_LENGTH) -> str:
   return hashlib.sha256(canonical(obj).encode("utf-8")).hexdigest()[:length]
 
 
-def identity(cell: Cell, parent_id: str | None) -> str:
-  """The cell's short hash (see the module docstring)."""
+def identity(cell: Cell, parent_id: str | None, needs_ids: Mapping[str, str] | None = None) -> str:
+  """The cell's short hash (see the module docstring); ``needs_ids``: name → id of ``cell.needs``."""
   train = None
   if cell.train is not None:
     train = cell.train.to_dict()
@@ -99,6 +104,7 @@ def identity(cell: Cell, parent_id: str | None) -> str:
       train["model"] = dict(train["model"], path=f"{parent_id}:{cell.parent_model}")
     train["export"] = dict(train["export"], snapshot_dir="")   # where they go is the runner's
   return digest({"train": train, "parent": parent_id, "parent_model": cell.parent_model,
+                 "needs": sorted(needs_ids.items()) if needs_ids else [],
                  "start": cell.start_path, "start_tokenizer": cell.start_tokenizer,
                  "points": [dataclasses.asdict(p) for p in cell.points], "seed": cell.seed})
 
@@ -117,10 +123,11 @@ def order(cells: Sequence[Cell]) -> list[Cell]:
       return
     if c.name in path:
       raise ValueError(f"cells form a cycle: {' -> '.join(path + (c.name,))}")
-    if c.parent is not None:
-      if c.parent not in by_name:
-        raise ValueError(f"cell {c.name!r}: unknown parent {c.parent!r}")
-      visit(by_name[c.parent], path + (c.name,))
+    for dep in ([c.parent] if c.parent is not None else []) + list(c.needs):
+      if dep not in by_name:
+        raise ValueError(f"cell {c.name!r}: unknown {'parent' if dep == c.parent else 'dependency'} "
+                         f"{dep!r}")
+      visit(by_name[dep], path + (c.name,))
     state[c.name] = "done"
     out.append(c)
 
@@ -133,5 +140,6 @@ def identities(cells: Sequence[Cell]) -> dict[str, str]:
   """name → identity for cells in `order`."""
   ids: dict[str, str] = {}
   for c in order(cells):
-    ids[c.name] = identity(c, ids[c.parent] if c.parent is not None else None)
+    ids[c.name] = identity(c, ids[c.parent] if c.parent is not None else None,
+                           {n: ids[n] for n in c.needs})
   return ids

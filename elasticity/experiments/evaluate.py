@@ -106,7 +106,9 @@ class PointEvaluator:
     values = self.scorer.score(score_texts(rows, self.ev.score_text))
     return score_metrics(values, scorer_kind(self.scorer))
 
-  def __call__(self, model_path: str, tokenizer_path: str, point_dir: str | os.PathLike) -> dict[str, float]:
+  def __call__(self, model_path: str, tokenizer_path: str, point_dir: str | os.PathLike,
+               context=None) -> dict[str, float]:
+    del context  # this evaluator needs only the checkpoint
     point_dir = Path(point_dir)
     point_dir.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()

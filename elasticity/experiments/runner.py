@@ -3,7 +3,8 @@
     from elasticity.experiments import runner
     summary = runner.run("rebound", config, "runs/rebound")        # or launch/experiment.py
 
-An **experiment** is a module with
+An **experiment** is a module with (the evaluator is called as
+``evaluator(checkpoint, tokenizer, point_dir, context=PointContext)`` and has a ``fingerprint``)
 
     validate(config) -> None                 # every check that needs no model: before anything loads
     plan(config) -> list[Cell]               # the static grid (`elasticity.experiments.cells`)
@@ -46,6 +47,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+import ml_collections
 from absl import logging
 
 from elasticity import atomic
@@ -181,10 +183,8 @@ def _train_cell(cell: Cell, grid: _Grid, stop: Callable[[], bool] | None, progre
   path, tok = grid.model(cell, "start")
   cfg.model.path, cfg.model.tokenizer = path, tok
   cfg.export.snapshot_dir = ""          # snapshots inside the cell's train workdir
-  if "path" in cfg.data.load_kwargs:      # files the experiment wrote (elasticity.experiments.tasks)
-    cfg.data.load_kwargs.path = str(cfg.data.load_kwargs.path).replace("{experiment_dir}",
-                                                                       os.fspath(grid.workdir))
   cfg.lock()
+  cfg = resolve_placeholders(cfg, cell, grid)
   t0, last = time.perf_counter(), [0.0]
 
   def on_step(step: int, total: int, metrics: dict) -> None:
@@ -202,6 +202,49 @@ def _train_cell(cell: Cell, grid: _Grid, stop: Callable[[], bool] | None, progre
                     f"{result.total_steps}; rerun the same command to resume it")
 
 
+def resolve_placeholders(cfg, cell: Cell, grid: _Grid):
+  """The config with ``{experiment_dir}`` and ``{cell:<name>}`` in its strings replaced by folders."""
+  import re
+  allowed = {cell.parent, *cell.needs} - {None}
+
+  def sub(text: str) -> str:
+    def cell_dir(m):
+      name = m.group(1)
+      if name not in allowed:
+        raise ValueError(f"cell {cell.name!r}: {m.group(0)} names a cell that is neither its parent nor "
+                         f"in its needs {sorted(allowed)}")
+      return os.fspath(grid.cell_dir(grid.by_name[name]))
+    text = text.replace("{experiment_dir}", os.fspath(grid.workdir))
+    return re.sub(r"\{cell:([^}]+)\}", cell_dir, text)
+
+  def walk(node):
+    for key in list(node.keys()):
+      value = node[key]
+      if isinstance(value, ml_collections.ConfigDict):
+        walk(value)
+      elif isinstance(value, str) and "{" in value:
+        node[key] = sub(value)
+      elif isinstance(value, tuple) and any(isinstance(v, str) and "{" in v for v in value):
+        node[key] = tuple(sub(v) if isinstance(v, str) else v for v in value)
+
+  out = copy.deepcopy(cfg)
+  out.unlock()
+  walk(out)
+  out.lock()
+  return out
+
+
+@dataclasses.dataclass(frozen=True)
+class PointContext:
+  """What an evaluator may use beyond the checkpoint: the cell, its folders and its start model."""
+  cell: Cell
+  cell_id: str
+  cell_dir: Path
+  train_dir: Path | None
+  start: tuple[str, str]          # (checkpoint, tokenizer) the cell started from
+  point: Any
+
+
 def _cleanup(grid: _Grid, done: set[str], keep_checkpoints: bool, keep_exports: bool) -> None:
   if not _is_writer():
     return
@@ -213,7 +256,10 @@ def _cleanup(grid: _Grid, done: set[str], keep_checkpoints: bool, keep_exports: 
       shutil.rmtree(train_dir / "checkpoints", ignore_errors=True)
     if keep_exports:
       continue
-    needed = {c.parent_model for c in grid.cells if c.parent == cell.name and c.name not in done}
+    pending = [c for c in grid.cells if c.name not in done]
+    if any(cell.name in c.needs for c in pending):
+      continue
+    needed = {c.parent_model for c in pending if c.parent == cell.name}
     for name in ["final", *sorted(cell.snapshot_names())]:
       d = train_dir / ("hf" if name == "final" else name)
       if name not in needed and d.exists():
@@ -272,7 +318,10 @@ def run(experiment: str, config, workdir: str | os.PathLike, *, dry_run: bool = 
         rows = []
         for point in cell.points:
           path, tok = grid.model(cell, point.model)
-          metrics = evaluator(path, tok, cdir / "points" / point.name)
+          ctx = PointContext(cell, grid.ids[cell.name], cdir,
+                             cdir / "train" if cell.train is not None else None,
+                             grid.model(cell, "start"), point)
+          metrics = evaluator(path, tok, cdir / "points" / point.name, context=ctx)
           rows.append(_row(experiment, grid, cell, point, metrics))
         if _is_writer():
           atomic.write_json(cdir / "done.json", {"fingerprint": evaluator.fingerprint, "rows": rows})
