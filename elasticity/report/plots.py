@@ -45,19 +45,21 @@ def _count_axis(ax, xs: Sequence[float]) -> None:
     ax.set_xscale("symlog", linthresh=positive[0], linscale=1.0)
   else:
     ax.set_xscale("log")
-  ax.set_xticks(xs)
-  ax.set_xticklabels([f"{x:g}" for x in xs], rotation=45 if len(xs) > 6 else 0)
+  ax.set_xticks(xs, [f"{x:g}" for x in xs], rotation=45 if len(xs) > 6 else 0)
   ax.minorticks_off()
+  ax.margins(x=0.05)
+  ax.autoscale_view()
 
 
 def curves(path: str | os.PathLike, series: Mapping[str, Sequence[tuple[float, Stat]]], *,
            xlabel: str, ylabel: str, title: str, baseline: Stat | None = None,
            baseline_label: str = "base model",
-           hlines: Sequence[tuple[float, str]] = ()) -> Path:
+           hlines: Sequence[tuple[float, str]] = (), ylinthresh: float | None = None) -> Path:
   """One line (with ±s.d. error bars) per series against a count axis.
 
   series: ``{label: [(x, Stat), ...]}``; baseline: drawn dashed across the plot (its s.d. shaded);
-  hlines: extra dotted reference lines ``(y, label)``, e.g. a KL threshold.
+  hlines: extra dotted reference lines ``(y, label)``, e.g. a KL threshold; ylinthresh: a symmetric-log
+  y-axis, linear below this value (for a KL that falls by orders of magnitude towards 0).
   """
   if not any(series.values()):
     raise ValueError(f"{path}: no points to plot")
@@ -79,6 +81,8 @@ def curves(path: str | os.PathLike, series: Mapping[str, Sequence[tuple[float, S
       ax.axhspan(baseline.mean - baseline.sd, baseline.mean + baseline.sd, color="0.35", alpha=0.12)
   for y, label in hlines:
     ax.axhline(y, ls=":", color="tab:red", lw=1.2, label=label)
+  if ylinthresh is not None:
+    ax.set_yscale("symlog", linthresh=ylinthresh)
   _count_axis(ax, xs_all)
   ax.set_xlabel(xlabel)
   ax.set_ylabel(ylabel)
