@@ -227,3 +227,33 @@ def test_unknown_experiment_gets_a_generic_table(tmp_path):
   text = build_report(tmp_path).read_text()
   assert "## All rows" in text and "final_loss" in text and "0.1500" in text
   assert not list((tmp_path / "plots").iterdir())
+
+
+def test_sparse_results_still_make_a_report(tmp_path):
+  # only the base model so far
+  write(tmp_path, [row(0, 0, metrics={"score": 0.5})])
+  text = build_report(tmp_path).read_text()
+  assert "## Rebound: all rows" in text and "0.5000" in text and "plots/" not in text
+  # stage-2 points only (no n⁻ = 0): a log axis; one heatmap cell
+  write(tmp_path, [row(100, 10, metrics={"score": 0.7}), row(100, 30, metrics={"score": 0.6})])
+  text = build_report(tmp_path).read_text()
+  for ref in re.findall(r"\((plots/[^)]+\.png)\)", text):
+    _png_ok(tmp_path / ref)
+  write(tmp_path, [row(100, 0, metrics={"delta_gamma": 0.1})])
+  text = build_report(tmp_path).read_text()
+  refs = re.findall(r"\((plots/[^)]+\.png)\)", text)
+  assert len(refs) == 2 and "score" not in "".join(refs)
+  for ref in refs:
+    _png_ok(tmp_path / ref)
+
+
+def test_linear_curves_for_other_builders(tmp_path):
+  from elasticity.report import plots
+  from elasticity.report.results import mean_sd
+  path = plots.curves(tmp_path / "loss.png", {"forward": [(s, mean_sd([1 / (1 + s)])) for s in
+                                                          range(0, 40, 4)]},
+                      xlabel="step", ylabel="loss", title="t", xscale="linear")
+  _png_ok(path)
+  with pytest.raises(ValueError, match="xscale"):
+    plots.curves(tmp_path / "x.png", {"a": [(1, mean_sd([1.0]))]}, xlabel="", ylabel="", title="",
+                 xscale="log")

@@ -54,13 +54,17 @@ def _count_axis(ax, xs: Sequence[float]) -> None:
 def curves(path: str | os.PathLike, series: Mapping[str, Sequence[tuple[float, Stat]]], *,
            xlabel: str, ylabel: str, title: str, baseline: Stat | None = None,
            baseline_label: str = "base model",
-           hlines: Sequence[tuple[float, str]] = (), ylinthresh: float | None = None) -> Path:
+           hlines: Sequence[tuple[float, str]] = (), ylinthresh: float | None = None,
+           xscale: str = "count") -> Path:
   """One line (with ±s.d. error bars) per series against a count axis.
 
   series: ``{label: [(x, Stat), ...]}``; baseline: drawn dashed across the plot (its s.d. shaded);
   hlines: extra dotted reference lines ``(y, label)``, e.g. a KL threshold; ylinthresh: a symmetric-log
-  y-axis, linear below this value (for a KL that falls by orders of magnitude towards 0).
+  y-axis, linear below this value (for a KL that falls by orders of magnitude towards 0);
+  xscale: ``"count"`` (log, with 0 placed by symlog, ticks at the data) or ``"linear"`` (e.g. steps).
   """
+  if xscale not in ("count", "linear"):
+    raise ValueError(f"xscale must be 'count' or 'linear', got {xscale!r}")
   if not any(series.values()):
     raise ValueError(f"{path}: no points to plot")
   fig = Figure(figsize=(6.4, 4.2))
@@ -83,7 +87,8 @@ def curves(path: str | os.PathLike, series: Mapping[str, Sequence[tuple[float, S
     ax.axhline(y, ls=":", color="tab:red", lw=1.2, label=label)
   if ylinthresh is not None:
     ax.set_yscale("symlog", linthresh=ylinthresh)
-  _count_axis(ax, xs_all)
+  if xscale == "count":
+    _count_axis(ax, xs_all)
   ax.set_xlabel(xlabel)
   ax.set_ylabel(ylabel)
   ax.set_title(title, fontsize=10)
