@@ -120,6 +120,10 @@ def test_base_row_joins_every_reverse_panel(tmp_path):
   panels = rebound.panels(load_rows(write(tmp_path, rows)))
   assert [p.values[p.keys.index("reverse")] for p in panels] == ["sft", "dpo"]
   assert all(len(p.base) == 1 for p in panels)
+  text = build_report(tmp_path).read_text()                  # one heatmap per reverse algorithm
+  for rev in ("sft", "dpo"):
+    assert f"plots/heatmap_score_tiny-imdb-{rev}-pos_first.png" in text
+    _png_ok(tmp_path / "plots" / f"heatmap_score_tiny-imdb-{rev}-pos_first.png")
   other = row(0, 0, metrics={"score": 0.4}, model="other")   # another model's base: joins neither
   panels = rebound.panels(load_rows(write(tmp_path, rows + [other])))
   assert all(len(p.base) == 1 and p.base[0].metric("score") == 0.5 for p in panels)
