@@ -1,4 +1,4 @@
-"""Results rows (dicts) as JSON, CSV and markdown tables, each written atomically (tmp + os.replace),
+"""Results rows (dicts) as JSON, CSV and markdown tables, each written through `elasticity.atomic`,
 so a reader never sees a half-written file and a crash leaves the previous one intact."""
 
 from __future__ import annotations
@@ -8,26 +8,11 @@ import io
 import json
 import math
 import os
-import tempfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-
-def atomic_write(path: str | os.PathLike, text: str) -> Path:
-  """Write ``text`` to ``path`` through a temporary file in the same folder and ``os.replace``."""
-  path = Path(path)
-  path.parent.mkdir(parents=True, exist_ok=True)
-  fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-  try:
-    with os.fdopen(fd, "w", encoding="utf-8", newline="") as f:
-      f.write(text)
-    os.replace(tmp, path)
-  except BaseException:
-    if os.path.exists(tmp):
-      os.unlink(tmp)
-    raise
-  return path
+from elasticity import atomic
 
 
 def columns(rows: Sequence[Mapping[str, Any]]) -> list[str]:
@@ -67,7 +52,7 @@ def write_json(path: str | os.PathLike, obj: Any) -> Path:
     if isinstance(x, (list, tuple)):
       return [clean(v) for v in x]
     return x
-  return atomic_write(path, json.dumps(clean(obj), indent=2, ensure_ascii=False) + "\n")
+  return atomic.write_text(path, json.dumps(clean(obj), indent=2, ensure_ascii=False) + "\n")
 
 
 def write_csv(path: str | os.PathLike, rows: Sequence[Mapping[str, Any]]) -> Path:
@@ -77,10 +62,10 @@ def write_csv(path: str | os.PathLike, rows: Sequence[Mapping[str, Any]]) -> Pat
   writer.writeheader()
   for row in rows:
     writer.writerow({k: ("" if v is None else v) for k, v in row.items()})
-  return atomic_write(path, buf.getvalue())
+  return atomic.write_text(path, buf.getvalue())
 
 
 def write_markdown(path: str | os.PathLike, sections: Sequence[tuple[str, str]]) -> Path:
   """``(heading, body)`` sections as one markdown file."""
   text = "\n".join(f"## {title}\n\n{body.rstrip()}\n" for title, body in sections)
-  return atomic_write(path, text)
+  return atomic.write_text(path, text)

@@ -1,0 +1,37 @@
+"""Regenerate an experiment folder's report from its results alone.
+
+    python -m launch.report --workdir=DIR                      # report.md, plots/*.png, results.csv
+    python -m launch.report --workdir=DIR --rescore=SCORER_DIR # re-score saved generations first
+
+``--rescore`` runs `elasticity.experiments.rescore.rescore(workdir, scorer_dir)` (the saved
+``generations.jsonl`` of every cell scored again by another scorer, results.jsonl updated), then
+writes the report. A bad results row stops with a message naming the file, the line and the field.
+"""
+
+from __future__ import annotations
+
+from absl import app, flags, logging
+
+_WORKDIR = flags.DEFINE_string("workdir", None, "Experiment folder (holds results.jsonl).",
+                               required=True)
+_RESCORE = flags.DEFINE_string("rescore", None,
+                               "Scorer folder: re-score the saved generations before reporting.")
+
+
+def main(argv: list[str]) -> None:
+  if len(argv) > 1:
+    raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+  from elasticity.report import ResultsError, build_report
+  if _RESCORE.value:
+    from elasticity.experiments.rescore import rescore
+    logging.info("re-scoring %s with %s", _WORKDIR.value, _RESCORE.value)
+    rescore(_WORKDIR.value, _RESCORE.value)
+  try:
+    path = build_report(_WORKDIR.value)
+  except ResultsError as e:
+    raise SystemExit(f"FATAL: {e}") from None
+  print(path)
+
+
+if __name__ == "__main__":
+  app.run(main)
