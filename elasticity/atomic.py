@@ -27,10 +27,19 @@ from pathlib import Path
 from typing import Any, Callable
 
 
+def _umask() -> int:
+  mask = os.umask(0)
+  os.umask(mask)
+  return mask
+
+
 def _tmp_file(path: Path, suffix: str = ".tmp") -> str:
+  """A temporary sibling of ``path`` with the permissions a plain ``open`` would give (mkstemp's are
+  0600: results in a shared lab folder must stay readable by the group)."""
   path.parent.mkdir(parents=True, exist_ok=True)
   fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=suffix)
   os.close(fd)
+  os.chmod(tmp, 0o666 & ~_umask())
   return tmp
 
 
@@ -120,6 +129,7 @@ def directory(out_dir: str | os.PathLike) -> Iterator[Path]:
   out_dir.parent.mkdir(parents=True, exist_ok=True)
   _recover(out_dir)
   tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", suffix=".tmp", dir=out_dir.parent))
+  os.chmod(tmp, 0o777 & ~_umask())
   try:
     yield tmp
     if out_dir.exists():

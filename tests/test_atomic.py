@@ -62,3 +62,15 @@ def test_directory_restores_the_old_version_after_a_crash_between_renames(tmp_pa
     with atomic.directory(out):
       raise RuntimeError("crash")
   assert (out / "a").read_text() == "1"
+
+
+def test_written_files_and_folders_get_the_umask_permissions_not_mkstemps(tmp_path):
+  old = os.umask(0o022)
+  try:
+    f = atomic.write_text(tmp_path / "r.txt", "x")
+    with atomic.directory(tmp_path / "d") as tmp:
+      (tmp / "a").write_text("1")
+  finally:
+    os.umask(old)
+  assert f.stat().st_mode & 0o777 == 0o644
+  assert (tmp_path / "d").stat().st_mode & 0o777 == 0o755

@@ -342,8 +342,8 @@ def run(experiment: str, config, workdir: str | os.PathLike, *, dry_run: bool = 
   rows = _write_results(grid, rows_by_cell)
   _cleanup(grid, set(rows_by_cell), runner_cfg.keep_checkpoints, runner_cfg.keep_exports)
   if report and _is_writer():
-    from elasticity.report import write_report
-    out = write_report(workdir)
+    from elasticity.report import build_report
+    out = build_report(workdir)
     logging.info("report: %s", out)
   return Summary("completed", len(grid.cells), ran, rows, os.fspath(workdir))
 
