@@ -142,8 +142,8 @@ def test_matches_torch_float64_transformers_models(tmp_path):
   want = reference_kl(logits[0], logits[1], seqs, starts)
   rep = kl_to_reference(ours[0], ours[1], seqs, starts, chunk_size=8, batch_size=2)
   assert want.sum() > 1.0
-  np.testing.assert_allclose(rep.per_sequence, want, rtol=1e-4)
-  np.testing.assert_allclose(rep.mean, want.sum() / rep.tokens, rtol=2e-5)
+  np.testing.assert_allclose(rep.per_sequence, want, rtol=1e-5)   # measured: 2.4e-7
+  np.testing.assert_allclose(rep.mean, want.sum() / rep.tokens, rtol=1e-5)
 
 
 def test_bad_input_is_named(pair):
