@@ -97,6 +97,9 @@ def _compiled(graph_p, graph_r, chunk: int):
 
 
 def _validate(sequences: Any, completion_start: Any, vocab: int) -> tuple[list[np.ndarray], list[int]]:
+  sequences = list(sequences) if isinstance(sequences, np.ndarray) else sequences
+  completion_start = (completion_start.tolist() if isinstance(completion_start, np.ndarray)
+                      else completion_start)
   if isinstance(sequences, (str, bytes)) or not isinstance(sequences, Sequence):
     raise TypeError(f"kl_to_reference: sequences must be a list of token-id lists, got "
                     f"{type(sequences).__name__}")
