@@ -65,6 +65,7 @@ class PointEvaluator:
     self.prompts, self.heldout_pos, self.heldout_neg = prompts, heldout_pos, heldout_neg
     self.scorer = scorer
     self._base = None
+    self._compression = None     # one compression.Scorer for every point: compiled once
     s = ev.sampling
     self.sampling = dict(max_new_tokens=int(s.max_new_tokens), temperature=float(s.temperature),
                          top_p=float(s.top_p), seed=int(s.seed), batch_size=int(s.batch_size))
@@ -116,8 +117,13 @@ class PointEvaluator:
     rows = self.generations(model, tokenizer, point_dir)
     metrics: dict[str, float] = {}
     metrics.update(self.score(rows))
+    from elasticity import compression
     from elasticity.eval.preference import compression_preference
-    pref = compression_preference(model, tokenizer, self.heldout_pos, self.heldout_neg,
+    if self._compression is None:
+      self._compression = compression.Scorer(model)
+    else:
+      self._compression.update(model)
+    pref = compression_preference(self._compression, tokenizer, self.heldout_pos, self.heldout_neg,
                                   max_length=int(self.ev.max_length), batch_size=int(self.ev.batch_size))
     metrics.update({k: float(pref[k]) for k in ("bpb_pos", "bpb_neg", "delta_gamma")})
     if self.ev.kl:
