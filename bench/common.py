@@ -18,7 +18,8 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from elasticity.report.tables import atomic_write, columns
+from elasticity import atomic
+from elasticity.report.tables import columns
 
 RESULTS = Path(__file__).resolve().with_name("RESULTS.md")
 HEADER = ("# Benchmark results\n\nWritten by the scripts in `bench/` (one section each, rewritten on "
@@ -119,7 +120,7 @@ def record(section_title: str, markdown: str, path: str | os.PathLike = RESULTS)
     end = next((i for i in range(start + 1, len(lines)) if lines[i].startswith("## ")), len(lines))
     tail = "".join(lines[end:])
     text = "".join(lines[:start]) + body + ("\n" + tail if tail else "")
-  return atomic_write(path, text)
+  return atomic.write_text(path, text)
 
 
 def gemm_rates(m: int = 1024, shapes=((576, 1536), (1536, 576), (576, 49152)), repeats: int = 10
