@@ -31,10 +31,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.normalization = "own"              # own | joint | vocab (elasticity.theory.rates)
   c.depth = 0                          # prune the trees to this depth first (0 = whole sequences)
   c.scenarios = ml_collections.ConfigDict({
-      "unbounded/independent": dict(budget=0, t_mode="independent"),
-      "unbounded/near_p": dict(budget=0, t_mode="near_p"),
-      "unbounded/near_a": dict(budget=0, t_mode="near_a"),
-      "budget/independent": dict(budget=5000, t_mode="independent"),
-      "budget/near_p": dict(budget=5000, t_mode="near_p"),
+      "unbounded_independent": dict(budget=0, t_mode="independent"),
+      "unbounded_near_p": dict(budget=0, t_mode="near_p"),
+      "unbounded_near_a": dict(budget=0, t_mode="near_a"),
+      "budget_independent": dict(budget=5000, t_mode="independent"),
+      "budget_near_p": dict(budget=5000, t_mode="near_p"),
   })
   return c

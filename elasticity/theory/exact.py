@@ -58,6 +58,9 @@ def run_exact(cfg) -> dict[str, Any]:
     raise ValueError(f"config.depth: must be in [0, {base.length}] (0 = whole sequences), got {cfg.depth}")
   law, worlds = [], {}
   for name, sc in cfg.scenarios.items():
+    if set(sc.keys()) != {"budget", "t_mode"} or int(sc.budget) < 0:
+      raise ValueError(f"config.scenarios.{name}: needs exactly budget (>= 0 leaves; 0 = unbounded) "
+                       f"and t_mode; got {dict(sc)}")
     budget = int(sc.budget) or None
     world = make_world(base, t_mode=sc.t_mode)
     masses, lengths = _masses(world, cfg.depth)
