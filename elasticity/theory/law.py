@@ -48,7 +48,7 @@ class LawRow:
 
 
 def rates_and_slopes(masses, lengths, vocab_size: int, k: float, l: float, *, budget: int | None = None,
-                     normalization: str = "own", rel_step: float = 1e-6) -> LawRow:
+                     normalization: str = "own", rel_step: float = 1e-4) -> LawRow:
   """One row of the law table for the distributions ``masses`` [3, N] (D_p, D_a, D_t)."""
   if k <= 0 or l < 0:
     raise ValueError(f"rates_and_slopes: need k > 0 and l >= 0, got k={k}, l={l}")
@@ -59,9 +59,12 @@ def rates_and_slopes(masses, lengths, vocab_size: int, k: float, l: float, *, bu
 
   r = at(l)
   h = rel_step * max(l, 1.0)
-  lo, hi = (l, l + h) if l < h else (l - h, l + h)
-  r_lo, r_hi = at(lo), at(hi)
-  fd = (r_hi.normalized - r_lo.normalized) / (hi - lo)
+  if l < h:   # one-sided, second order: (−3 f(l) + 4 f(l + h) − f(l + 2h)) / 2h
+    lo, hi = l, l + 2 * h
+    fd = (-3 * r.normalized + 4 * at(l + h).normalized - at(hi).normalized) / (2 * h)
+  else:       # central: (f(l + h) − f(l − h)) / 2h
+    lo, hi = l - h, l + h
+    fd = (at(hi).normalized - at(lo).normalized) / (2 * h)
   stable = bool(np.array_equal(_kept(masses, k, lo, budget), _kept(masses, k, hi, budget)))
   dg = r.grad[:, T]                      # ∂γ_i/∂|D_t| in units of |D_a| = ∂γ_i/∂l
   dl_seq = dg * r.mean_length            # per-sequence slopes dL_i/dl
