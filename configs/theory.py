@@ -1,6 +1,8 @@
-"""The theory lab (``launch/theory.py``; docs/theory.md). Variant ``exact``: Theorem 4.2's table.
+"""The theory lab (``launch/theory.py``; docs/theory.md). Variants: ``exact`` (Theorem 4.2's table)
+and ``pareto`` (the Pareto assumption on real token trees: Alpaca responses, IMDb reviews).
 
     python -m launch.theory --config=configs/theory.py:exact
+    python -m launch.theory --config=configs/theory.py:pareto --config.tokenizers=llama2
     python -m launch.theory --config=configs/theory.py:exact --config.normalization=joint \
         --config.world.alpha_p=2.0 --workdir=/tmp/theory
 
@@ -13,7 +15,7 @@ from __future__ import annotations
 
 import ml_collections
 
-VARIANTS = ("exact",)
+VARIANTS = ("exact", "pareto")
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
@@ -22,6 +24,14 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     raise ValueError(f"configs/theory.py: unknown variant {variant!r}; variants: {VARIANTS}")
   c = ml_collections.ConfigDict()
   c.variant = variant
+  if variant == "pareto":
+    c.datasets = "alpaca,imdb"         # alpaca responses, imdb train reviews
+    c.tokenizers = "llama2,gpt2"       # llama2 | gpt2 | llama3 | qwen (../shared/tokenizers)
+    c.depths = "1,2,3,4,6,8"
+    c.limit = 0                        # the first N texts of each dataset (0 = all)
+    c.prefix_chars = 400               # characters of each text encoded (enough for max(depths))
+    c.tail_min_count = 3               # the tail fit keeps nodes seen at least this often
+    return c
   c.world = ml_collections.ConfigDict(dict(
       vocab_size=16, length=6, n_leaves_p=20000, n_leaves_a=200, n_leaves_t=2000,
       alpha_p=1.2, alpha_a=1.2, alpha_t=1.2, t_mode="independent", near_mix=0.5,

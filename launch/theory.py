@@ -1,9 +1,10 @@
-"""The theory lab's exact part: print (and write) Theorem 4.2's table for a synthetic world.
+"""The theory lab: Theorem 4.2's exact table for a synthetic world, or the Pareto fits of real trees.
 
     python -m launch.theory --config=configs/theory.py:exact [--workdir=OUT]
+    python -m launch.theory --config=configs/theory.py:pareto [--workdir=OUT]
 
-Prints the tables as markdown; with ``--workdir`` also writes ``theory_exact.json`` and
-``theory_exact.md`` there (atomically). Unknown ``--config.<key>`` overrides stop the run.
+Prints the tables as markdown; with ``--workdir`` also writes ``theory_<variant>.json`` and
+``theory_<variant>.md`` there (atomically). Unknown ``--config.<key>`` overrides stop the run.
 """
 
 from __future__ import annotations
@@ -24,16 +25,21 @@ _WORKDIR = flags.DEFINE_string("workdir", None, "Folder for theory_exact.json/.m
 
 def main(argv: list[str]) -> None:
   del argv
-  from elasticity.theory.exact import run_exact, to_markdown
+  cfg = _CONFIG.value
+  if cfg.variant == "pareto":
+    from elasticity.theory.pareto_real import run_pareto as run, to_markdown
+  else:
+    from elasticity.theory.exact import run_exact as run, to_markdown
   t0 = time.perf_counter()
-  res = run_exact(_CONFIG.value)
+  res = run(cfg)
   text = to_markdown(res)
   print(text)
   if _WORKDIR.value:
     out = Path(_WORKDIR.value).expanduser()
-    atomic.write_json(out / "theory_exact.json", res)
-    atomic.write_text(out / "theory_exact.md", text)
-    logging.info("wrote %s and %s", out / "theory_exact.json", out / "theory_exact.md")
+    stem = f"theory_{cfg.variant}"
+    atomic.write_json(out / f"{stem}.json", res)
+    atomic.write_text(out / f"{stem}.md", text)
+    logging.info("wrote %s and %s", out / f"{stem}.json", out / f"{stem}.md")
   print(f"wall time {time.perf_counter() - t0:.2f} s")
 
 
