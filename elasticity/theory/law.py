@@ -17,7 +17,7 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
-from elasticity.theory.mixture import mixture_rates
+from elasticity.theory.mixture import joint_code, mixture_rates
 
 P, A, T = 0, 1, 2
 
@@ -86,7 +86,6 @@ def rates_and_slopes(masses, lengths, vocab_size: int, k: float, l: float, *, bu
 
 
 def _kept(masses, k, l, budget):
-  from elasticity.theory.mixture import joint_code
   return joint_code(masses, [k, 1.0, l], budget).kept
 
 
