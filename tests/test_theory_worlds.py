@@ -94,3 +94,13 @@ def test_bad_tokens():
     w.prob(np.array([[0, 3, 3, 3], [0, 9, 3, 3]]), "p")
   with pytest.raises(ValueError, match="unknown dataset"):
     w.sample("q", 3)
+
+
+def test_exact_law_of_a_world():
+  """The world's own Theorem 4.2 row: unbounded + disjoint D_t gives dL/dl = 1/((k+1+l) ln 2) a sequence."""
+  w = make_world(**SMALL, k=20.0, l=0.05)
+  row = w.exact_law()
+  assert (row.k, row.l) == (20.0, 0.05)
+  want = 1 / ((20 + 1 + 0.05) * np.log(2) * 4)
+  assert row.dgamma_p == pytest.approx(want, rel=1e-9)
+  assert row.dgamma_a == pytest.approx(want, rel=1e-9)

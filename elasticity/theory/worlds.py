@@ -20,6 +20,7 @@ Everything is a function of the config and its seed: the same config gives the s
     world.log_prob(tokens, "a")                 # exact log p_a(x), −inf off D_a's support
     world.score(tokens)                         # the exact classifier: which dataset each row is from
     world.tree("p")                             # the exact token tree, for elasticity.theory
+    world.exact_law(budget=None)                # Theorem 4.2's exact row at the config's k and l
 """
 
 from __future__ import annotations
@@ -166,6 +167,17 @@ class World:
     """(leaves [N, T], masses [3, N]): the three distributions on the union of their supports."""
     leaves, masses, _ = TokenTree.union([self.tree(n) for n in NAMES])
     return leaves, masses
+
+  def exact_law(self, k: float | None = None, l: float | None = None, *, budget: int | None = None,
+                normalization: str = "own"):
+    """Theorem 4.2's exact row (`elasticity.theory.law.LawRow`) for this world's distributions with
+    sizes (k, 1, l) (default: the config's): the prediction a network trained on samples is held to."""
+    from elasticity.theory.law import rates_and_slopes
+    _, masses = self.union_masses()
+    k = self.config.k if k is None else k
+    l = self.config.l if l is None else l
+    return rates_and_slopes(masses, np.full(masses.shape[1], self.length), self.vocab_size, k, l,
+                            budget=budget, normalization=normalization)
 
   def entropy_bits(self, name: str) -> float:
     p = self.probs[name]
