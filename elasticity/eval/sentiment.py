@@ -54,7 +54,7 @@ class TrainConfig:
   alpha: float = 1.0        # NB smoothing
   norm: str = "sqrt"        # "sqrt": divide by √(number of features present); "none"
   scale: float = 3.0        # multiplies the (normalised) feature sum
-  l2: float = 1e-5          # ½·l2·‖w‖²
+  l2: float = 1e-6          # ½·l2·‖w‖²
   lr: float = 0.05          # Adam learning rate
   steps: int = 150          # full-batch steps
   log_every: int = 25
