@@ -12,6 +12,7 @@ installed — their first ``prefix_tokens`` SmolLM2 tokens decoded), then writes
 from __future__ import annotations
 
 import os
+import sys
 import time
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -21,6 +22,26 @@ from absl import app, flags, logging  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
 from elasticity import paths  # noqa: E402
+
+
+
+def check_overrides(argv: list[str]) -> None:
+  """Refuse an unknown ``--config.<key>`` with a message naming it (ml_collections, which reads
+  ``sys.argv`` when the flag is defined, would fail with a bare ``AttributeError``)."""
+  from configs.sentiment import get_config
+  known = set(get_config())
+  for arg in argv[1:]:
+    if arg == "--":
+      break
+    if arg.startswith("--config."):
+      key = arg[len("--config."):].split("=", 1)[0]
+      if key not in known:
+        raise SystemExit(f"FATAL: unknown config key {'config.' + key!r} (from {arg!r}); known keys: "
+                         f"{', '.join(sorted(known))}")
+
+
+if __name__ == "__main__":
+  check_overrides(sys.argv)
 
 _CONFIG = config_flags.DEFINE_config_file(
     "config", str(paths.PROJECT_ROOT / "configs" / "sentiment.py"),

@@ -128,6 +128,7 @@ def test_learns_on_real_reviews_and_round_trips(reviews, tmp_path):
     load_scorer(tmp_path / "clf")
 
 
+@pytest.mark.slow  # two subprocesses, the whole dataset read: ~40 s on 2 loaded cores
 def test_launcher_writes_a_loadable_checkpoint(shared, tmp_path):
   from elasticity import paths
   out = tmp_path / "run"
@@ -141,3 +142,6 @@ def test_launcher_writes_a_loadable_checkpoint(shared, tmp_path):
   bad = subprocess.run(cmd[:4] + ["--config.norm=l3"], cwd=paths.PROJECT_ROOT,
                        capture_output=True, text=True)
   assert bad.returncode != 0 and "norm must be one of" in bad.stderr
+  bad = subprocess.run(cmd[:4] + ["--config.nrom=sqrt"], cwd=paths.PROJECT_ROOT,
+                       capture_output=True, text=True)
+  assert bad.returncode != 0 and "unknown config key 'config.nrom'" in bad.stderr

@@ -15,8 +15,12 @@ model and training settings, the measured metrics), ``vocab.json`` (the unigram 
 ``ngrams.npz`` (sorted int64 keys of the kept n-grams per order), ``weights.npz`` (r, w, b).
 `SentimentClassifier.score(texts)` gives float64 P(positive).
 
-Measured (``python -m launch.sentiment --workdir=/work/runs/sentiment``, default config, 2 shared CPU
-cores): see the numbers filled in below after the real run.
+Measured: 92.16% test accuracy on whole reviews (NB-SVM bigrams: 91.2%), 82.62% on the first 64
+classifier tokens of each test review, 80.38% on the first 64 SmolLM2 tokens (decoded) — on all
+25,000 test reviews, trained on all 25,000 training reviews (81,101 words, 966,077 features) by
+``python -m launch.sentiment --workdir=/work/runs/sentiment`` with the default config, on 2 CPU
+cores shared with other jobs (load average ~8): 68 s vocabulary + features, 265 s for 150 Adam
+steps, 528 s wall in all (with the three test evaluations and the SmolLM2 tokenizer).
 """
 
 from __future__ import annotations
