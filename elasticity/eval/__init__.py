@@ -19,6 +19,9 @@ _LAZY = {
     "scorer_from_config": "elasticity.eval.scorers",
     "require_scorer": "elasticity.eval.scorers",
     "ScorerConfigError": "elasticity.eval.scorers",
+    "generations": None,          # submodules: elasticity.eval.generations, .kl, .preference
+    "kl": None,
+    "preference": None,
 }
 
 __all__ = sorted(_LAZY)
@@ -26,5 +29,7 @@ __all__ = sorted(_LAZY)
 
 def __getattr__(name: str) -> Any:
   if name in _LAZY:
+    if _LAZY[name] is None:
+      return importlib.import_module(f"{__name__}.{name}")
     return getattr(importlib.import_module(_LAZY[name]), name)
   raise AttributeError(f"module 'elasticity.eval' has no attribute {name!r}")
