@@ -192,7 +192,7 @@ def test_a_second_run_of_the_same_shapes_compiles_nothing(stories, tmp_path, mon
     assert res.status == "completed" and res.step == 4
     assert (traces, compiles) == ([], [])
     jax.jit(lambda x: x * 3.25 + 1)(jax.numpy.ones(5))             # the listener does count
-    assert len(compiles) == 1
+    assert compiles
   finally:
     remove()
 
