@@ -184,7 +184,8 @@ def stage2_cells(c, seed: int, n_pos: int, ns: list[int]) -> list[Cell]:
 
 def plan(c) -> list[Cell]:
   out = [Cell("base", _coords(c, n_pos=0, n_neg=0, stage="base"), start_path=c.model.path,
-              start_tokenizer=c.model.tokenizer, points=(Point("base", "start"),), seed=0)]
+              start_tokenizer=c.model.tokenizer, points=(Point("base", "start"),),
+              seed=int(c.seeds[0]))]
   negs = [int(n) for n in c.n_neg if int(n) > 0]
   for seed in (int(s) for s in c.seeds):
     for n_pos in (int(n) for n in c.n_pos):
