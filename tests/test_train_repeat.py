@@ -108,6 +108,24 @@ def test_a_stop_request_preempts_and_the_rerun_finishes_it(stories, tmp_path):
   assert res.last["loss"] == seen[-1][2] and os.path.isdir(res.export_dir)
 
 
+def test_a_run_killed_after_its_checkpoint_logs_each_step_once(stories, tmp_path):
+  """A SIGKILL after the checkpoint of step 2 leaves records of steps 3–4 and half a line in
+  metrics.jsonl; the resumed run drops them and its log equals an uninterrupted run's."""
+  cfg = config(**{"train.num_steps": 4})
+  assert train(cfg, tmp_path / "straight").status == "completed"
+  straight = (tmp_path / "straight" / "metrics.jsonl").read_text().splitlines()
+  assert train(cfg, tmp_path / "w", stop=lambda: True).step == 1
+  ck = Checkpointer(tmp_path / "w" / "checkpoints")
+  assert ck.all_steps() == [1]
+  ck.close()
+  log = tmp_path / "w" / "metrics.jsonl"
+  later = [line for line in straight if json.loads(line)["step"] > 1]
+  log.write_text(log.read_text() + "\n".join(later[:3]) + "\n" + later[3][:17])   # killed mid-line
+  assert train(cfg, tmp_path / "w").status == "completed"
+  keys = lambda lines: [(r["kind"], r["step"], r.get("loss")) for r in map(json.loads, lines)]
+  assert keys(log.read_text().splitlines()) == keys(straight)
+
+
 def test_a_resumed_workdir_with_another_config_is_refused_before_loading(stories, tmp_path,
                                                                          monkeypatch):
   cfg = config()

@@ -14,7 +14,8 @@ call). What it does, in order:
    so an error anywhere later (loading the model, the reference, the eval data) closes them;
 3. **data**: tokenizer, examples, the resumable batch stream and the run's length;
 4. **init or restore**: the sharded train state from the pretrained (or random) weights, or the
-   latest checkpoint — state, data position and RNG — so a restarted run continues exactly;
+   latest checkpoint — state, data position and RNG — so a restarted run continues exactly (and
+   ``metrics.jsonl`` records past that checkpoint, left by a killed run, are dropped first);
 5. **reference** (DPO, KTO): the reference model's parameters, or its log-probs precomputed once and
    cached in the workdir;
 6. the train step, jitted once per process for a given model structure, objective, optimizer,
@@ -51,6 +52,7 @@ import jax.numpy as jnp
 import numpy as np
 from absl import logging
 
+from elasticity import atomic
 from elasticity import sharding as shd
 from elasticity.train import compiled
 from elasticity.train import config as config_lib
@@ -243,6 +245,40 @@ def _finished(workdir: str) -> RunResult | None:
   return result
 
 
+def _trim_metrics(workdir: str, step: int) -> None:
+  """Keep only the ``metrics.jsonl`` records of steps <= ``step`` (the checkpoint a run resumes
+  from; 0 for a fresh start), rewritten atomically (process 0).
+
+  A run killed after its last checkpoint logged steps it will run again, and may have left half a
+  line; without this the resumed log would hold them twice. The log then equals an uninterrupted
+  run's.
+  """
+  path = os.path.join(workdir, "metrics.jsonl")
+  if jax.process_index() != 0 or not os.path.exists(path):
+    return
+  import json
+  with open(path, encoding="utf-8") as f:
+    lines = f.read().splitlines()
+  keep, dropped = [], 0
+  for n, line in enumerate(lines, 1):
+    try:
+      rec = json.loads(line)
+    except json.JSONDecodeError:
+      if n < len(lines):
+        raise ValueError(f"{path}: line {n}: not valid JSON (only a last line can be cut short by "
+                         "a killed run)") from None
+      dropped += 1
+      continue
+    if int(rec.get("step", 0)) <= step:
+      keep.append(line)
+    else:
+      dropped += 1
+  if dropped:
+    logging.info("%s: %d record(s) after step %d (or cut short) dropped before resuming", path,
+                 dropped, step)
+    atomic.write_text(path, "".join(line + "\n" for line in keep))
+
+
 def _join_and_mesh(cfg) -> tuple[Any, tuple]:
   """Join the other processes, build the mesh, check the batch fits it; ``(mesh, rules)``."""
   d = cfg.distributed
@@ -432,7 +468,7 @@ class _StepLog:
     self.writer.write(s, {**m, "tokens": ntok})
     self.last = m
     if self.on_step is not None:
-      self.on_step(s, self.total_steps, dict(m))
+      self.on_step(s, self.total_steps, {**m, "tokens": ntok})
     w = self.window
     w["tokens"] += ntok
     w["steps"] += 1
@@ -482,6 +518,7 @@ def train(cfg, workdir: str | os.PathLike, *,
     ckpt = Checkpointer(os.path.join(workdir, "checkpoints"), every=cfg.checkpoint.every,
                         keep=cfg.checkpoint.keep, async_save=cfg.checkpoint.async_save)
     stack.callback(ckpt.close)
+    _trim_metrics(workdir, ckpt.latest_step() or 0)
     writer = metrics_lib.MetricWriter(workdir, tensorboard=cfg.metrics.tensorboard)
     stack.callback(writer.close)
 

@@ -4,8 +4,9 @@ With ``objective.reference = "precomputed"`` the reference model's sequence log-
 training example (for KTO also of its mismatched KL sequence) are computed once before training and
 the reference model is freed. The table is saved to ``<workdir>/reference_logps.npz`` (process 0,
 atomically, through `elasticity.atomic`) with a fingerprint of what it depends on — reference
-checkpoint, tokenizer, dtypes, objective and data selection — so that a restarted run reuses it: the same numbers (exact resume)
-without loading the reference model again. A table whose fingerprint differs is recomputed.
+checkpoint, tokenizer, dtypes, objective and data selection — so that a restarted run reuses it:
+the same numbers (exact resume) without loading the reference model again. A table whose
+fingerprint differs is recomputed.
 """
 
 from __future__ import annotations
