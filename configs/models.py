@@ -10,9 +10,8 @@ from __future__ import annotations
 
 import os
 
+from elasticity import paths
 from elasticity.paths import shared_path
-
-MODELS_DIR = os.environ.get("ELASTICITY_MODELS", os.path.expanduser("~/models"))
 
 # name -> (hub repository, tokenizer path or "" for the model directory, default mesh preset)
 MODELS = {
@@ -35,7 +34,7 @@ def model_path(name: str) -> tuple[str, str]:
   if name not in MODELS:
     raise ValueError(f"unknown model preset {name!r}; known: stories260K, {', '.join(MODELS)}")
   repo, tok, _ = MODELS[name]
-  path = os.path.join(MODELS_DIR, repo.split("/")[-1])
+  path = os.path.join(paths.models_dir(), repo.split("/")[-1])
   return path, tok or path
 
 

@@ -36,8 +36,9 @@ def test_alignment_presets_have_the_paper_hyperparameters(model):
   # the base run exports θ1..θ3 after each third of the epoch, exactly where forward/inverse start
   base = sft.get_config(f"{model},alpaca,base")
   assert parse_snapshots(base.export.snapshots) == {"theta1": 75, "theta2": 150, "theta3": 225}
-  assert os.path.join(base.export.snapshot_dir, "theta1") == fwd.model.path
-  assert os.path.join(base.export.snapshot_dir, "theta2") == inv.model.path
+  assert base.export.snapshot_dir == ""             # into the base run's own workdir
+  assert fwd.model.path == os.path.join(sft.base_run_dir(model, "alpaca"), "theta1")
+  assert inv.model.path == os.path.join(sft.base_run_dir(model, "alpaca"), "theta2")
   assert models.default_mesh(model) in mesh.PRESETS
   validate(dpo.get_config(f"{model},simpo"))
 
