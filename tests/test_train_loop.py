@@ -214,7 +214,6 @@ print("RESULT", jax.process_index(), jax.device_count(), res.status, res.step)
 """
 
 
-@pytest.mark.slow
 def test_a_url_workdir_is_refused_before_anything_runs(tmp_path, monkeypatch):
   monkeypatch.chdir(tmp_path)
   with pytest.raises(ValueError, match="workdir 'gs://bucket/run': a URL"):
@@ -247,6 +246,7 @@ def run_two_processes(workdir, attempts: int = 4):
       return results
 
 
+@pytest.mark.slow
 def test_two_processes_reproduce_the_single_process_run(stories, tmp_path):
   single = train(small_config(num_steps=4), tmp_path / "single")
   assert single.status == "completed"
