@@ -41,7 +41,6 @@ parameters by their logical axes (`elasticity.sharding` rules; replicated on a p
 from __future__ import annotations
 
 import dataclasses
-import logging
 import math
 import time
 from collections.abc import Callable, Iterable, Mapping
@@ -51,6 +50,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
+from absl import logging
 from flax import nnx
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
@@ -58,9 +58,10 @@ from elasticity import sharding as shd
 from elasticity.compression_batches import Planned, length_buckets, plan, tokenize
 from elasticity.logprobs import chunked_target_logprobs
 from elasticity.models.transformer import CausalLM
+from elasticity.tokenizers import as_tokenizer
 
 Array = jax.Array
-log = logging.getLogger(__name__)
+log = logging  # absl, as everywhere in the project
 
 LN2 = math.log(2.0)
 
@@ -328,7 +329,8 @@ def measure(model: CausalLM | Scorer, tokenizer: Any, examples: Iterable[Mapping
 
   Args:
     model: a `CausalLM`, or a `Scorer` built once and reused (no recompilation across datasets).
-    tokenizer: the model's `elasticity.tokenizers.Tokenizer`.
+    tokenizer: the model's `elasticity.tokenizers.Tokenizer`, or a ``transformers`` tokenizer (wrapped
+      by `elasticity.tokenizers.as_tokenizer`).
     examples: the records (errors name the file, record and field).
     max_length: tokens per row; longer records lose prompt tokens from the left, or are skipped
       (``report.skipped``) when the response alone does not fit.
@@ -349,6 +351,7 @@ def measure(model: CausalLM | Scorer, tokenizer: Any, examples: Iterable[Mapping
     stats: if given, filled with ``tokens_processed`` (real tokens, prompts included), ``seconds``
       (after tokenization) and ``batches``.
   """
+  tokenizer = as_tokenizer(tokenizer)
   if padding_side not in ("right", "left"):
     raise ValueError(f"padding_side must be 'right' or 'left', got {padding_side!r}")
   scorer = model if isinstance(model, Scorer) else Scorer(model, mesh=mesh, chunk_size=chunk_size)

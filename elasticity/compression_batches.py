@@ -17,24 +17,24 @@ any batch of that shape needs (rounded up to a multiple of 8) — so the kernel 
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+from absl import logging
 
 from elasticity import data
 from elasticity.data.packing import empty_rows, fill_packed, fill_padded
 from elasticity.data.records import where
-
-log = logging.getLogger(__name__)
+from elasticity.tokenizers import as_tokenizer
 
 
 def tokenize(tokenizer: Any, examples: Iterable[Mapping[str, Any]], *, max_length: int,
              template: str = "plain", add_bos: bool | None = None, add_eos: bool = False,
              system: str | None = None) -> tuple[list[data.TokenizedExample], int, int]:
   """Records tokenized for measurement: ``(kept examples, skipped records, prompt-truncated kept)``."""
+  tokenizer = as_tokenizer(tokenizer)
   records = examples if isinstance(examples, Sequence) else list(examples)
   toks = data.tokenize(records, tokenizer, template=template, max_length=max_length,
                        policy="truncate_prompt_left", add_bos=add_bos, add_eos=add_eos,
@@ -51,7 +51,7 @@ def tokenize(tokenizer: Any, examples: Iterable[Mapping[str, Any]], *, max_lengt
   if cut:
     i = min(cut)
     file, rec = where(records[i], i)
-    log.warning("%s, record %s: response longer than max_length=%d; skipping %d such record(s)",
+    logging.warning("%s, record %s: response longer than max_length=%d; skipping %d such record(s)",
                 file, rec, max_length, len(cut))
   kept = [ex for ex in toks if ex.index not in cut]
   return kept, len(cut) + len(rep.dropped), sum(1 for ex in kept if ex.prompt_truncated)

@@ -17,6 +17,10 @@ Conventions shared by all implementations: ``encode`` never adds BOS/EOS unless 
 back to ``eos_id`` and then to 0; ``add_bos_token`` says whether the model's sequences conventionally
 start with BOS (Llama 1/2/3: yes; GPT-2, Qwen, SmolLM2: no). ``save(out_dir)`` writes files that
 ``load_tokenizer(out_dir)`` reads back as the same tokenizer (model exports carry their tokenizer).
+
+Where users hand in a tokenizer (`compression.measure`, `elasticity.data.tokenize`, ...), ``as_tokenizer``
+accepts a ``transformers`` tokenizer too (``AutoTokenizer.from_pretrained(...)``), wrapped in
+``HFTokenizer``.
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ import os
 import re
 import shutil
 import struct
+import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
@@ -37,6 +42,7 @@ __all__ = [
     "Llama2cTokenizer",
     "TiktokenTokenizer",
     "load_tokenizer",
+    "as_tokenizer",
 ]
 
 
@@ -522,3 +528,29 @@ def load_tokenizer(path: str | os.PathLike, **kw) -> Tokenizer:
   raise ValueError(f"{path}: unrecognised tokenizer file (.gguf, .model, .bin, .tiktoken, "
                    "encoder.json/vocab.bpe, or a Hugging Face folder)")
 
+
+
+def _is_transformers_tokenizer(obj: Any) -> bool:
+  """A ``transformers`` tokenizer object (checked without importing transformers if nobody has)."""
+  if "transformers" not in sys.modules:
+    return False
+  from transformers import PreTrainedTokenizerBase  # pylint: disable=import-outside-toplevel
+  return isinstance(obj, PreTrainedTokenizerBase)
+
+
+def as_tokenizer(obj: Any) -> Tokenizer:
+  """``obj`` as the project's `Tokenizer`.
+
+  A `Tokenizer` (the project's classes, or any object with the protocol's attributes) is returned as
+  is; a ``transformers`` tokenizer (``PreTrainedTokenizerBase``: ``AutoTokenizer.from_pretrained``'s
+  result) is wrapped in `HFTokenizer`. Anything else raises TypeError naming the accepted types.
+  """
+  if isinstance(obj, Tokenizer):
+    return obj
+  if _is_transformers_tokenizer(obj):
+    return HFTokenizer(obj)
+  hint = (" (a path: load it with elasticity.tokenizers.load_tokenizer first)"
+          if isinstance(obj, (str, os.PathLike)) else "")
+  raise TypeError(f"expected a tokenizer: an elasticity.tokenizers.Tokenizer (HFTokenizer, "
+                  f"SentencePieceTokenizer, Llama2cTokenizer, TiktokenTokenizer, or an object with its "
+                  f"attributes) or a transformers PreTrainedTokenizerBase; got {type(obj).__name__}{hint}")

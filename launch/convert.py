@@ -17,12 +17,15 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import jax.numpy as jnp  # noqa: E402
 from absl import app, flags, logging  # noqa: E402
 
+from elasticity import compile_cache  # noqa: E402
+
 _SRC = flags.DEFINE_string("src", None, "Source: HF directory, .gguf file, or llama2.c .bin.", required=True)
 _DST = flags.DEFINE_string("dst", None, "Destination directory (written atomically).", required=True)
 _TO = flags.DEFINE_enum("to", "hf", ["hf", "orbax"], "Destination format.")
 _DTYPE = flags.DEFINE_enum("dtype", None, ["float32", "bfloat16", "float16"],
                            "Parameter dtype of the output (default: float32).")
 _TOKENIZER = flags.DEFINE_string("tokenizer", None, "llama2.c tokenizer.bin (checked against the vocab).")
+compile_cache.define_flags()
 
 
 def _source_tokenizer():
@@ -41,7 +44,8 @@ def _source_tokenizer():
 
 def main(argv):
   del argv
-  from elasticity.models import load_pretrained, save_pretrained
+  compile_cache.enable_from_flags()
+  from elasticity.convert import load_pretrained, save_pretrained
   dtype = jnp.dtype(_DTYPE.value or "float32")
   model = load_pretrained(_SRC.value, dtype=dtype, tokenizer=_TOKENIZER.value)
   if _TO.value == "hf":

@@ -1,7 +1,7 @@
 """Main job on its embedded default: load a model into the Flax port, answer a prompt, and report the
 answer's compression under the model (bits per byte and per token of the answer, response-masked).
 
-    python -m launch.main [--config=configs/demo.py] [--config.prompt=...]
+    python -m launch.main [--config=configs/demo.py] [--config.prompt=...] [--compilation_cache=DIR|off]
 """
 
 from __future__ import annotations
@@ -18,10 +18,11 @@ import numpy as np  # noqa: E402
 from absl import app, flags, logging  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
-from elasticity import paths  # noqa: E402
+from elasticity import compile_cache, paths  # noqa: E402
 
 _CONFIG = config_flags.DEFINE_config_file(
     "config", str(paths.PROJECT_ROOT / "configs" / "demo.py"), "Demo configuration.", lock_config=True)
+compile_cache.define_flags()
 
 
 def answer_bits(model, prompt_ids: list[int], answer_ids: list[int]) -> tuple[float, int]:
@@ -35,8 +36,9 @@ def answer_bits(model, prompt_ids: list[int], answer_ids: list[int]) -> tuple[fl
 
 def main(argv):
   del argv
+  compile_cache.enable_from_flags()
   cfg = _CONFIG.value
-  from elasticity.models import load_pretrained
+  from elasticity.convert import load_pretrained
   from elasticity.models.generate import generate
   from elasticity.tokenizers import load_tokenizer
 

@@ -1,29 +1,42 @@
 """Shared pytest fixtures: where ../shared is, and how tests that need it behave without it.
 
 A test that needs a file from the shared folder is skipped with a reason when the folder is absent,
-except under ``CI=true``, where a missing file is a failure.
+except under CI (``CI`` set to ``1``, ``true`` or ``yes``), where a missing file is a failure.
+
+The suite runs with the persistent compilation cache (`elasticity.compile_cache`; its folder from
+``ELASTICITY_COMPILATION_CACHE``, ``off`` to turn it off), so a second run skips most compilation.
 """
 
 from __future__ import annotations
 
 import os
 
-# Eight fake CPU devices for mesh tests; must be set before jax initialises its backends.
-os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
+# Eight fake CPU devices for mesh tests; must be set before jax initialises its backends. Appended to
+# the user's own XLA_FLAGS (a device count already there wins).
+_DEVICES_FLAG = "--xla_force_host_platform_device_count"
+if _DEVICES_FLAG not in os.environ.get("XLA_FLAGS", ""):
+  os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} {_DEVICES_FLAG}=8".strip()
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 
 import pytest  # noqa: E402
 
-from elasticity import paths  # noqa: E402
+from elasticity import compile_cache, paths  # noqa: E402
+
+compile_cache.enable()
+
+
+def in_ci() -> bool:
+  """``CI`` set to a true value (``1``, ``true``, ``yes``; any case), as CI services do."""
+  return os.environ.get("CI", "").strip().lower() in ("1", "true", "yes")
 
 
 def require(path):
-  """Return ``path`` if it exists; skip (or fail under CI=true) otherwise."""
+  """Return ``path`` if it exists; skip (or fail under CI) otherwise."""
   if os.path.exists(path):
     return path
   msg = f"shared artifact missing: {path} (set ELASTICITY_SHARED)"
-  if os.environ.get("CI", "").lower() == "true":
+  if in_ci():
     pytest.fail(msg)
   pytest.skip(msg)
 
@@ -39,7 +52,7 @@ def smollm2_gguf():
   try:
     return paths.smollm2_gguf()
   except FileNotFoundError as e:
-    if os.environ.get("CI", "").lower() == "true":
+    if in_ci():
       pytest.fail(str(e))
     pytest.skip(str(e))
 
@@ -50,7 +63,7 @@ def smollm2_pair(smollm2_gguf):
   import torch
   import transformers
 
-  from elasticity.models import load_pretrained
+  from elasticity.convert import load_pretrained
   ref = transformers.AutoModelForCausalLM.from_pretrained(
       smollm2_gguf.parent, gguf_file=smollm2_gguf.name, dtype=torch.float32).eval()
   return load_pretrained(smollm2_gguf), ref

@@ -75,9 +75,16 @@ def test_params_and_optimizer_state_are_created_sharded():
   # values are those of the unsharded init (up to XLA fusing the jitted init differently)
   ref = split_params(create_model(CFG, seed=0))[1]
   np.testing.assert_allclose(np.asarray(q), np.asarray(ref["layers"][0]["attn"]["q"]), rtol=1e-6)
-  # host (pretrained) params placed shard by shard give the same arrays
+  # host (pretrained) params placed shard by shard: the same shardings, and exactly the host values
   state2 = init_train_state(ref, tx, sh, seed=0)
-  assert state2["params"]["embed"].sharding == state["params"]["embed"].sharding
+  placed, host = jax.tree.leaves_with_path(state2["params"]), jax.tree.leaves_with_path(ref)
+  assert [p for p, _ in placed] == [p for p, _ in host]
+  for (path, got), (_, want), made in zip(placed, host, jax.tree.leaves(state["params"])):
+    assert got.sharding == made.sharding, jax.tree_util.keystr(path)
+    for shard in got.addressable_shards:   # every device holds its slice of the host array
+      np.testing.assert_array_equal(np.asarray(shard.data), np.asarray(want)[shard.index],
+                                    err_msg=jax.tree_util.keystr(path))
+    np.testing.assert_array_equal(np.asarray(got), np.asarray(want), err_msg=jax.tree_util.keystr(path))
   del graphdef
 
 

@@ -249,3 +249,54 @@ def test_load_tokenizer_rejects_unknown(tmp_path):
 def test_protocol_is_satisfied(shared_dir_module):
   tok = tk.load_tokenizer(require(shared_dir_module / "models/stories260K/tok512.bin"))
   assert isinstance(tok, tk.Tokenizer)
+
+
+# ------------------------------------------------------------- transformers tokenizers accepted ----
+
+_RECORDS = [{"prompt": "Give three tips for staying healthy.", "response": "Eat well, sleep, move."},
+            {"prompt": "What is 2 + 2?", "response": "It is 4."},
+            {"prompt": "Name a colour.", "response": "Blue — like the sky."}]
+
+
+def test_as_tokenizer_wraps_transformers_and_passes_ours_through(smollm2):
+  assert tk.as_tokenizer(smollm2) is smollm2
+  plain = smollm2.hf                       # what AutoTokenizer.from_pretrained(gguf_file=...) returns
+  assert not isinstance(plain, tk.Tokenizer)
+  wrapped = tk.as_tokenizer(plain)
+  assert isinstance(wrapped, tk.HFTokenizer) and wrapped.hf is plain
+  assert (wrapped.pad_id, wrapped.eos_id, wrapped.vocab_size) == (smollm2.pad_id, smollm2.eos_id, 49152)
+  for bad, hint in ((object(), "got object"), ("tok512.bin", "load_tokenizer"), (None, "got NoneType")):
+    with pytest.raises(TypeError, match="elasticity.tokenizers.Tokenizer.*transformers "
+                                        "PreTrainedTokenizerBase") as e:
+      tk.as_tokenizer(bad)
+    assert hint in str(e.value)
+
+
+def _measure_both(model, tok, template):
+  from elasticity import data
+  from elasticity.compression import measure
+  plain = tok.hf
+  rows = lambda t: [(ex.input_ids.tolist(), ex.loss_mask.tolist())
+                    for ex in data.tokenize(_RECORDS, t, template=template)]
+  assert rows(plain) == rows(tok)
+  ours = measure(model, tok, _RECORDS, max_length=64, batch_size=4, template=template, buckets=(64,))
+  theirs = measure(model, plain, _RECORDS, max_length=64, batch_size=4, template=template,
+                   buckets=(64,))
+  return ours, theirs
+
+
+@pytest.mark.parametrize("template", ["plain", "chat"])
+def test_measure_with_a_transformers_tokenizer_gives_the_same_numbers(smollm2, template):
+  """A random tiny model over SmolLM2's vocabulary: the numbers depend only on the tokenization."""
+  from elasticity.models import ModelConfig, create_model
+  cfg = ModelConfig(family="llama", vocab_size=49152, hidden_size=32, intermediate_size=64,
+                    num_layers=1, num_heads=2, num_kv_heads=1, head_dim=16)
+  ours, theirs = _measure_both(create_model(cfg, seed=3), smollm2, template)
+  assert ours == theirs and ours.tokens > 0 and ours.examples == len(_RECORDS)
+
+
+@pytest.mark.slow
+def test_measure_on_smollm2_with_a_transformers_tokenizer(smollm2, smollm2_gguf):
+  from elasticity.convert import load_pretrained
+  ours, theirs = _measure_both(load_pretrained(smollm2_gguf), smollm2, "chat")
+  assert ours == theirs and ours.tokens > 0 and 0 < ours.bits_per_byte < 8

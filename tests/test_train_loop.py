@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -218,21 +219,39 @@ def test_a_url_workdir_is_refused_before_anything_runs(tmp_path, monkeypatch):
   assert not any(tmp_path.iterdir())      # no ./gs:/bucket/run left behind
 
 
+_PORT_TAKEN = ("address already in use", "failed to add port", "failed to bind", "address in use")
+
+
+def run_two_processes(workdir, attempts: int = 4):
+  """Run CHILD as processes 0 and 1; [(returncode, stdout, stderr)] of the last attempt.
+
+  The coordinator's port must be known to both processes before either starts, so it cannot be
+  reserved race-free: a random port from the ephemeral range is tried, and another one when the
+  coordinator reports it taken (instead of binding and closing a socket, which races with others).
+  """
+  import random
+  env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+  rng = random.Random(os.getpid())
+  for attempt in range(attempts):
+    shutil.rmtree(workdir, ignore_errors=True)
+    script = CHILD.format(root=ROOT, port=rng.randrange(20000, 60000), workdir=str(workdir))
+    procs = [subprocess.Popen([sys.executable, "-c", script, str(i)], cwd=ROOT, env=env, text=True,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE) for i in range(2)]
+    outs = [(p, *p.communicate(timeout=400)) for p in procs]
+    results = [(p.returncode, out, err) for p, out, err in outs]
+    taken = any(rc != 0 and any(m in err.lower() for m in _PORT_TAKEN) for rc, _, err in results)
+    if not taken or attempt == attempts - 1:
+      return results
+
+
 @pytest.mark.slow
 def test_two_processes_reproduce_the_single_process_run(stories, tmp_path):
-  import socket
-  with socket.socket() as s:
-    s.bind(("localhost", 0))
-    port = s.getsockname()[1]
   single = train(small_config(num_steps=4), tmp_path / "single")
   assert single.status == "completed"
-  script = CHILD.format(root=ROOT, port=port, workdir=str(tmp_path / "multi"))
-  env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
-  procs = [subprocess.Popen([sys.executable, "-c", script, str(i)], cwd=ROOT, env=env, text=True,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE) for i in range(2)]
-  outs = [p.communicate(timeout=400) for p in procs]
-  for p, (out, err) in zip(procs, outs):
-    assert p.returncode == 0, err[-3000:]
+  results = run_two_processes(tmp_path / "multi")
+  outs = [(out, err) for _, out, err in results]
+  for rc, _, err in results:
+    assert rc == 0, err[-3000:]
   assert "RESULT 0 8 completed 4" in outs[0][0] and "RESULT 1 8 completed 4" in outs[1][0]
   np.testing.assert_allclose(losses(tmp_path / "multi"), losses(tmp_path / "single"), rtol=1e-5)
   from elasticity.models import load_pretrained

@@ -1,28 +1,27 @@
 """Hugging Face checkpoint directories: ``config.json`` + ``*.safetensors`` (single or sharded).
 
-Reading is lazy (one tensor at a time through ``safetensors.safe_open``); writing is atomic: files go
-to a temporary sibling directory that is renamed into place only when complete.
+Reading is lazy (one tensor at a time through ``safetensors.safe_open``); writing is atomic
+(`elasticity.atomic.directory`): files go to a temporary sibling directory that is renamed into place
+only when complete.
 """
 
 from __future__ import annotations
 
 import json
 import os
-import shutil
-import tempfile
 from pathlib import Path
 
 import jax.numpy as jnp
-import numpy as np
 from safetensors import safe_open
 from safetensors.numpy import save_file
 
+from elasticity import atomic
 from elasticity.convert.params import model_from_tensors, tensors_from_model
 from elasticity.models.registry import config_from_hf, config_to_hf
 from elasticity.models.transformer import CausalLM
 
 INDEX = "model.safetensors.index.json"
-_DTYPES = {"float32": np.float32, "float16": np.float16, "bfloat16": jnp.bfloat16}
+EXPORT_DTYPES = ("float32", "bfloat16", "float16")
 
 
 def read_config(path: str | os.PathLike) -> dict:
@@ -77,19 +76,19 @@ def save_hf(model: CausalLM, out_dir: str | os.PathLike, *, dtype: str | None = 
   """Write ``config.json`` and safetensors (sharded past ``max_shard_bytes``) atomically.
 
   ``dtype``: "float32" | "bfloat16" | "float16" (default: the parameters' dtype). ``tokenizer``: an
-  `elasticity.tokenizers.Tokenizer` whose files go into the same directory (same atomic write), so
+  `elasticity.tokenizers.Tokenizer` (or a transformers tokenizer, wrapped) whose files go into the same directory (same atomic write), so
   that the export is self-contained for `load_tokenizer` (and `transformers` for HF tokenizers).
   """
   out_dir = Path(out_dir)
-  if dtype is not None and dtype not in _DTYPES:
-    raise ValueError(f"dtype {dtype!r} is not one of {sorted(_DTYPES)}")
-  tensors = tensors_from_model(model, _DTYPES[dtype] if dtype else None)
+  if dtype is not None and dtype not in EXPORT_DTYPES:
+    raise ValueError(f"dtype {dtype!r} is not one of {list(EXPORT_DTYPES)}")
+  if tokenizer is not None:
+    from elasticity.tokenizers import as_tokenizer  # pylint: disable=import-outside-toplevel
+    tokenizer = as_tokenizer(tokenizer)
+  tensors = tensors_from_model(model, jnp.dtype(dtype) if dtype else None)
   cfg = config_to_hf(model.config)
-  first = next(iter(tensors.values()))
-  cfg["dtype"] = "bfloat16" if first.dtype == jnp.bfloat16 else str(first.dtype)
-  out_dir.parent.mkdir(parents=True, exist_ok=True)
-  tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
-  try:
+  cfg["dtype"] = jnp.dtype(next(iter(tensors.values())).dtype).name
+  with atomic.directory(out_dir) as tmp:
     (tmp / "config.json").write_text(json.dumps(cfg, indent=2, sort_keys=True) + "\n")
     shards, current, size = [], {}, 0
     for name, w in tensors.items():
@@ -112,15 +111,4 @@ def save_hf(model: CausalLM, out_dir: str | os.PathLike, *, dtype: str | None = 
                                           indent=2) + "\n")
     if tokenizer is not None:
       tokenizer.save(tmp)
-    if out_dir.exists():
-      old = out_dir.with_name(f".{out_dir.name}.old")
-      shutil.rmtree(old, ignore_errors=True)
-      out_dir.rename(old)
-      tmp.rename(out_dir)
-      shutil.rmtree(old, ignore_errors=True)
-    else:
-      tmp.rename(out_dir)
-  except BaseException:
-    shutil.rmtree(tmp, ignore_errors=True)
-    raise
   return out_dir

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 
 from elasticity.data.errors import DataError
 from elasticity.data.records import text_field, where
+from elasticity.tokenizers import as_tokenizer
 
 TEMPLATES = ("chat", "alpaca", "plain")
 
@@ -95,6 +96,8 @@ def format_example(example: dict, template: str, tokenizer=None, *, response_key
       instruction, input_text = _text(example, "prompt", position, False), ""
     return Formatted(alpaca_prompt(instruction, input_text), response)
 
+  if tokenizer is not None:
+    tokenizer = as_tokenizer(tokenizer)
   if tokenizer is None or not tokenizer.has_chat_template:
     raise ValueError("template 'chat' needs a tokenizer with a chat template")
   if "messages" in example:

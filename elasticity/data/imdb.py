@@ -27,6 +27,7 @@ from elasticity.data.records import Records, Row, collect, text_field
 from elasticity.data.registry import register
 from elasticity.data.sources import iter_hf, iter_tfds
 from elasticity.paths import shared_path
+from elasticity.tokenizers import as_tokenizer
 
 SPLITS = ("train", "test")
 LABELS = ("neg", "pos")
@@ -138,6 +139,7 @@ def split_prompt(text: str, k: int, tokenizer=None) -> tuple[str, str, int]:
       raise ValueError(f"{len(words)} words, need more than {k}")
     cut = words[k - 1].end()
     return text[:cut], text[cut:], k
+  tokenizer = as_tokenizer(tokenizer)   # a pass-through once wrapped
   ids = tokenizer.encode(text)
   if len(ids) <= k:
     raise ValueError(f"{len(ids)} tokens, need more than {k}")
@@ -165,6 +167,8 @@ def imdb(*, split=None, data_dir=None, source=None, on_error="raise", path=None,
   split = split or "train"
   if split not in SPLITS:
     raise ValueError(f"imdb: split {split!r} not available; one of {SPLITS}")
+  if tokenizer is not None:
+    tokenizer = as_tokenizer(tokenizer)   # once, not per review
   if label not in (None, *LABELS):
     raise ValueError(f"imdb: label must be 'pos', 'neg' or None, got {label!r}")
 

@@ -22,20 +22,18 @@ example's prompt tokens followed by the partner's response tokens, cut on the ri
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 
 import numpy as np
+from absl import logging
 
 from elasticity.data.errors import DataError
 from elasticity.data.formats import format_example
 from elasticity.data.records import BOOL_WORDS, KINDS, Records, get_field, where
 from elasticity.data.subsets import order
 from elasticity.data.tokenize import TokenizedDataset, TokenizedExample, tokenize
-
-log = logging.getLogger(__name__)
-
+from elasticity.tokenizers import as_tokenizer
 
 
 def unpair(records: Sequence[dict]) -> Records:
@@ -172,6 +170,7 @@ def tokenize_labelled(records: Sequence[dict], tokenizer, *, label_field: str = 
     desirable = (desirable,)
   if desirable is not None and not len(desirable):
     desirable = None
+  tokenizer = as_tokenizer(tokenizer)
   labels = [read_label(rec, i, label_field, desirable) for i, rec in enumerate(records)]
   toks = tokenize(records, tokenizer, template=template, max_length=max_length, policy=policy,
                   add_bos=add_bos, add_eos=add_eos, system=system)
@@ -182,6 +181,6 @@ def tokenize_labelled(records: Sequence[dict], tokenizer, *, label_field: str = 
                                          toks[j].index) for ex, j in zip(toks, partners)],
                         report=toks.report)
   if out and not (out.n_desirable and out.n_undesirable):
-    log.warning("KTO examples: all %d are %s (label field %r, desirable=%r)", len(out),
+    logging.warning("KTO examples: all %d are %s (label field %r, desirable=%r)", len(out),
                 "desirable" if out.n_desirable else "undesirable", label_field, desirable)
   return out

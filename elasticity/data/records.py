@@ -17,15 +17,14 @@ text that is not valid UTF-8, or (unless allowed) an empty response is a ``DataE
 
 from __future__ import annotations
 
-import logging
 import math
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
-from elasticity.data.errors import DataError
+from absl import logging
 
-log = logging.getLogger(__name__)
+from elasticity.data.errors import DataError
 
 KINDS: dict[str, tuple[str, ...]] = {
     "sft": ("prompt", "response"),
@@ -159,7 +158,7 @@ def collect(rows: Iterable[Row], build: Callable[[Row], dict | None], *, kind: s
       rec.setdefault("source_index", position)
       out.append(rec)
   if out.skipped:
-    log.warning("%s: skipped %d bad record(s); first: %s", source, len(out.skipped), out.skipped[0])
+    logging.warning("%s: skipped %d bad record(s); first: %s", source, len(out.skipped), out.skipped[0])
   return out
 
 

@@ -40,6 +40,7 @@ import numpy as np
 from elasticity.data.errors import DataError
 from elasticity.data.formats import Formatted, format_example
 from elasticity.data.records import utf8_bytes, where
+from elasticity.tokenizers import as_tokenizer
 
 POLICIES = ("truncate_prompt_left", "truncate_response", "drop", "error")
 
@@ -206,7 +207,7 @@ def tokenize(examples: Sequence[dict], tokenizer, *, template: str = "plain",
 
   Args:
     examples: records (``prompt`` + ``response_key``, or ``text``).
-    tokenizer: an ``elasticity.tokenizers.Tokenizer``.
+    tokenizer: an ``elasticity.tokenizers.Tokenizer`` or a ``transformers`` tokenizer (wrapped).
     template: ``"chat"``, ``"alpaca"`` or ``"plain"`` (see ``formats``).
     max_length: longest sequence kept (``None``: no limit).
     policy: truncation policy (module docstring).
@@ -220,6 +221,7 @@ def tokenize(examples: Sequence[dict], tokenizer, *, template: str = "plain",
   Returns:
     The kept examples (``index`` = position in ``examples``) with ``.report``.
   """
+  tokenizer = as_tokenizer(tokenizer)
   opts = _Options(tokenizer, template, max_length, policy, add_bos, add_eos, system)
   report = TokenizeReport(policy, max_length, n_examples=len(examples))
   out = []
@@ -256,6 +258,7 @@ def tokenize_preference(examples: Sequence[dict], tokenizer, *, template: str = 
   Both sequences of a pair get the same prompt tokens (and the same prompt truncation); a pair is
   dropped if either sequence would be. Options as in ``tokenize``.
   """
+  tokenizer = as_tokenizer(tokenizer)
   opts = _Options(tokenizer, template, max_length, policy, add_bos, add_eos, system)
   report = TokenizeReport(policy, max_length, n_examples=len(examples))
   out = []
