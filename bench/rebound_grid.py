@@ -23,7 +23,7 @@ starts: torch pays no tokenization and no IMDb read — which favours it, as doe
 ``Trainer``, no DeepSpeed).
 
 The final training loss of every cell is printed on both sides: they agree to float32 noise when the
-two did the same work. Ends with ``ratio rebound_grid_wall <torch wall / ours wall>``.
+two did the same work (more than 1e-3 apart is an error). Ends with ``ratio rebound_grid_wall <torch wall / ours wall>``.
 """
 
 from __future__ import annotations
@@ -55,6 +55,7 @@ _RECORD = flags.DEFINE_bool("record", True, "Write the section of bench/RESULTS.
 _WORKER = flags.DEFINE_string("worker", "", "Internal: 'ours' (the runner) or 'torch' (one cell).")
 _WORKDIR = flags.DEFINE_string("workdir", "", "Internal: the worker's directory.")
 _SPEC = flags.DEFINE_string("spec", "", "Internal: a torch cell's JSON spec file.")
+LOSS_TOLERANCE = 1e-3   # |ours − torch| final training loss per cell: the same work was done
 
 
 # -- ours: the experiment runner in one process ----------------------------------------------------
@@ -93,11 +94,14 @@ def worker_ours(workdir: str, checkpoint_every: int) -> dict:
   t_imported = time.perf_counter()
   compile_events: dict[str, list[float]] = {}
 
+  compiled_funs: dict[str, list[float]] = {}
+
   def on_duration(event: str, duration_secs: float, **kwargs) -> None:
-    del kwargs
     if event.startswith("/jax/core/compile/"):
       n, s = compile_events.get(event, [0, 0.0])
       compile_events[event] = [n + 1, s + duration_secs]
+    if event.endswith("/backend_compile_duration"):
+      compiled_funs.setdefault(str(kwargs.get("fun_name", "?")), []).append(duration_secs)
 
   monitoring.register_event_duration_secs_listener(on_duration)
   cfg = experiment_config(_VARIANT.value, checkpoint_every)
@@ -131,7 +135,8 @@ def worker_ours(workdir: str, checkpoint_every: int) -> dict:
     raise RuntimeError(f"runner: {summary.status}")
   return {"imports_s": t_imported - t_imports, "before_imports_s": t_imports - T_PROCESS,
           "runner_s": t1 - t0, "runs": runs, "cells": summary.cells, "validate_s": sum(validate_s),
-          "compile": {k.rsplit("/", 1)[-1]: v for k, v in compile_events.items()}}
+          "compile": {k.rsplit("/", 1)[-1]: v for k, v in compile_events.items()},
+          "compiled": compiled_funs}
 
 
 # -- the authors' way: one torch process per cell --------------------------------------------------
@@ -315,6 +320,9 @@ def main(argv):
                "torch train s": sum(r["train_s"] for r in torch_res["runs"]),
                "torch save s": sum(r["save_s"] for r in torch_res["runs"])})
   table = print_table(rows)
+  if max_dloss > LOSS_TOLERANCE:
+    raise RuntimeError(f"final losses differ by {max_dloss:.3g} > {LOSS_TOLERANCE}: the two sides did "
+                       "not train the same cells (weights, batches or optimizer differ)")
   walls = [{"side": "ours (runner, one process)", "processes": 1, "training steps": ours_train_steps,
             "wall s": ours["wall_s"],
             "of which imports s": ours["imports_s"] + ours["before_imports_s"],
@@ -339,6 +347,8 @@ def main(argv):
             "s": ours["runner_s"] - ours["validate_s"] - sum(r["seconds"] for r in ours["runs"])}]
   where += [{"ours, in its process": f"  of all that: {k.replace('_', ' ')} ({int(n)} events)", "s": v}
             for k, (n, v) in sorted(comp.items())]
+  where += [{"ours, in its process": f"    XLA compile of {name} (×{len(ts)})", "s": sum(ts)}
+            for name, ts in sorted(ours["compiled"].items(), key=lambda kv: -sum(kv[1]))]
   print()
   where_md = print_table(where)
   value = torch_res["wall_s"] / ours["wall_s"]
