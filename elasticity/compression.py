@@ -105,8 +105,9 @@ class CompressionReport:
 
   @property
   def normalized(self) -> float:
-    """γ^{D_i/D} = bits/token − log₂ V (see the module docstring)."""
-    return self.bits_per_token - self.log2_vocab
+    """γ^{D_i/D} = bits/token − log₂ V (see the module docstring; the theory lab's definition)."""
+    from elasticity.theory.rates import normalized_rate
+    return normalized_rate(self.bits_per_token, self.log2_vocab)
 
   def merge(self, other: "CompressionReport") -> "CompressionReport":
     """The report of both parts together (sums and counts add); same vocabulary required."""

@@ -97,7 +97,7 @@ def test_identity_changes_only_for_the_cells_a_value_reaches():
     ({"eval.scorer.path": ""}, "config.eval.scorer.path"),
     ({"n_neg": (0, 20000)}, "20000 negative examples asked for, but the imdb pool holds 12500"),
     ({"n_pos": (13000,)}, "13000 positive examples asked for, but the imdb pool holds 12500"),
-    ({"eval.scorer.path": "/no/such/scorer"}, "/no/such/scorer does not exist"),
+    ({"eval.scorer.path": "/no/such/scorer"}, "config.eval.scorer.path=./no/such/scorer.: scorer folder /no/such/scorer does not exist"),
     ({"train.optimizer.lr": -1.0}, "config.train"),
 ])
 def test_bad_input_is_refused_before_anything_is_loaded(monkeypatch, tmp_path, override, message):

@@ -35,8 +35,8 @@ from elasticity.experiments import cells as cells_lib
 
 
 def scorer_kind(scorer) -> str:
-  """``"probability"`` (P(positive) in [0, 1]) or ``"reward"``, as the scorer declares it."""
-  return getattr(scorer, "output", "probability")
+  """``"reward"`` for a one-logit model (a reward or cost), else ``"probability"`` (P(positive))."""
+  return "reward" if int(getattr(scorer, "num_labels", 2)) == 1 else "probability"
 
 
 def score_metrics(values: np.ndarray, kind: str) -> dict[str, float]:

@@ -74,14 +74,16 @@ def validate(c) -> None:
                      f"beyond the {max(n_pos)} of stage 1, but the pool holds {pos_pool}")
   scorer = str(c.eval.scorer.path)
   if not scorer:
-    raise ValueError(
+    from elasticity.eval import ScorerConfigError
+    raise ScorerConfigError(
         f"config.eval.scorer.path: the {c.task} task scores continuations with "
         + ("a sentiment classifier (train one: python -m launch.sentiment --workdir=DIR)"
            if c.task == "imdb" else "a local cost/reward model (a Hugging Face sequence-classification "
            "directory, e.g. a converted beaver-7b-v1.0-cost)")
         + "; set it, or set it to 'none' to measure only Δγ and the KL")
-  if scorer != "none" and not os.path.exists(scorer):
-    raise ValueError(f"config.eval.scorer.path: {scorer} does not exist")
+  if scorer != "none":
+    from elasticity.eval import require_scorer
+    require_scorer(c.eval.scorer, "config.eval.scorer.path")   # reads only its config.json
   for cell in plan(c):
     if cell.train is not None:
       cfg = copy.deepcopy(cell.train)
@@ -243,8 +245,8 @@ def prepare(c, workdir):
   n_pos_max, n_neg_max = max(int(n) for n in c.n_pos), max(int(n) for n in c.n_neg)
   scorer, scorer_id = None, ""
   if str(ev.scorer.path) != "none":
-    from elasticity.eval import load_scorer
-    scorer = load_scorer(ev.scorer)
+    from elasticity.eval import scorer_from_config
+    scorer = scorer_from_config(ev.scorer, "config.eval.scorer")
     scorer_id = cells_lib.digest(ev.scorer.to_dict()) + ":" + _tree_digest(ev.scorer.path)
   data = None
   for seed in (int(s) for s in c.seeds):

@@ -37,7 +37,7 @@ def rescore(workdir: str | os.PathLike, scorer_dir: str | os.PathLike, *, score_
   if missing:
     raise FileNotFoundError(f"{workdir}: no generations.jsonl for {len(missing)} row(s): "
                             f"{', '.join(missing[:5])}{' …' if len(missing) > 5 else ''}")
-  scorer = load_scorer(os.fspath(scorer_dir), **scorer_options)
+  scorer = load_scorer(os.fspath(scorer_dir), **scorer_options)   # kind, sign, … as load_scorer takes
   new_rows = []
   for r in rows:
     gens, _ = gen_lib.load(workdir / "cells" / r["cell"] / "points" / r["point"] / "generations.jsonl")

@@ -1,0 +1,47 @@
+"""The theory lab: Theorem 4.2's exact table for a synthetic world, or the Pareto fits of real trees.
+
+    python -m launch.theory --config=configs/theory.py:exact [--workdir=OUT]
+    python -m launch.theory --config=configs/theory.py:pareto [--workdir=OUT]
+
+Prints the tables as markdown; with ``--workdir`` also writes ``theory_<variant>.json`` and
+``theory_<variant>.md`` there (atomically). Unknown ``--config.<key>`` overrides stop the run.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+from absl import app, flags, logging
+from ml_collections import config_flags
+
+from elasticity import atomic, paths
+
+_CONFIG = config_flags.DEFINE_config_file(
+    "config", str(paths.PROJECT_ROOT / "configs" / "theory.py") + ":exact",
+    "Theory lab configuration (configs/theory.py).", lock_config=True)
+_WORKDIR = flags.DEFINE_string("workdir", None, "Folder for theory_exact.json/.md (optional).")
+
+
+def main(argv: list[str]) -> None:
+  del argv
+  cfg = _CONFIG.value
+  if cfg.variant == "pareto":
+    from elasticity.theory.pareto_real import run_pareto as run, to_markdown
+  else:
+    from elasticity.theory.exact import run_exact as run, to_markdown
+  t0 = time.perf_counter()
+  res = run(cfg)
+  text = to_markdown(res)
+  print(text)
+  if _WORKDIR.value:
+    out = Path(_WORKDIR.value).expanduser()
+    stem = f"theory_{cfg.variant}"
+    atomic.write_json(out / f"{stem}.json", res)
+    atomic.write_text(out / f"{stem}.md", text)
+    logging.info("wrote %s and %s", out / f"{stem}.json", out / f"{stem}.md")
+  print(f"wall time {time.perf_counter() - t0:.2f} s")
+
+
+if __name__ == "__main__":
+  app.run(main)
