@@ -12,9 +12,13 @@ tpu_v5e_2slices); the default is the model's own (configs/models.py).
 
 Models: see configs/models.py. Datasets: alpaca, truthfulqa, beavertails, imdb (positive reviews).
 Directions (paper §5.1): ``base`` trains the pretrained model on the whole selection and exports
-θ1, θ2, θ3 (after each third of the epoch) as HF directories ``$ELASTICITY_RUNS/<model>-<dataset>/
-theta{1,2,3}`` (``export.snapshots``); the selection is cut in thirds D_1, D_2, D_3; ``forward``
-starts from θ1 there and trains on D_2, ``inverse`` starts from θ2 and trains on D_1. Override
+θ1, θ2, θ3 (after each third of the epoch) as HF directories ``<workdir>/theta{1,2,3}``
+(``export.snapshots``; ``export.snapshot_dir = ""`` is the run's own workdir, so two runs never
+share θ folders); the selection is cut in thirds D_1, D_2, D_3; ``forward`` starts from θ1 and
+trains on D_2, ``inverse`` starts from θ2 and trains on D_1. Their ``model.path`` defaults to
+``<runs_dir>/<model>-<dataset>/theta{1,2}``, with ``runs_dir`` = ``$ELASTICITY_RUNS`` (default
+``~/elasticity_runs``, `elasticity.paths.runs_dir`, read when the config is built): run the base
+with ``--workdir=$ELASTICITY_RUNS/<model>-<dataset>`` for them to find it, or override
 ``--config.model.path`` to point at your own θ checkpoints.
 
 Paper hyper-parameters (verified on a released run): max length 512, 1 epoch, global batch 8
@@ -30,6 +34,7 @@ import ml_collections
 
 from configs import mesh as mesh_presets
 from configs import models as model_presets
+from elasticity import paths
 from elasticity.train.config import data_section, default_config
 
 DATASETS = {
@@ -41,7 +46,11 @@ DATASETS = {
                  load_kwargs=dict(label="pos")),
 }
 DIRECTIONS = ("base", "forward", "inverse")
-RUNS_DIR = os.environ.get("ELASTICITY_RUNS", os.path.expanduser("~/elasticity_runs"))
+
+
+def base_run_dir(model: str, dataset: str) -> str:
+  """Where forward/inverse look for the base run's θ exports: ``<runs_dir>/<model>-<dataset>``."""
+  return os.path.join(paths.runs_dir(), f"{model}-{dataset}")
 
 
 def paper(c: ml_collections.ConfigDict) -> None:
@@ -97,13 +106,13 @@ def alignment(model: str, dataset: str = "alpaca", direction: str = "base",
   ds = dict(DATASETS[dataset])
   c.data = data_section(**ds, seed=42, max_length=512)
   third = ds["n"] // 3
-  run = os.path.join(RUNS_DIR, f"{model}-{dataset}")
+  run = base_run_dir(model, dataset)
   if direction == "base":
-    # θ1, θ2, θ3 = the model after each third of the epoch, exported where forward/inverse look
+    # θ1, θ2, θ3 = the model after each third of the epoch, exported into the run's workdir
     per_third = max(1, third // c.train.global_batch_size)
     c.checkpoint.every = per_third
     c.checkpoint.keep = 3
-    c.export.snapshot_dir = run
+    c.export.snapshot_dir = ""
     c.export.snapshots = ",".join(f"theta{k}={k * per_third}" for k in (1, 2, 3))
   elif direction == "forward":
     c.model.path = os.path.join(run, "theta1")

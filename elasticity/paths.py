@@ -1,7 +1,14 @@
-"""Where the project's real shared artifacts live (data, tiny models, tokenizers).
+"""Where things live on disk: the shared artifacts, the local model checkpoints and the runs' root.
 
-One place decides it: ``$ELASTICITY_SHARED`` if set, else ``../shared`` relative to the project root
-(the folder holding ``setup.cfg``). Nothing is ever downloaded from here.
+Every location the project reads from the environment is decided here, by a function evaluated when
+it is called (never at import time, so a test or a runner may set the variable later):
+
+* `shared_dir`: ``$ELASTICITY_SHARED``, else ``../shared`` relative to the project root (the folder
+  holding ``setup.cfg``): data, tiny models, tokenizers. Nothing is ever downloaded from here.
+* `models_dir`: ``$ELASTICITY_MODELS``, else ``~/models``: local Hugging Face directories of the
+  paper's checkpoints (configs/models.py).
+* `runs_dir`: ``$ELASTICITY_RUNS``, else ``~/elasticity_runs``: where the paper presets of
+  configs/sft.py put a base run (``<runs_dir>/<model>-<dataset>``) and look for its θ exports.
 """
 
 from __future__ import annotations
@@ -20,6 +27,21 @@ def shared_dir() -> Path:
   if env:
     return Path(env).expanduser().resolve()
   return (PROJECT_ROOT / ".." / "shared").resolve()
+
+
+def _env_dir(name: str, default: str) -> Path:
+  env = os.environ.get(name)
+  return Path(env if env else default).expanduser().resolve()
+
+
+def models_dir() -> Path:
+  """``$ELASTICITY_MODELS`` (default ``~/models``): local checkpoints named after their hub repos."""
+  return _env_dir("ELASTICITY_MODELS", "~/models")
+
+
+def runs_dir() -> Path:
+  """``$ELASTICITY_RUNS`` (default ``~/elasticity_runs``): the root of the paper presets' base runs."""
+  return _env_dir("ELASTICITY_RUNS", "~/elasticity_runs")
 
 
 def shared_path(*parts: str) -> Path:

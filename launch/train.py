@@ -6,7 +6,13 @@
 
 Every process of a multi-host job runs this same command (launch/tpu/, launch/slurm/). Unknown or
 invalid config keys fail before anything is loaded or compiled, with a message naming the key. A
-run whose workdir already holds checkpoints continues from the latest one.
+run whose workdir already holds checkpoints continues from the latest one (the same config, up to
+the keys `elasticity.train.record.RESUMABLE_KEYS` lists); a finished one is left as it is.
+
+The launcher owns what is process-wide: ``jax_threefry_partitionable`` (random numbers that do not
+depend on the sharding) and the SIGTERM/SIGINT handlers (`elasticity.train.signals.StopOnSignal`:
+a preemption notice or Ctrl-C saves a checkpoint after the current step and exits with status 0
+and "preempted" in the log; run the same command again to continue).
 """
 
 from __future__ import annotations
@@ -34,9 +40,13 @@ def main(argv):
     config_lib.validate(cfg)
   except ValueError as e:
     raise app.UsageError(str(e)) from None
+  import jax
+  jax.config.update("jax_threefry_partitionable", True)
   from elasticity.train.loop import train
+  from elasticity.train.signals import StopOnSignal
   logging.info("config:\n%s", cfg)
-  result = train(cfg, _WORKDIR.value)
+  with StopOnSignal() as stop:
+    result = train(cfg, _WORKDIR.value, stop=stop)
   logging.info("%s at step %d/%d; export: %s", result.status, result.step, result.total_steps,
                result.export_dir)
 

@@ -108,3 +108,34 @@ def test_report_tables_write_strict_json_and_leave_no_temporary(tmp_path):
   with open(tmp_path / "r.csv", newline="") as f:
     assert list(csv.reader(f)) == [["a", "b", "c"], ["1", repr(0.1 + 0.2), ""], ["2", "", "x,y"]]
   assert sorted(p.name for p in tmp_path.iterdir()) == ["r.csv", "r.json"]
+
+
+def test_the_library_job_measures_without_the_launcher(checkpoints, tmp_path):
+  """`elasticity.compression_job` (what evaluators import; nothing from launch/): the same numbers as
+  `measure`, Δγ = model − baseline, and a bad key refused before anything is loaded."""
+  import sys
+  from elasticity import compression_job
+  sys.path.insert(0, str(ROOT))
+  from configs.compress import get_config
+  tok_path = require(paths.shared_path("models", "stories260K", "tok512.bin"))
+  model_dir, base_dir = checkpoints
+  cfg = get_config("truthfulqa")
+  cfg.update(dict(model=str(model_dir), baseline=str(base_dir), tokenizer=str(tok_path), limit=4,
+                  progress=False))
+  names = compression_job.validate(cfg, get_config())
+  result = compression_job.run(cfg, names)
+  records = load_dataset("truthfulqa", on_error="skip")[:4]
+  tok = load_tokenizer(tok_path)
+  want = {role: measure(load_pretrained(p), tok, records, max_length=512, batch_size=8)
+          for role, p in (("model", model_dir), ("baseline", base_dir))}
+  for row in result.rows:
+    assert row["bits_per_byte"] == pytest.approx(want[row["checkpoint"]].bits_per_byte, rel=1e-5)
+  (delta,) = result.deltas
+  assert delta["bits_per_byte"] == pytest.approx(
+      want["model"].bits_per_byte - want["baseline"].bits_per_byte, rel=1e-4, abs=1e-6)
+  compression_job.write_results(tmp_path, cfg, result)
+  assert json.loads((tmp_path / "results.json").read_text())["deltas"][0]["dataset"] == "truthfulqa"
+  bad = get_config()
+  bad.batch_size = 0
+  with pytest.raises(ValueError, match="config.batch_size"):
+    compression_job.validate(bad, get_config())

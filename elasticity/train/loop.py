@@ -3,17 +3,35 @@
     from elasticity.train.loop import train
     result = train(config, workdir)       # configs/sft.py:tiny → <workdir>/{checkpoints,hf,metrics.jsonl}
 
-What it does, in order: joins the other processes (`jax.distributed`), builds the mesh, loads the
-tokenizer, the data and the model on the host, creates the sharded train state (or restores the
-latest checkpoint — state, data position and RNG — so a restarted run continues exactly), jits the
-step once, then loops: a progress line every ``train.log_every`` steps (step, loss, tokens/s,
-estimated MFU, ETA), every step's metrics to ``metrics.jsonl`` and TensorBoard, compression rates on
-named datasets every ``eval.every`` steps, a checkpoint every ``checkpoint.every`` steps (keeping
-``checkpoint.keep``). SIGTERM/SIGINT (a TPU preemption notice, Ctrl-C, SLURM's time limit) saves a
-checkpoint and returns ``status="preempted"``; a non-finite loss raises `NonFiniteLossError` naming the
-step, leaving the last good checkpoint as it was. At the end the model is exported to
-``<workdir>/hf`` (a Hugging Face directory, with the run's tokenizer files); ``export.snapshots``
-names steps at which to export one too (``<export.snapshot_dir>/<name>``, e.g. the θ_k of a base run).
+`train` is safe to call many times in one process (an experiment runner trains one grid cell per
+call). What it does, in order:
+
+1. checks the config and the workdir: a workdir holding another run's ``config.json`` is refused
+   naming the first differing key; one holding ``DONE.json`` returns its stored `RunResult` at once,
+   loading nothing (`elasticity.train.record`);
+2. joins the other processes (`jax.distributed`), builds the mesh, writes ``config.json`` and
+   ``config.sha256``, and opens the checkpointer and the metric writer in one `contextlib.ExitStack`,
+   so an error anywhere later (loading the model, the reference, the eval data) closes them;
+3. **data**: tokenizer, examples, the resumable batch stream and the run's length;
+4. **init or restore**: the sharded train state from the pretrained (or random) weights, or the
+   latest checkpoint — state, data position and RNG — so a restarted run continues exactly;
+5. **reference** (DPO, KTO): the reference model's parameters, or its log-probs precomputed once and
+   cached in the workdir;
+6. the train step, jitted once per process for a given model structure, objective, optimizer,
+   mesh and shardings (`elasticity.train.compiled`): a second run of the same shapes compiles nothing;
+7. the loop: every step's metrics to ``metrics.jsonl`` and TensorBoard and to ``on_step``, a progress
+   line every ``train.log_every`` steps (step, loss, tokens/s, estimated MFU, ETA), compression
+   rates on named datasets every ``eval.every`` steps, a checkpoint every ``checkpoint.every`` steps
+   (keeping ``checkpoint.keep``), HF snapshots at the steps the **snapshot plan** names;
+8. the export to ``<workdir>/hf`` (a Hugging Face directory with the run's tokenizer files), then
+   ``DONE.json``, written last.
+
+Stopping: the caller passes ``stop``, a callable polled after every step (any process's request
+stops all of them); `elasticity.train.signals.StopOnSignal` turns SIGTERM/SIGINT into one, and
+``launch/train.py`` installs it. A stop saves a checkpoint and returns ``status="preempted"`` — the
+caller must not treat that run as finished. A non-finite loss raises `NonFiniteLossError` naming the
+step, leaving the last good checkpoint as it was. ``export.snapshots`` names steps at which to export
+the model too (``<export.snapshot_dir or the workdir>/<name>``, e.g. the θ_k of a base run).
 
 Metrics are read one step late (the host reads step N−1's numbers while the device runs step N), and
 the step itself refuses a non-finite update, so a bad batch never reaches the parameters.
@@ -21,13 +39,11 @@ the step itself refuses a non-finite update, so a bad batch never reaches the pa
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
-import signal
-import threading
 import time
 from collections.abc import Callable, Mapping
-from pathlib import Path
 from typing import Any
 
 import jax
@@ -36,17 +52,17 @@ import numpy as np
 from absl import logging
 
 from elasticity import sharding as shd
+from elasticity.train import compiled
 from elasticity.train import config as config_lib
 from elasticity.train import metrics as metrics_lib
+from elasticity.train import record
 from elasticity.train import reference
 from elasticity.train.checkpoint import Checkpointer
 from elasticity.train.data import BatchStream, load_examples, select
-from elasticity.train.losses import objective_from_config
+from elasticity.train.losses import Objective, objective_from_config
 from elasticity.train.optimizer import make_optimizer
-from elasticity.train.step import (batch_shardings, init_train_state, make_train_step, split_params,
-                                   state_shardings, with_shardings)
-
-_DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
+from elasticity.train.step import (batch_shardings, init_train_state, make_opt_init, make_train_step,
+                                   split_params, state_shardings, with_shardings)
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -63,6 +79,7 @@ class NonFiniteLossError(FloatingPointError):
 
 @dataclasses.dataclass
 class RunResult:
+  """What `train` returns, and what ``DONE.json`` stores for a completed run."""
   status: str                  # "completed" | "preempted"
   step: int                    # optimizer steps done
   total_steps: int
@@ -71,37 +88,18 @@ class RunResult:
   last: dict[str, float] = dataclasses.field(default_factory=dict)
 
 
-class _Stop:
-  """SIGTERM/SIGINT → a flag the loop polls after each step (handlers restored on exit)."""
-
-  def __init__(self):
-    self.requested = False
-    self._old: dict[int, Any] = {}
-
-  def __enter__(self):
-    if threading.current_thread() is threading.main_thread():
-      for sig in (signal.SIGTERM, signal.SIGINT):
-        self._old[sig] = signal.signal(sig, self._handle)
-    return self
-
-  def _handle(self, signum, frame):
-    del frame
-    logging.warning("received signal %d: saving a checkpoint after this step, then exiting", signum)
-    self.requested = True
-
-  def __exit__(self, *exc):
-    for sig, old in self._old.items():
-      signal.signal(sig, old)
-
-
 def _on_host():
   """A context placing new arrays in host memory (the CPU backend), if JAX has one here."""
-  import contextlib
   try:
     return jax.default_device(jax.local_devices(backend="cpu")[0])
   except RuntimeError:   # e.g. JAX_PLATFORMS=tpu: no CPU backend
     logging.warning("no CPU backend: the checkpoint is read onto the default device")
     return contextlib.nullcontext()
+
+
+def _dtypes(cfg) -> tuple[jnp.dtype, jnp.dtype]:
+  """(compute dtype, parameter dtype) of ``config.model``."""
+  return jnp.dtype(cfg.model.dtype), jnp.dtype(cfg.model.param_dtype)
 
 
 def _load_model(cfg, tokenizer_path: str | None, weights: bool = True):
@@ -111,7 +109,7 @@ def _load_model(cfg, tokenizer_path: str | None, weights: bool = True):
   parameters from the train-state checkpoint.
   """
   from elasticity.models import abstract_model, load_config, load_pretrained
-  dtype, pdtype = _DTYPES[cfg.model.dtype], _DTYPES[cfg.model.param_dtype]
+  dtype, pdtype = _dtypes(cfg)
   remat = None if cfg.model.remat == "none" else cfg.model.remat
   if cfg.model.random_init:
     from elasticity.models.presets import preset_config
@@ -170,11 +168,13 @@ def _log_kto_balance(examples, objective) -> None:
 class _Evaluator:
   """Compression rates of the current model on the configured datasets (the elasticity signal).
 
-  Uses `elasticity.compression.measure` (bits/token, bits/byte, normalized γ).
+  Uses `elasticity.compression.measure` (bits/token, bits/byte, normalized γ). The scorer (and so
+  its compiled functions) is shared by every run with the same model structure, mesh and rules.
   """
 
   def __init__(self, cfg, tokenizer, mesh):
     self.datasets = {}
+    self.scorer = None
     if cfg.eval.every <= 0 or not cfg.eval.datasets:
       return
     from elasticity import data
@@ -182,24 +182,20 @@ class _Evaluator:
       records = data.load_dataset(ds.name, ds.get("split") or None, **dict(ds.get("load_kwargs") or {}))
       self.datasets[name] = (select(records, ds), ds.get("template", "plain"))
     self.cfg, self.tokenizer, self.mesh = cfg, tokenizer, mesh
-    self.scorer = None
 
   def __call__(self, model) -> dict[str, float]:
     if not self.datasets:
       return {}
-    try:
-      from elasticity import compression
-    except ImportError as e:
-      logging.log_first_n(logging.WARNING, "eval skipped: elasticity.compression unavailable (%s)", 1, e)
-      return {}
-    if self.scorer is None:
-      # The training rules, so the scorer's parameter shardings equal the train state's and
-      # `update` places nothing (no second copy of the model).
-      rules = tuple(tuple(r) for r in self.cfg.sharding.rules)
-      self.scorer = compression.Scorer(model, mesh=self.mesh, rules=rules,
-                                       chunk_size=self.cfg.objective.chunk_size)
-    else:
-      self.scorer.update(model)
+    from elasticity import compression
+    # The training rules, so the scorer's parameter shardings equal the train state's and
+    # `update` places nothing (no second copy of the model).
+    rules = compiled.hashable(self.cfg.sharding.rules)
+    chunk = self.cfg.objective.chunk_size
+    graphdef, _ = split_params(model)
+    self.scorer = compiled.get(
+        ("scorer", graphdef, self.mesh, rules, chunk),
+        lambda: compression.Scorer(model, mesh=self.mesh, rules=rules, chunk_size=chunk))
+    self.scorer.update(model)
     out = {}
     for name, (records, template) in self.datasets.items():
       rep = compression.measure(self.scorer, self.tokenizer, records, max_length=self.cfg.eval.max_length,
@@ -209,33 +205,71 @@ class _Evaluator:
       out[f"{name}/normalized"] = rep.normalized
     return out
 
+  def release(self) -> None:
+    """Drop the scorer's hold on this run's parameters (the cached scorer outlives the run)."""
+    if self.scorer is not None:
+      self.scorer.params = None
+      self.scorer = None
 
-def train(cfg, workdir: str | os.PathLike, *,
-          batch_transform: Callable[[int, dict], dict] | None = None,
-          evaluator: Callable[[Any], Mapping[str, float]] | None = None) -> RunResult:
-  """Run (or continue) the training described by ``cfg`` in ``workdir``.
 
-  ``batch_transform(step, batch)`` may rewrite each host batch before it is placed (tests inject
-  faults with it); ``evaluator(model) -> {name: value}`` replaces the compression-rate evaluation.
-  """
-  jax.config.update("jax_threefry_partitionable", True)
-  config_lib.validate(cfg)
+# --------------------------------------------------------------------------------------------------
+# The steps of a run
+# --------------------------------------------------------------------------------------------------
+
+
+def _workdir(workdir: str | os.PathLike) -> str:
   if "://" in os.fspath(workdir):
     raise ValueError(f"workdir {os.fspath(workdir)!r}: a URL; the workdir must be a file-system path "
                      "all processes see (mount the bucket, e.g. with gcsfuse, or use NFS/Filestore)")
-  workdir = os.path.abspath(os.fspath(workdir))
-  os.makedirs(workdir, exist_ok=True)
+  return os.path.abspath(os.fspath(workdir))
+
+
+def _finished(workdir: str) -> RunResult | None:
+  """The stored result of a completed run in ``workdir`` (paths rebased if the folder moved)."""
+  fields = record.read_done(workdir)
+  if fields is None:
+    return None
+  names = {f.name for f in dataclasses.fields(RunResult)}
+  missing = sorted(n for n in ("status", "step", "total_steps", "workdir") if n not in fields)
+  if missing:
+    raise ValueError(f"{os.path.join(workdir, record.DONE_FILE)}: missing field(s) {missing}")
+  result = RunResult(**{k: v for k, v in fields.items() if k in names})
+  old = result.workdir
+  if old != workdir:
+    if result.export_dir and os.path.commonpath([old, result.export_dir]) == old:
+      result.export_dir = os.path.join(workdir, os.path.relpath(result.export_dir, old))
+    result.workdir = workdir
+  logging.info("%s: completed before (%d steps); not trained or exported again", workdir, result.step)
+  return result
+
+
+def _join_and_mesh(cfg) -> tuple[Any, tuple]:
+  """Join the other processes, build the mesh, check the batch fits it; ``(mesh, rules)``."""
   d = cfg.distributed
   shd.initialize_distributed(d.coordinator_address or None, d.num_processes or None,
                              d.process_id if d.process_id >= 0 else None)
   mesh = shd.mesh_from_config(cfg.mesh)
-  rules = tuple(tuple(r) for r in cfg.sharding.rules)
+  rules = compiled.hashable(cfg.sharding.rules)
   logging.info("mesh %s over %d devices (%d processes)", dict(mesh.shape), mesh.size, jax.process_count())
   if cfg.train.global_batch_size % (shd.batch_divisor(mesh, rules) * cfg.train.num_microbatches):
     raise ValueError(f"config.train.global_batch_size={cfg.train.global_batch_size} is not a multiple "
                      f"of num_microbatches ({cfg.train.num_microbatches}) × batch shards "
                      f"({shd.batch_divisor(mesh, rules)})")
+  return mesh, rules
 
+
+@dataclasses.dataclass
+class _Data:
+  tokenizer: Any
+  objective: Objective
+  kind: str
+  examples: Any
+  stream: BatchStream
+  total_steps: int
+
+
+def _data(cfg) -> _Data:
+  """Tokenizer, objective, examples and the batch stream; the run's length in optimizer steps."""
   from elasticity.tokenizers import load_tokenizer
   tokenizer = load_tokenizer(_tokenizer_path(cfg))
   objective = objective_from_config(cfg.objective)
@@ -248,185 +282,312 @@ def train(cfg, workdir: str | os.PathLike, *,
                        kind=kind, pack=cfg.data.pack, pad_id=tokenizer.pad_id, seed=cfg.seed,
                        shuffle=cfg.data.shuffle, drop_last=cfg.data.drop_last)
   total_steps = cfg.train.num_steps or cfg.train.num_epochs * stream.batches_per_epoch
+  return _Data(tokenizer, objective, kind, examples, stream, total_steps)
 
-  ckpt = Checkpointer(os.path.join(workdir, "checkpoints"), every=cfg.checkpoint.every,
-                      keep=cfg.checkpoint.keep, async_save=cfg.checkpoint.async_save)
+
+@dataclasses.dataclass
+class _Model:
+  graphdef: Any
+  abstract: Any                # the abstract model (config, structure)
+  abstract_state: Any
+  shardings: Any
+  tx: Any
+  schedule: Callable
+  state: Any
+  host_params: Any             # the pretrained weights on the host, if they were read
+  tokens_seen: int
+  start_step: int = 0          # the step this call started from (0, or the restored checkpoint's)
+
+
+def _random_init(cfg, shardings) -> Callable[[], Any]:
+  """The jitted random initialiser of ``model.random_init`` (cached per preset, dtypes and seed)."""
+  from elasticity.models import create_model
+  from elasticity.models.presets import preset_config
+  mcfg = preset_config(cfg.model.random_init)
+  dtype, pdtype = _dtypes(cfg)
+  seed = int(cfg.seed)
+
+  def build():
+    return jax.jit(lambda: split_params(create_model(mcfg, dtype=dtype, param_dtype=pdtype,
+                                                     seed=seed))[1],
+                   out_shardings=shardings["params"])
+  return compiled.get(("random_init", cfg.model.random_init, dtype, pdtype, seed,
+                       compiled.tree_key(shardings["params"])), build)
+
+
+def _init_or_restore(cfg, ckpt: Checkpointer, data: _Data, mesh, rules, needs_weights: bool) -> _Model:
+  """The sharded train state: restored from the latest checkpoint, or created from the weights.
+
+  The pretrained weights are read only if something needs them: a fresh run's initial state, or
+  (``needs_weights``) a reference model that is the initial policy and has no cached table.
+  """
   resuming = ckpt.latest_step() is not None
-  precomputed = objective.uses_reference and cfg.objective.reference == "precomputed"
-  ref_fp = reference.fingerprint(cfg)
-  ref_table = reference.load(workdir, ref_fp) if precomputed else None
-  # The pretrained weights are read only if something needs them: a fresh run's initial state, or
-  # a reference model that is the initial policy and has no cached table.
-  needs_initial_ref = objective.uses_reference and not cfg.reference.path and ref_table is None
-  model, abstract = _load_model(cfg, _tokenizer_path(cfg),
-                                weights=not resuming or needs_initial_ref)
+  model, abstract = _load_model(cfg, _tokenizer_path(cfg), weights=not resuming or needs_weights)
   graphdef, _ = split_params(abstract)
-  tx, schedule = make_optimizer(cfg.optimizer, total_steps)
+  tx, schedule = make_optimizer(cfg.optimizer, data.total_steps)
   abstract_state, shardings = state_shardings(abstract, tx, mesh, rules)
   host_params = split_params(model)[1] if model is not None else None
   tokens_seen = 0
   if resuming:
     step, state, data_state, meta = ckpt.restore(with_shardings(abstract_state, shardings))
-    stream.restore(data_state)
+    data.stream.restore(data_state)
     tokens_seen = int(meta.get("tokens_seen", 0))
     logging.info("resumed at step %d (data position %s)", step, data_state)
   else:
-    if host_params is not None:
-      init = host_params
-    else:
-      from elasticity.models import create_model
-      from elasticity.models.presets import preset_config
-      mcfg = preset_config(cfg.model.random_init)
-      init = lambda: split_params(create_model(mcfg, dtype=_DTYPES[cfg.model.dtype],
-                                               param_dtype=_DTYPES[cfg.model.param_dtype],
-                                               seed=cfg.seed))[1]
-    state = init_train_state(init, tx, shardings, cfg.seed)
+    opt_key = compiled.optimizer_key(cfg.optimizer, data.total_steps)
+    opt_init = compiled.get(("opt_init", opt_key, compiled.tree_key(shardings["opt_state"])),
+                            lambda: make_opt_init(tx, shardings))
+    init = host_params if host_params is not None else _random_init(cfg, shardings)()
+    state = init_train_state(init, tx, shardings, cfg.seed, opt_init=opt_init)
+  return _Model(graphdef, abstract, abstract_state, shardings, tx, schedule, state, host_params,
+                tokens_seen)
 
-  # Reference model (DPO, KTO): the initial policy unless reference.path says otherwise; not needed
-  # at all when its log-probs are precomputed and cached (`elasticity.train.reference`).
-  ref_params = ref_graphdef = None
-  if objective.uses_reference and ref_table is None:
+
+@dataclasses.dataclass
+class _Reference:
+  table: reference.Table | None = None   # precomputed log-probs (then no reference model)
+  graphdef: Any = None
+  params: Any = None
+
+
+def _reference(cfg, data: _Data, m: _Model, mesh, rules, workdir: str, ref: _Reference,
+               b_sh: dict) -> _Reference:
+  """The reference model (DPO, KTO): the initial policy unless ``reference.path`` says otherwise;
+  not needed at all when its log-probs are precomputed and cached (`elasticity.train.reference`).
+
+  ``ref`` holds the cached table, if `reference.load` found one; ``b_sh`` (the batch shardings) gets
+  the precomputed fields' shardings.
+  """
+  objective = data.objective
+  precomputed = objective.uses_reference and cfg.objective.reference == "precomputed"
+  if objective.uses_reference and ref.table is None:
     if cfg.reference.path:
+      from elasticity.models import load_pretrained
+      dtype, pdtype = _dtypes(cfg)
       with _on_host():
-        from elasticity.models import load_pretrained
-        ref_model = load_pretrained(cfg.reference.path, dtype=_DTYPES[cfg.model.dtype],
-                                    param_dtype=_DTYPES[cfg.model.param_dtype],
+        ref_model = load_pretrained(cfg.reference.path, dtype=dtype, param_dtype=pdtype,
                                     tokenizer=_tokenizer_path(cfg))
       ref_host = split_params(ref_model)[1]
     else:
-      if host_params is None:
+      if m.host_params is None:
         raise ValueError("config.reference.path: required with model.random_init")
-      ref_host = host_params
-    ref_graphdef = graphdef
-    ref_params = shd.host_to_global(ref_host, shardings["params"])
-  first = {k: v for k, v in stream._epoch_batches(stream.epoch)[0].items() if k != "example_id"}
-  b_sh = batch_shardings(first, mesh, rules)
-  if precomputed and ref_table is None:
-    ref_table = reference.precompute(objective, ref_graphdef, ref_params, examples, cfg, tokenizer,
-                                     mesh, shardings["params"], rules, kind)
-    reference.save(workdir, ref_table, ref_fp)
+      ref_host = m.host_params
+    ref.graphdef = m.graphdef
+    ref.params = shd.host_to_global(ref_host, m.shardings["params"])
+  if precomputed and ref.table is None:
+    ref.table = reference.precompute(objective, ref.graphdef, ref.params, data.examples, cfg,
+                                     data.tokenizer, mesh, m.shardings["params"], rules, data.kind)
+    reference.save(workdir, ref.table, reference.fingerprint(cfg))
   if precomputed:
-    ref_params = ref_graphdef = None
-    b_sh.update({k: shd.batch_sharding(mesh, 1, rules) for k in reference.keys(ref_table)})
+    ref.params = ref.graphdef = None
+    b_sh.update({k: shd.batch_sharding(mesh, 1, rules) for k in reference.keys(ref.table)})
+  return ref
 
-  train_step = make_train_step(graphdef, objective, tx, schedule, mesh, shardings, b_sh,
-                               num_microbatches=cfg.train.num_microbatches,
-                               ref_graphdef=ref_graphdef, ref_shardings=shardings["params"]
-                               if ref_graphdef is not None else None, rules=rules)
 
-  writer = metrics_lib.MetricWriter(workdir, tensorboard=cfg.metrics.tensorboard)
-  evaluate = evaluator if evaluator is not None else _Evaluator(cfg, tokenizer, mesh)
-  seq_len = cfg.data.max_length
-  n_params = _n_params(abstract_state["params"])
-  flops_per_token = metrics_lib.train_flops_per_token(n_params, abstract.config.num_layers,
-                                                      abstract.config.hidden_size, seq_len)
-  peak = metrics_lib.peak_flops_per_device(cfg.metrics.peak_flops)
-  step = int(jax.device_get(state["step"]))
-  start_step = step
-  last: dict[str, float] = {}
-  window = {"t": time.perf_counter(), "tokens": 0, "steps": 0}
-  t_start = time.perf_counter()
-  pending: tuple[int, Any, int] | None = None
+def _train_step(cfg, data: _Data, m: _Model, mesh, rules, b_sh, ref: _Reference) -> Callable:
+  """The jitted step, shared by every run of this process with the same key."""
+  key = ("train_step", m.graphdef, data.objective, compiled.optimizer_key(cfg.optimizer, data.total_steps),
+         mesh, rules, compiled.tree_key(m.shardings), compiled.tree_key(b_sh),
+         int(cfg.train.num_microbatches), ref.graphdef)
+  return compiled.get(key, lambda: make_train_step(
+      m.graphdef, data.objective, m.tx, m.schedule, mesh, m.shardings, b_sh,
+      num_microbatches=cfg.train.num_microbatches, ref_graphdef=ref.graphdef,
+      ref_shardings=m.shardings["params"] if ref.graphdef is not None else None, rules=rules))
 
-  def meta() -> dict[str, Any]:
-    return {"tokens_seen": tokens_seen, "total_steps": total_steps, "objective": objective.name,
-            "model": cfg.model.path or cfg.model.random_init, "mesh": dict(mesh.shape)}
 
-  def consume(entry) -> None:
-    nonlocal last
-    s, m, ntok = entry
-    m = {k: float(v) for k, v in jax.device_get(m).items()}
-    if not m.pop("finite"):
-      ckpt.wait()
-      writer.write(s, m)
-      raise NonFiniteLossError(s, m["loss"], m["grad_norm"], ckpt.latest_step(), ckpt.directory)
-    writer.write(s, {**m, "tokens": ntok})
-    last = m
-    window["tokens"] += ntok
-    window["steps"] += 1
-    if s % cfg.train.log_every == 0 or s == total_steps:
-      now = time.perf_counter()
-      dt = max(now - window["t"], 1e-9)
-      tps = window["tokens"] / dt
-      step_time = dt / max(window["steps"], 1)
-      mfu = (flops_per_token * tps / (peak * jax.device_count())) if peak else None
-      eta = (total_steps - s) * step_time
-      logging.info("step %d/%d  loss %.4f  tokens/s %.0f  MFU %s  ETA %s", s, total_steps, m["loss"],
-                   tps, f"{100 * mfu:.1f}%" if mfu is not None else "n/a", _hms(eta))
-      writer.write(s, {"tokens_per_s": tps, "step_time_s": step_time,
-                       **({"mfu": mfu} if mfu is not None else {})}, kind="perf")
-      window.update(t=now, tokens=0, steps=0)
-
+def _snapshot_plan(cfg, total_steps: int) -> dict[int, list[str]]:
+  """``{step: [snapshot names]}`` from ``export.snapshots``; steps past the run are dropped (warned)."""
   snapshots: dict[int, list[str]] = {}
   for name, at in config_lib.parse_snapshots(cfg.export.snapshots).items():
     if at > total_steps:
       logging.warning("config.export.snapshots.%s: step %d is past the run's %d steps; not written",
                       name, at, total_steps)
+      continue
     snapshots.setdefault(int(at), []).append(name)
-  snapshot_dir = cfg.export.snapshot_dir or workdir
+  return snapshots
 
-  final_gather: list[Any] = []   # [model] once the last step's parameters are on the host
-  status = "completed"
-  try:
-    with _Stop() as stop:
-      while step < total_steps:
-        host = next(stream)
-        if ref_table is not None:
-          host = reference.attach(host, ref_table)
-        host = dict(host)
-        host.pop("example_id", None)
-        if batch_transform is not None:
-          host = batch_transform(step + 1, host)
-        batch = shd.global_batch(host, mesh, rules)
-        if ref_params is not None:
-          state, m = train_step(state, batch, ref_params)
-        else:
-          state, m = train_step(state, batch)
-        step += 1
-        ntok = _real_tokens(host)
-        tokens_seen += ntok
-        if pending is not None:
-          consume(pending)
-        pending = (step, m, ntok)
-        preempt = _agree(stop.requested) or ckpt.reached_preemption(step)
-        eval_due = cfg.eval.every > 0 and step % cfg.eval.every == 0
-        if ckpt.should_save(step) or step == total_steps or preempt or eval_due:
-          consume(pending)
-          pending = None
-        if eval_due:
-          _run_eval(evaluate, graphdef, state, step, writer)
-        if ckpt.should_save(step) or preempt:
-          ckpt.save(step, state, stream.state(), meta(), wait=preempt)
-        if step in snapshots:
-          host_model = gather_model(graphdef, state["params"])
-          for name in snapshots[step]:
-            out = save_export(host_model, os.path.join(snapshot_dir, name),
-                              dtype=cfg.export.dtype or None, tokenizer=tokenizer)
-            logging.info("step %d: snapshot %r exported to %s", step, name, out)
-          if step == total_steps:   # a base run's θ3: the final export reuses this gather
-            final_gather = [host_model]
-        if preempt:
-          status = "preempted"
-          logging.warning("stopped at step %d on a signal; checkpoint saved in %s", step, ckpt.directory)
-          break
-      if pending is not None:
-        consume(pending)
-        pending = None
-    if status == "completed":
-      ckpt.save(step, state, stream.state(), meta(), wait=True)
-    ckpt.wait()
-  finally:
-    writer.close()
-    ckpt.close()
+
+class _StepLog:
+  """Consumes each step's metrics: ``metrics.jsonl``/TensorBoard, the progress line, ``on_step``.
+
+  A non-finite step raises `NonFiniteLossError` (after the checkpointer has finished writing).
+  """
+
+  def __init__(self, writer, ckpt: Checkpointer, total_steps: int, log_every: int,
+               flops_per_token: float, peak: float | None,
+               on_step: Callable[[int, int, dict], None] | None):
+    self.writer, self.ckpt, self.total_steps, self.log_every = writer, ckpt, total_steps, log_every
+    self.flops_per_token, self.peak, self.on_step = flops_per_token, peak, on_step
+    self.last: dict[str, float] = {}
+    self.window = {"t": time.perf_counter(), "tokens": 0, "steps": 0}
+
+  def __call__(self, entry: tuple[int, Any, int]) -> None:
+    s, m, ntok = entry
+    m = {k: float(v) for k, v in jax.device_get(m).items()}
+    if not m.pop("finite"):
+      self.ckpt.wait()
+      self.writer.write(s, m)
+      raise NonFiniteLossError(s, m["loss"], m["grad_norm"], self.ckpt.latest_step(),
+                               self.ckpt.directory)
+    self.writer.write(s, {**m, "tokens": ntok})
+    self.last = m
+    if self.on_step is not None:
+      self.on_step(s, self.total_steps, dict(m))
+    w = self.window
+    w["tokens"] += ntok
+    w["steps"] += 1
+    if s % self.log_every == 0 or s == self.total_steps:
+      now = time.perf_counter()
+      dt = max(now - w["t"], 1e-9)
+      tps = w["tokens"] / dt
+      step_time = dt / max(w["steps"], 1)
+      mfu = (self.flops_per_token * tps / (self.peak * jax.device_count())) if self.peak else None
+      eta = (self.total_steps - s) * step_time
+      logging.info("step %d/%d  loss %.4f  tokens/s %.0f  MFU %s  ETA %s", s, self.total_steps,
+                   m["loss"], tps, f"{100 * mfu:.1f}%" if mfu is not None else "n/a", _hms(eta))
+      self.writer.write(s, {"tokens_per_s": tps, "step_time_s": step_time,
+                            **({"mfu": mfu} if mfu is not None else {})}, kind="perf")
+      w.update(t=now, tokens=0, steps=0)
+
+
+# --------------------------------------------------------------------------------------------------
+# train
+# --------------------------------------------------------------------------------------------------
+
+
+def train(cfg, workdir: str | os.PathLike, *,
+          batch_transform: Callable[[int, dict], dict] | None = None,
+          evaluator: Callable[[Any], Mapping[str, float]] | None = None,
+          stop: Callable[[], bool] | None = None,
+          on_step: Callable[[int, int, dict], None] | None = None) -> RunResult:
+  """Run (or continue) the training described by ``cfg`` in ``workdir`` (see the module docstring).
+
+  ``batch_transform(step, batch)`` may rewrite each host batch before it is placed (tests inject
+  faults with it); ``evaluator(model) -> {name: value}`` replaces the compression-rate evaluation;
+  ``stop()`` is polled after every step (True: checkpoint and return ``status="preempted"``);
+  ``on_step(step, total_steps, metrics)`` is called with every step's metrics as they are read.
+  """
+  config_lib.validate(cfg)
+  workdir = _workdir(workdir)
+  record.check_config(workdir, cfg)        # another run's workdir: refused before anything loads
+  done = _finished(workdir)
+  if done is not None:
+    return done
+  os.makedirs(workdir, exist_ok=True)
+  mesh, rules = _join_and_mesh(cfg)
+  fingerprint = record.write_config(workdir, cfg)
+  t_start = time.perf_counter()
+
+  with contextlib.ExitStack() as stack:
+    ckpt = Checkpointer(os.path.join(workdir, "checkpoints"), every=cfg.checkpoint.every,
+                        keep=cfg.checkpoint.keep, async_save=cfg.checkpoint.async_save)
+    stack.callback(ckpt.close)
+    writer = metrics_lib.MetricWriter(workdir, tensorboard=cfg.metrics.tensorboard)
+    stack.callback(writer.close)
+
+    data = _data(cfg)
+    objective = data.objective
+    precomputed = objective.uses_reference and cfg.objective.reference == "precomputed"
+    ref = _Reference(table=reference.load(workdir, reference.fingerprint(cfg)) if precomputed else None)
+    m = _init_or_restore(cfg, ckpt, data, mesh, rules, needs_weights=(
+        objective.uses_reference and not cfg.reference.path and ref.table is None))
+    first = {k: v for k, v in data.stream._epoch_batches(data.stream.epoch)[0].items()
+             if k != "example_id"}
+    b_sh = batch_shardings(first, mesh, rules)
+    ref = _reference(cfg, data, m, mesh, rules, workdir, ref, b_sh)
+    m.host_params = None                   # the host copy is not needed any more
+    train_step = _train_step(cfg, data, m, mesh, rules, b_sh, ref)
+
+    if evaluator is None:
+      evaluator = _Evaluator(cfg, data.tokenizer, mesh)
+      stack.callback(evaluator.release)
+    n_params = _n_params(m.abstract_state["params"])
+    log = _StepLog(writer, ckpt, data.total_steps, cfg.train.log_every,
+                   metrics_lib.train_flops_per_token(n_params, m.abstract.config.num_layers,
+                                                     m.abstract.config.hidden_size, cfg.data.max_length),
+                   metrics_lib.peak_flops_per_device(cfg.metrics.peak_flops), on_step)
+    snapshots = _snapshot_plan(cfg, data.total_steps)
+    status, step, state, final_gather = _loop(
+        cfg, data, m, mesh, rules, ckpt, writer, log, train_step, ref, snapshots,
+        cfg.export.snapshot_dir or workdir, evaluator, batch_transform, stop)
 
   export_dir = None
   if status == "completed" and cfg.export.hf:
-    host_model = final_gather[0] if final_gather else gather_model(graphdef, state["params"])
+    host_model = final_gather[0] if final_gather else gather_model(m.graphdef, state["params"])
     export_dir = save_export(host_model, os.path.join(workdir, "hf"), dtype=cfg.export.dtype or None,
-                             tokenizer=tokenizer)
+                             tokenizer=data.tokenizer)
   elapsed = time.perf_counter() - t_start
-  logging.info("%s: %d steps (%d this run) in %s", status, step, step - start_step, _hms(elapsed))
-  return RunResult(status, step, total_steps, workdir, export_dir, last)
+  logging.info("%s: %d steps (%d this run) in %s", status, step, step - m.start_step, _hms(elapsed))
+  result = RunResult(status, step, data.total_steps, workdir, export_dir, log.last)
+  if status == "completed":
+    record.write_done(workdir, {**dataclasses.asdict(result), "fingerprint": fingerprint})
+  return result
+
+
+def _loop(cfg, data: _Data, m: _Model, mesh, rules, ckpt: Checkpointer, writer, log: _StepLog,
+          train_step: Callable, ref: _Reference, snapshots: dict[int, list[str]], snapshot_dir: str,
+          evaluate, batch_transform, stop) -> tuple[str, int, Any, list]:
+  """The steps from the state's step to the end (or a stop): ``(status, step, state, [the final
+  host model, if a last-step snapshot gathered it])``. Saves the final checkpoint."""
+  state, stream, total_steps = m.state, data.stream, data.total_steps
+  m.state = None                             # donated by the first step: hold no stale reference
+  tokens_seen = m.tokens_seen
+  step = int(jax.device_get(state["step"]))
+  m.start_step = step
+  pending: tuple[int, Any, int] | None = None
+
+  def meta() -> dict[str, Any]:
+    return {"tokens_seen": tokens_seen, "total_steps": total_steps, "objective": data.objective.name,
+            "model": cfg.model.path or cfg.model.random_init, "mesh": dict(mesh.shape)}
+
+  final_gather: list[Any] = []   # [model] once the last step's parameters are on the host
+  status = "completed"
+  while step < total_steps:
+    host = next(stream)
+    if ref.table is not None:
+      host = reference.attach(host, ref.table)
+    host = dict(host)
+    host.pop("example_id", None)
+    if batch_transform is not None:
+      host = batch_transform(step + 1, host)
+    batch = shd.global_batch(host, mesh, rules)
+    if ref.params is not None:
+      state, metrics = train_step(state, batch, ref.params)
+    else:
+      state, metrics = train_step(state, batch)
+    step += 1
+    ntok = _real_tokens(host)
+    tokens_seen += ntok
+    if pending is not None:
+      log(pending)
+    pending = (step, metrics, ntok)
+    preempt = _agree(bool(stop()) if stop is not None else False) or ckpt.reached_preemption(step)
+    eval_due = cfg.eval.every > 0 and step % cfg.eval.every == 0
+    if ckpt.should_save(step) or step == total_steps or preempt or eval_due:
+      log(pending)
+      pending = None
+    if eval_due:
+      _run_eval(evaluate, m.graphdef, state, step, writer)
+    if ckpt.should_save(step) or preempt:
+      ckpt.save(step, state, stream.state(), meta(), wait=preempt)
+    if step in snapshots:
+      host_model = gather_model(m.graphdef, state["params"])
+      for name in snapshots[step]:
+        out = save_export(host_model, os.path.join(snapshot_dir, name),
+                          dtype=cfg.export.dtype or None, tokenizer=data.tokenizer)
+        logging.info("step %d: snapshot %r exported to %s", step, name, out)
+      if step == total_steps:   # a base run's θ3: the final export reuses this gather
+        final_gather = [host_model]
+    if preempt:
+      status = "preempted"
+      logging.warning("stopped at step %d on request; checkpoint saved in %s", step, ckpt.directory)
+      break
+  if pending is not None:
+    log(pending)
+  if status == "completed":
+    ckpt.save(step, state, stream.state(), meta(), wait=True)
+  ckpt.wait()
+  return status, step, state, final_gather
 
 
 def gather_model(graphdef, params):

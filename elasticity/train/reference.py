@@ -3,8 +3,8 @@
 With ``objective.reference = "precomputed"`` the reference model's sequence log-probs of every
 training example (for KTO also of its mismatched KL sequence) are computed once before training and
 the reference model is freed. The table is saved to ``<workdir>/reference_logps.npz`` (process 0,
-atomically) with a fingerprint of what it depends on — reference checkpoint, tokenizer, dtypes,
-objective and data selection — so that a restarted run reuses it: the same numbers (exact resume)
+atomically, through `elasticity.atomic`) with a fingerprint of what it depends on — reference
+checkpoint, tokenizer, dtypes, objective and data selection — so that a restarted run reuses it: the same numbers (exact resume)
 without loading the reference model again. A table whose fingerprint differs is recomputed.
 """
 
@@ -19,7 +19,9 @@ import jax
 import numpy as np
 from absl import logging
 
+from elasticity import atomic
 from elasticity import sharding as shd
+from elasticity.train import compiled
 from elasticity.train.data import BatchStream
 from elasticity.train.step import batch_shardings, make_reference_fn
 
@@ -49,7 +51,10 @@ def precompute(objective, ref_graphdef, ref_params, examples, cfg, tokenizer, me
   batches = [{k: v for k, v in b.items()} for b in stream._epoch_batches(0)]
   ids = [b.pop("example_id") for b in batches]
   b_sh = batch_shardings(batches[0], mesh, rules)
-  fn = make_reference_fn(ref_graphdef, objective, mesh, param_shardings, b_sh)
+  key = ("reference_fn", ref_graphdef, objective, mesh, compiled.tree_key(param_shardings),
+         compiled.tree_key(b_sh))
+  fn = compiled.get(key, lambda: make_reference_fn(ref_graphdef, objective, mesh, param_shardings,
+                                                   b_sh))
   table: Table = {}
   for b, row_ids in zip(batches, ids):
     out = jax.device_get(fn(ref_params, shd.global_batch(b, mesh, rules)))
@@ -61,15 +66,14 @@ def precompute(objective, ref_graphdef, ref_params, examples, cfg, tokenizer, me
 
 
 def save(workdir: str, table: Table, fp: str) -> None:
-  """Write the table (process 0 only), atomically: a temporary file renamed into place."""
+  """Write the table (process 0 only), atomically (`elasticity.atomic`: nothing left on error)."""
   if jax.process_index() != 0 or not table:
     return
   ids = np.asarray(sorted(table), np.int64)
   fields = {k: np.asarray([table[int(i)][k] for i in ids], np.float32) for k in keys(table)}
-  path = os.path.join(workdir, CACHE)
-  tmp = path + ".tmp.npz"
-  np.savez(tmp, example_id=ids, fingerprint=np.asarray(fp), **fields)
-  os.replace(tmp, path)
+  atomic.write_with(os.path.join(workdir, CACHE),
+                    lambda tmp: np.savez(tmp, example_id=ids, fingerprint=np.asarray(fp), **fields),
+                    suffix=".npz")
 
 
 def load(workdir: str, fp: str) -> Table | None:

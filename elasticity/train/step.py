@@ -64,21 +64,30 @@ def with_shardings(abstract: Any, shardings: Any) -> Any:
 
 
 def init_train_state(params: Mapping | Callable[[], Mapping], tx: optax.GradientTransformation,
-                     shardings: TrainState, seed: int) -> TrainState:
+                     shardings: TrainState, seed: int, *,
+                     opt_init: Callable[[Mapping], Any] | None = None) -> TrainState:
   """A sharded train state from host parameters (a pure dict) or a parameter-initialising function.
 
   A function is jitted with ``out_shardings``, so each device computes only its own shards. Host
-  values (e.g. a pretrained checkpoint read on the host) are placed shard by shard.
+  values (e.g. a pretrained checkpoint read on the host) are placed shard by shard; global
+  ``jax.Array`` values already on their shardings are used as they are. ``opt_init`` is the jitted
+  optimizer initialiser to use (`make_opt_init`; a cached one compiles once per process).
   """
   if callable(params):
     params = jax.jit(params, out_shardings=shardings["params"])()
-  else:
+  elif not all(isinstance(x, jax.Array) and x.sharding == s
+               for x, s in zip(jax.tree.leaves(params), jax.tree.leaves(shardings["params"]))):
     params = shd.host_to_global(params, shardings["params"])
-  opt_state = jax.jit(tx.init, out_shardings=shardings["opt_state"])(params)
+  opt_state = (opt_init or make_opt_init(tx, shardings))(params)
   rep = shardings["step"]
   step = jax.device_put(jnp.zeros((), jnp.int32), rep)
   rng = jax.device_put(jax.random.PRNGKey(seed), rep)
   return {"step": step, "params": params, "opt_state": opt_state, "rng": rng}
+
+
+def make_opt_init(tx: optax.GradientTransformation, shardings: TrainState) -> Callable:
+  """``tx.init`` jitted onto the optimizer state's shardings."""
+  return jax.jit(tx.init, out_shardings=shardings["opt_state"])
 
 
 def _microbatches(batch: Mapping[str, jax.Array], m: int) -> dict[str, jax.Array]:

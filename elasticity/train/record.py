@@ -1,0 +1,137 @@
+"""What a training workdir records about its run: the config, its fingerprint and the completion marker.
+
+    <workdir>/config.json     the resolved ConfigDict as JSON (written before anything is loaded)
+    <workdir>/config.sha256   the fingerprint: sha256 of the canonical JSON of the keys that define the run
+    <workdir>/DONE.json       written atomically, last, when the run completed: the RunResult fields
+
+A workdir that already holds a ``config.json`` is a run being resumed (or a finished one): its
+config must define the same run, or `check_config` raises a ``ValueError`` naming the first
+differing key and both values — before any model is loaded. The keys in `RESUMABLE_KEYS` are left
+out of the comparison and of the fingerprint: they change how a run is logged, laid out or joined,
+not what it computes, so a resumed run may set them anew. A workdir with ``DONE.json`` is not
+trained or exported again (`read_done`).
+
+Only process 0 writes; every file goes through `elasticity.atomic`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import jax
+
+from elasticity import atomic
+
+CONFIG_FILE = "config.json"
+FINGERPRINT_FILE = "config.sha256"
+DONE_FILE = "DONE.json"
+
+# Keys (or whole sections, by prefix) that may change when a run is resumed; everything else
+# defines the run. Logging cadence and sinks; checkpoint cadence, retention and async writes; how
+# the processes find each other; the device layout (mesh, sharding rules, remat): a checkpoint
+# restores onto another mesh by design, which changes numbers only by reduction order; eval
+# batching (throughput only).
+RESUMABLE_KEYS: tuple[str, ...] = (
+    "train.log_every",
+    "metrics.tensorboard",
+    "metrics.peak_flops",
+    "checkpoint.every",
+    "checkpoint.keep",
+    "checkpoint.async_save",
+    "distributed",
+    "mesh",
+    "sharding",
+    "model.remat",
+    "eval.batch_size",
+)
+
+
+def _plain(cfg: Any) -> Any:
+  """The config as JSON-compatible values (tuples become lists), as it reads back from JSON."""
+  d = cfg.to_dict() if hasattr(cfg, "to_dict") else cfg
+  return json.loads(json.dumps(d, sort_keys=True, default=str))
+
+
+def flatten(d: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+  """``{"a": {"b": 1}}`` → ``{"a.b": 1}``; an empty section stays as ``{}`` under its key."""
+  out: dict[str, Any] = {}
+  for k, v in d.items():
+    key = f"{prefix}{k}"
+    if isinstance(v, Mapping) and v:
+      out.update(flatten(v, key + "."))
+    else:
+      out[key] = v
+  return out
+
+
+def _resumable(key: str) -> bool:
+  return any(key == r or key.startswith(r + ".") for r in RESUMABLE_KEYS)
+
+
+def defining_keys(cfg: Any) -> dict[str, Any]:
+  """The flattened config without `RESUMABLE_KEYS`: what defines the run."""
+  return {k: v for k, v in flatten(_plain(cfg)).items() if not _resumable(k)}
+
+
+def fingerprint(cfg: Any) -> str:
+  """sha256 (hex) of the canonical JSON (sorted keys, no spaces) of `defining_keys`."""
+  text = json.dumps(defining_keys(cfg), sort_keys=True, separators=(",", ":"), ensure_ascii=True)
+  return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+def first_difference(stored: Any, current: Any) -> tuple[str, Any, Any] | None:
+  """``(key, stored value, current value)`` of the first (sorted) defining key that differs."""
+  a, b = defining_keys(stored), defining_keys(current)
+  missing = "<absent>"
+  for key in sorted(set(a) | set(b)):
+    if a.get(key, missing) != b.get(key, missing):
+      return key, a.get(key, missing), b.get(key, missing)
+  return None
+
+
+def check_config(workdir: str | os.PathLike, cfg: Any) -> None:
+  """Raise ``ValueError`` if ``workdir`` holds a ``config.json`` that defines another run."""
+  path = Path(workdir) / CONFIG_FILE
+  if not path.exists():
+    return
+  try:
+    stored = json.loads(path.read_text(encoding="utf-8"))
+  except json.JSONDecodeError as e:
+    raise ValueError(f"{path}: not valid JSON ({e.msg}); remove it or use another workdir") from None
+  diff = first_difference(stored, cfg)
+  if diff is not None:
+    key, old, new = diff
+    raise ValueError(f"{path}: the workdir holds another run: config.{key} was {old!r} there, is "
+                     f"{new!r} now; use another workdir, or the config the run was started with "
+                     f"(keys that may change on resume: {', '.join(RESUMABLE_KEYS)})")
+
+
+def write_config(workdir: str | os.PathLike, cfg: Any) -> str:
+  """Write ``config.json`` and ``config.sha256`` (process 0); return the fingerprint."""
+  fp = fingerprint(cfg)
+  if jax.process_index() == 0:
+    atomic.write_json(Path(workdir) / CONFIG_FILE, _plain(cfg))
+    atomic.write_text(Path(workdir) / FINGERPRINT_FILE, fp + "\n")
+  return fp
+
+
+def read_done(workdir: str | os.PathLike) -> dict[str, Any] | None:
+  """The fields stored in ``DONE.json``, or None if the run has not completed."""
+  path = Path(workdir) / DONE_FILE
+  if not path.exists():
+    return None
+  try:
+    return json.loads(path.read_text(encoding="utf-8"))
+  except json.JSONDecodeError as e:
+    raise ValueError(f"{path}: not valid JSON ({e.msg}); remove it to finish the run again") from None
+
+
+def write_done(workdir: str | os.PathLike, fields: Mapping[str, Any]) -> None:
+  """Write ``DONE.json`` atomically (process 0): the last file a completed run writes."""
+  if jax.process_index() == 0:
+    atomic.write_json(Path(workdir) / DONE_FILE, dict(fields))
