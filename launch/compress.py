@@ -20,12 +20,15 @@ os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 from absl import app, flags, logging  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
+from elasticity import compile_cache  # noqa: E402
+
 from elasticity import compression_job, paths  # noqa: E402
 
 _CONFIG = config_flags.DEFINE_config_file(
     "config", str(paths.PROJECT_ROOT / "configs" / "compress.py"),
     "Measurement configuration (configs/compress.py).", lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Folder for results.json/.csv/.md.", required=True)
+compile_cache.define_flags()
 
 
 def _defaults():
@@ -49,6 +52,7 @@ def parse_flags(argv: list[str]) -> list[str]:
 
 
 def main(argv):
+  compile_cache.enable_from_flags()
   del argv
   cfg = _CONFIG.value
   try:

@@ -23,16 +23,20 @@ os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 from absl import app, flags, logging  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
+from elasticity import compile_cache  # noqa: E402
+
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config "
                                           "(configs/experiments/<name>.py:<variant>).", lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "The experiment's directory (results, cells, report).")
 _DRY_RUN = flags.DEFINE_bool("dry_run", False, "Print the cell table and exit; nothing is loaded.")
 flags.mark_flags_as_required(["config", "workdir"])
+compile_cache.define_flags()
 
 PREEMPTED_EXIT = 3
 
 
 def main(argv):
+  compile_cache.enable_from_flags()
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   cfg = _CONFIG.value

@@ -106,7 +106,9 @@ def identity(cell: Cell, parent_id: str | None, needs_ids: Mapping[str, str] | N
   return digest({"train": train, "parent": parent_id, "parent_model": cell.parent_model,
                  "needs": sorted(needs_ids.items()) if needs_ids else [],
                  "start": cell.start_path, "start_tokenizer": cell.start_tokenizer,
-                 "points": [dataclasses.asdict(p) for p in cell.points], "seed": cell.seed})
+                 "points": [dataclasses.asdict(p) for p in cell.points],
+                 # an evaluation-only cell's seed labels its rows and decides nothing
+                 "seed": cell.seed if cell.train is not None else None})
 
 
 def order(cells: Sequence[Cell]) -> list[Cell]:

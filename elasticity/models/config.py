@@ -105,7 +105,9 @@ class ModelConfig:
   bos_token_id: int | None = None
   eos_token_id: tuple[int, ...] = ()
   pad_token_id: int | None = None
-  hf_config_json: str = ""                  # the source config.json, kept verbatim for export
+  # the source config.json, kept verbatim for export; not part of equality or hashing, so a model read
+  # from a llama2.c file and its own HF export are the same structure (one compiled step serves both)
+  hf_config_json: str = dataclasses.field(default="", compare=False)
 
   def __post_init__(self):
     if self.num_heads % self.num_kv_heads:
