@@ -93,8 +93,14 @@ def build(task: str, *, order: str, seed: int, eval_seed: int, tokenizer, num_pr
     rest = test[num_prompts:]
     hpos = [r for r in rest if r["label"] == "pos"][:heldout]
     hneg = [r for r in rest if r["label"] == "neg"][:heldout]
-    held = lambda rs: [{"prompt": "", "response": _prefix(r["text"], heldout_tokens, tokenizer)}
-                       for r in rs]
+    def held(rs):   # the rebound form: the first prompt_tokens tokens give the context
+      out = []
+      for r in rs:
+        prompt, text = _prefix(r["text"], prompt_tokens, tokenizer), _prefix(r["text"], heldout_tokens,
+                                                                              tokenizer)
+        if len(text) > len(prompt):
+          out.append({"prompt": prompt, "response": text[len(prompt):]})
+      return out
     data = TaskData(pos, neg, prompts, held(hpos), held(hneg), "text")
   else:
     from elasticity.data import load_dataset
