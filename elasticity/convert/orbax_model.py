@@ -1,7 +1,9 @@
 """Model export/import as an orbax checkpoint: ``<dir>/config.json`` (the HF config) + ``<dir>/params``.
 
 The parameters are saved with ``ocp.StandardCheckpointer`` as a pure-dict pytree, so they restore on any
-mesh: pass ``shardings`` (a matching pytree of `jax.sharding.Sharding`) to `load_orbax`. The directory
+mesh: pass ``shardings`` (a matching pytree of `jax.sharding.Sharding`, of the layout asked for) to
+`load_orbax`. They are always saved in the unrolled layer layout (HF's), so an export is the same
+from a scanned or an unrolled model; ``load_orbax(scan_layers=True)`` stacks them on load. The directory
 appears only when complete (written to a temporary sibling and renamed).
 """
 
@@ -18,7 +20,10 @@ import jax.numpy as jnp
 import orbax.checkpoint as ocp
 from flax import nnx
 
+from jax.sharding import NamedSharding, PartitionSpec as P
+
 from elasticity.models.registry import abstract_model, config_from_hf, config_to_hf
+from elasticity.models.scan import stack_params, unstack_params
 from elasticity.models.transformer import CausalLM
 
 
@@ -28,7 +33,7 @@ def save_orbax(model: CausalLM, out_dir: str | os.PathLike) -> Path:
   tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
   try:
     (tmp / "config.json").write_text(json.dumps(config_to_hf(model.config), indent=2, sort_keys=True))
-    params = nnx.to_pure_dict(nnx.state(model, nnx.Param))
+    params = unstack_params(nnx.to_pure_dict(nnx.state(model, nnx.Param)))
     ckptr = ocp.StandardCheckpointer()
     ckptr.save(tmp / "params", _str_keys(params))
     ckptr.wait_until_finished()
@@ -42,18 +47,37 @@ def save_orbax(model: CausalLM, out_dir: str | os.PathLike) -> Path:
 
 
 def load_orbax(path: str | os.PathLike, *, dtype=jnp.float32, param_dtype=None,
-               shardings=None) -> CausalLM:
+               shardings=None, scan_layers: bool = False) -> CausalLM:
   path = Path(path).absolute()
   cfg = config_from_hf(json.loads((path / "config.json").read_text()))
-  graphdef, state = nnx.split(abstract_model(cfg, dtype=dtype, param_dtype=param_dtype))
-  pure = _str_keys(nnx.to_pure_dict(state))
+  graphdef, state = nnx.split(abstract_model(cfg, dtype=dtype, param_dtype=param_dtype,
+                                             scan_layers=scan_layers))
+  pure = nnx.to_pure_dict(state)
   target = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), pure)
   if shardings is not None:
     target = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), target,
-                          _str_keys(shardings))
-  restored = ocp.StandardCheckpointer().restore(path / "params", target)
-  nnx.replace_by_pure_dict(state, _int_keys(restored))
+                          shardings)
+  if scan_layers:   # the file is unrolled: restore each layer into a slice of the stacked target
+    target = _unstack_abstract(target)
+  restored = _int_keys(ocp.StandardCheckpointer().restore(path / "params", _str_keys(target)))
+  if scan_layers:
+    restored = stack_params(restored)
+    if shardings is not None:
+      restored = jax.device_put(restored, shardings)
+  nnx.replace_by_pure_dict(state, restored)
   return nnx.merge(graphdef, state)
+
+
+def _unstack_abstract(target):
+  """Per-layer ShapeDtypeStructs of a stacked target (the stacked sharding minus its layer axis)."""
+  def one(x):
+    sh = x.sharding
+    if sh is not None:
+      sh = NamedSharding(sh.mesh, P(*tuple(sh.spec)[1:]))
+    return jax.ShapeDtypeStruct(x.shape[1:], x.dtype, sharding=sh)
+  n = jax.tree.leaves(target["layers"])[0].shape[0]
+  layer = jax.tree.map(one, target["layers"])
+  return {**target, "layers": {i: layer for i in range(n)}}
 
 
 def _str_keys(tree):
