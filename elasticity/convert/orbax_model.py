@@ -4,45 +4,36 @@ The parameters are saved with ``ocp.StandardCheckpointer`` as a pure-dict pytree
 mesh: pass ``shardings`` (a matching pytree of `jax.sharding.Sharding`, of the layout asked for) to
 `load_orbax`. They are always saved in the unrolled layer layout (HF's), so an export is the same
 from a scanned or an unrolled model; ``load_orbax(scan_layers=True)`` stacks them on load. The directory
-appears only when complete (written to a temporary sibling and renamed).
+appears only when complete (`elasticity.atomic.directory`: the old one is kept until the new one is in).
 """
 
 from __future__ import annotations
 
 import json
 import os
-import shutil
-import tempfile
 from pathlib import Path
 
 import jax
 import jax.numpy as jnp
 import orbax.checkpoint as ocp
 from flax import nnx
-
 from jax.sharding import NamedSharding, PartitionSpec as P
 
+from elasticity import atomic
 from elasticity.models.registry import abstract_model, config_from_hf, config_to_hf
 from elasticity.models.scan import stack_params, unstack_params
 from elasticity.models.transformer import CausalLM
 
 
 def save_orbax(model: CausalLM, out_dir: str | os.PathLike) -> Path:
+  """Write ``config.json`` + ``params/`` (unrolled layout) atomically (`elasticity.atomic`)."""
   out_dir = Path(out_dir).absolute()
-  out_dir.parent.mkdir(parents=True, exist_ok=True)
-  tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
-  try:
+  with atomic.directory(out_dir) as tmp:
     (tmp / "config.json").write_text(json.dumps(config_to_hf(model.config), indent=2, sort_keys=True))
     params = unstack_params(nnx.to_pure_dict(nnx.state(model, nnx.Param)))
     ckptr = ocp.StandardCheckpointer()
     ckptr.save(tmp / "params", _str_keys(params))
     ckptr.wait_until_finished()
-    if out_dir.exists():
-      shutil.rmtree(out_dir)
-    tmp.rename(out_dir)
-  except BaseException:
-    shutil.rmtree(tmp, ignore_errors=True)
-    raise
   return out_dir
 
 
