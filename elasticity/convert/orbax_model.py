@@ -17,11 +17,10 @@ import jax
 import jax.numpy as jnp
 import orbax.checkpoint as ocp
 from flax import nnx
-from jax.sharding import NamedSharding, PartitionSpec as P
 
 from elasticity import atomic
 from elasticity.models.registry import abstract_model, config_from_hf, config_to_hf
-from elasticity.models.scan import stack_params, unstack_params
+from elasticity.models.scan import convert_tree, stack_params, unstack_params
 from elasticity.models.transformer import CausalLM
 
 
@@ -49,7 +48,7 @@ def load_orbax(path: str | os.PathLike, *, dtype=jnp.float32, param_dtype=None,
     target = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), target,
                           shardings)
   if scan_layers:   # the file is unrolled: restore each layer into a slice of the stacked target
-    target = _unstack_abstract(target)
+    target = convert_tree(target, False, abstract=True)
   restored = _int_keys(ocp.StandardCheckpointer().restore(path / "params", _str_keys(target)))
   if scan_layers:
     restored = stack_params(restored)
@@ -57,18 +56,6 @@ def load_orbax(path: str | os.PathLike, *, dtype=jnp.float32, param_dtype=None,
       restored = jax.device_put(restored, shardings)
   nnx.replace_by_pure_dict(state, restored)
   return nnx.merge(graphdef, state)
-
-
-def _unstack_abstract(target):
-  """Per-layer ShapeDtypeStructs of a stacked target (the stacked sharding minus its layer axis)."""
-  def one(x):
-    sh = x.sharding
-    if sh is not None:
-      sh = NamedSharding(sh.mesh, P(*tuple(sh.spec)[1:]))
-    return jax.ShapeDtypeStruct(x.shape[1:], x.dtype, sharding=sh)
-  n = jax.tree.leaves(target["layers"])[0].shape[0]
-  layer = jax.tree.map(one, target["layers"])
-  return {**target, "layers": {i: layer for i in range(n)}}
 
 
 def _str_keys(tree):

@@ -21,6 +21,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 from flax import nnx
+from jax.sharding import NamedSharding, PartitionSpec as P
 
 LAYERS_AXIS = "layers"
 SCANNED, UNROLLED = "scanned", "unrolled"
@@ -145,3 +146,55 @@ def unstack_params(params: Mapping, key=int) -> dict:
     raise ValueError(f"unstack_params: leaves disagree on the number of layers: {sorted(n)}")
   layers = {key(i): jax.tree.map(lambda x, i=i: x[i], stacked) for i in range(n.pop())}
   return {**params, LAYERS_AXIS: layers}
+
+
+# -- whole trees (train states: params and the optimizer's parameter-shaped moments) ---------------
+def _is_params(x) -> bool:
+  return isinstance(x, Mapping) and LAYERS_AXIS in x and isinstance(x[LAYERS_AXIS], Mapping)
+
+
+def _abstract_stack(params: Mapping) -> dict:
+  """`stack_params` for `jax.ShapeDtypeStruct` leaves (the layer axis unsharded)."""
+  if params_layout(params) == SCANNED:
+    return dict(params)
+  layers = params[LAYERS_AXIS]
+  order = sorted(layers, key=int)
+
+  def one(*xs):
+    x, sh = xs[0], xs[0].sharding
+    if isinstance(sh, NamedSharding):
+      sh = NamedSharding(sh.mesh, P(None, *tuple(sh.spec)))
+    return jax.ShapeDtypeStruct((len(xs),) + tuple(x.shape), x.dtype, sharding=sh)
+  return {**params, LAYERS_AXIS: jax.tree.map(one, *[layers[k] for k in order])}
+
+
+def _abstract_unstack(params: Mapping) -> dict:
+  """`unstack_params` for `jax.ShapeDtypeStruct` leaves (the layer axis dropped from the sharding)."""
+  if params_layout(params) == UNROLLED:
+    return dict(params)
+  stacked = params[LAYERS_AXIS]
+
+  def one(x):
+    sh = x.sharding
+    if isinstance(sh, NamedSharding):
+      sh = NamedSharding(sh.mesh, P(*tuple(sh.spec)[1:]))
+    return jax.ShapeDtypeStruct(tuple(x.shape[1:]), x.dtype, sharding=sh)
+  n = jax.tree.leaves(stacked)[0].shape[0]
+  layer = jax.tree.map(one, stacked)
+  return {**params, LAYERS_AXIS: {i: layer for i in range(n)}}
+
+
+def tree_layout(tree) -> str | None:
+  """The layer layout of the first parameter tree inside ``tree`` (None if it holds none)."""
+  found = [x for x in jax.tree.leaves(tree, is_leaf=_is_params) if _is_params(x)]
+  return params_layout(found[0]) if found else None
+
+
+def convert_tree(tree, scan_layers: bool, *, abstract: bool = False):
+  """Every parameter tree inside ``tree`` (a train state: params, Adam moments, …) in the layout
+  asked for; ``abstract``: the leaves are `jax.ShapeDtypeStruct` (restore targets)."""
+  if abstract:
+    fn = _abstract_stack if scan_layers else _abstract_unstack
+  else:
+    fn = stack_params if scan_layers else unstack_params
+  return jax.tree.map(lambda x: fn(x) if _is_params(x) else x, tree, is_leaf=_is_params)
