@@ -112,11 +112,13 @@ def _splash_kernel(t: int, g: int, window: int | None, softcap: float | None, in
     one = sa.CausalMask((t, t))
   else:
     one = sa.LocalMask((t, t), window_size=(window - 1, 0), offset=0)
-  blk = min(SPLASH_BLOCK, t)
+  blk = SPLASH_BLOCK
   sizes = sa.BlockSizes(block_q=blk, block_kv=blk, block_kv_compute=blk, block_q_dkv=blk,
                         block_kv_dkv=blk, block_kv_dkv_compute=blk, block_q_dq=blk, block_kv_dq=blk)
-  return sa.make_splash_mqa(sa.MultiHeadMask([one] * g), block_sizes=sizes, head_shards=1,
-                            q_seq_shards=1, attn_logits_soft_cap=softcap, interpret=interpret)
+  # Built while tracing the model: its mask tables must be constants, not tracers of that trace.
+  with jax.ensure_compile_time_eval():
+    return sa.make_splash_mqa(sa.MultiHeadMask([one] * g), block_sizes=sizes, head_shards=1,
+                              q_seq_shards=1, attn_logits_soft_cap=softcap, interpret=interpret)
 
 
 def splash(q: Array, k: Array, v: Array, spec: MaskSpec, window: int | None, scale: float,
@@ -125,7 +127,7 @@ def splash(q: Array, k: Array, v: Array, spec: MaskSpec, window: int | None, sca
   from jax.experimental.pallas.ops.tpu import splash_attention as sa  # pylint: disable=import-outside-toplevel
   b, t, n, h = q.shape
   kh, s = k.shape[2], k.shape[1]
-  if t != s or t % min(SPLASH_BLOCK, t):
+  if t != s or t % SPLASH_BLOCK:
     raise ValueError(f"attention_impl='splash' needs as many query as key slots, a multiple of "
                      f"{SPLASH_BLOCK} (got {t} and {s})")
   if spec.q_segments is not None:
