@@ -14,7 +14,8 @@ other; ``positions`` [B, T] are RoPE positions. Defaults: positions count real t
 Layer layouts: ``scan_layers=False`` keeps the layers as a list (``layers[i]``, HF's layout);
 ``scan_layers=True`` stores one `DecoderLayer` whose parameters carry a leading ``layers`` axis and
 runs the stack as one `jax.lax.scan` (one layer compiled, not L). `elasticity.models.scan` converts
-between them (``stack_layers`` / ``unstack_layers``); both give the same numbers.
+between them (``stack_layers`` / ``unstack_layers``, bitwise the same weights); the two forwards
+agree to float32 rounding (about 1e-7 relative; XLA fuses a scan body differently).
 
 Training memory: ``model.remat`` names a `jax.checkpoint` policy applied to each decoder layer in
 the cache-free forward (``REMAT_POLICIES``; None = keep all activations), inside the scan body when
@@ -237,8 +238,8 @@ class CausalLM(nnx.Module):
     windows = list(dict.fromkeys(cfg.window(i) for i in range(cfg.num_layers)))
     rope_ix = jnp.asarray([ropes.index(cfg.rope_for(i)) for i in range(cfg.num_layers)], jnp.int32)
     win_ix = jnp.asarray([windows.index(cfg.window(i)) for i in range(cfg.num_layers)], jnp.int32)
-    cos_all = jnp.stack([c for c, _ in tables])
-    sin_all = jnp.stack([s for _, s in tables])
+    if len(ropes) > 1:
+      cos_all, sin_all = jnp.stack([c for c, _ in tables]), jnp.stack([s for _, s in tables])
     dynamic_window = self.layers.attn.impl == "xla" or spec.cached
     no_window = jnp.iinfo(jnp.int32).max
     window_values = jnp.asarray([no_window if w is None else w for w in windows], jnp.int32)
@@ -246,7 +247,7 @@ class CausalLM(nnx.Module):
     def body(x, xs):
       layer_state, r, w, layer_cache = xs
       layer = nnx.merge(graphdef, layer_state)
-      cos, sin = (tables[0] if len(ropes) == 1 else (cos_all[r], sin_all[r]))
+      cos, sin = tables[0] if len(ropes) == 1 else (cos_all[r], sin_all[r])
       if layer_cache is not None:
         layer_cache = {**layer_cache, "index": cache_index}
       if len(windows) == 1:
