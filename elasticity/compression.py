@@ -57,6 +57,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 from elasticity import sharding as shd
 from elasticity.compression_batches import Planned, length_buckets, plan, tokenize
 from elasticity.logprobs import chunked_target_logprobs
+from elasticity.models.scan import to_layout, with_layers_rule
 from elasticity.models.transformer import CausalLM
 from elasticity.tokenizers import as_tokenizer
 
@@ -215,18 +216,21 @@ class Scorer:
 
   The model is split once; its parameters are placed on the mesh by their logical axes (``rules``;
   a mesh without the ``(data, fsdp, tensor)`` axes gets them replicated and the batch over its
-  ``data``/``fsdp`` axes). ``update(model)`` swaps in new weights of the same structure without
-  recompiling. Calling the scorer on a planned batch dispatches asynchronously and returns device
+  ``data``/``fsdp`` axes). ``scan_layers`` (default True) scores with the decoder stack as one
+  `lax.scan` (a model in the other layout is converted; the numbers agree to float rounding, and
+  each bucket shape compiles one layer instead of L). ``update(model)`` swaps in new weights of the
+  same structure without recompiling. Calling the scorer on a planned batch dispatches asynchronously and returns device
   arrays ``(bits, counts)`` [B, S], replicated.
   """
 
   def __init__(self, model: CausalLM, *, mesh: Mesh | None = None, rules: shd.Rules | None = None,
-               chunk_size: int = 512):
+               chunk_size: int = 512, scan_layers: bool = True):
     self.mesh = mesh if mesh is not None else default_mesh()
-    self.rules = tuple(rules) if rules is not None else shd.DEFAULT_RULES
+    self.rules = with_layers_rule(rules if rules is not None else shd.DEFAULT_RULES)
     self.chunk_size = int(chunk_size)
     self.vocab_size = int(model.config.vocab_size)
-    self.graphdef, state = nnx.split(model)
+    self.scan_layers = bool(scan_layers)
+    self.graphdef, state = nnx.split(to_layout(model, self.scan_layers))
     self.replicated = NamedSharding(self.mesh, P())
     if set(shd.MESH_AXES) <= set(self.mesh.axis_names):
       self.param_shardings = shd.param_shardings(state, self.mesh, self.rules)
@@ -245,7 +249,7 @@ class Scorer:
 
   def update(self, model: CausalLM) -> None:
     """Score with ``model``'s weights from now on (same structure: no recompilation)."""
-    graphdef, state = nnx.split(model)
+    graphdef, state = nnx.split(to_layout(model, self.scan_layers))
     if graphdef != self.graphdef:
       raise ValueError("Scorer.update: the model's structure differs from the one compiled")
     self.params = jax.device_put(nnx.to_pure_dict(state), self.param_shardings)
@@ -324,7 +328,8 @@ def measure(model: CausalLM | Scorer, tokenizer: Any, examples: Iterable[Mapping
             add_bos: bool | None = None, add_eos: bool = False, system: str | None = None,
             packing: bool = False, padding_side: str = "right", chunk_size: int = 512,
             buckets: tuple[int, ...] | None = None, mesh: Mesh | None = None, name: str = "",
-            progress: bool = False, stats: dict | None = None) -> CompressionReport:
+            progress: bool = False, stats: dict | None = None,
+            scan_layers: bool = True) -> CompressionReport:
   """The compression rate of ``model`` on ``examples`` (``{"prompt", "response"}`` records).
 
   Args:
@@ -350,11 +355,13 @@ def measure(model: CausalLM | Scorer, tokenizer: Any, examples: Iterable[Mapping
     progress: show a progress bar (examples, tokens/s, ETA).
     stats: if given, filled with ``tokens_processed`` (real tokens, prompts included), ``seconds``
       (after tokenization) and ``batches``.
+    scan_layers: score with the layers scanned (`Scorer`); ignored with a `Scorer`.
   """
   tokenizer = as_tokenizer(tokenizer)
   if padding_side not in ("right", "left"):
     raise ValueError(f"padding_side must be 'right' or 'left', got {padding_side!r}")
-  scorer = model if isinstance(model, Scorer) else Scorer(model, mesh=mesh, chunk_size=chunk_size)
+  scorer = model if isinstance(model, Scorer) else Scorer(model, mesh=mesh, chunk_size=chunk_size,
+                                                          scan_layers=scan_layers)
   kept, skipped, truncated = tokenize(tokenizer, examples, max_length=max_length,
                                       template=template, add_bos=add_bos, add_eos=add_eos,
                                       system=system)

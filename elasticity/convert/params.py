@@ -1,4 +1,8 @@
-"""Build a `CausalLM` from a name → tensor source, and flatten a model back to HF-named tensors."""
+"""Build a `CausalLM` from a name → tensor source, and flatten a model back to HF-named tensors.
+
+Both layer layouts (`elasticity.models.scan`): an HF tensor of layer i fills (or is read from) slice i
+of the stacked parameter when the model is scanned, so the tensors are bitwise the same either way.
+"""
 
 from __future__ import annotations
 
@@ -30,15 +34,25 @@ def _set(tree, path, value):
   tree[path[-1]] = value
 
 
+def _locate(path: tuple, scanned: bool) -> tuple[tuple, int | None]:
+  """(path of the parameter in the pure dict, layer slice or None) of a mapping entry's path."""
+  if scanned and path[0] == "layers":
+    return ("layers",) + tuple(path[2:]), int(path[1])
+  return tuple(path), None
+
+
 def model_from_tensors(cfg: ModelConfig, names: Iterable[str], get: Callable[[str], np.ndarray], *,
-                       dtype=jnp.float32, param_dtype=None, source: str = "checkpoint") -> CausalLM:
+                       dtype=jnp.float32, param_dtype=None, source: str = "checkpoint",
+                       scan_layers: bool = False) -> CausalLM:
   """Fill a model of ``cfg`` from HF-named tensors; ``get(name)`` returns one as a numpy array.
+
+  ``scan_layers``: build the scanned layout (stacked layers) instead of the unrolled one.
 
   Raises ValueError naming the tensor for a missing tensor or a shape mismatch (with both shapes),
   and for tensors the model has no place for.
   """
   param_dtype = param_dtype or dtype
-  abstract = abstract_model(cfg, dtype=dtype, param_dtype=param_dtype)
+  abstract = abstract_model(cfg, dtype=dtype, param_dtype=param_dtype, scan_layers=scan_layers)
   graphdef, state = nnx.split(abstract)
   pure = nnx.to_pure_dict(state)
   available = set(names)
@@ -49,26 +63,41 @@ def model_from_tensors(cfg: ModelConfig, names: Iterable[str], get: Callable[[st
   if unknown:
     raise ValueError(f"{source}: tensors with no place in the {cfg.family} model: {unknown[:10]}"
                      + (f" and {len(unknown) - 10} more" if len(unknown) > 10 else ""))
+  slices: dict[tuple, list] = {}     # scanned: per stacked parameter, its layers' arrays in order
   for e in expected:
     if e.hf_name not in available:
       raise ValueError(f"{source}: missing tensor {e.hf_name!r} (needed for {'/'.join(map(str, e.path))})")
-    target = _get(pure, e.path)
-    want = hf_shape(e, target.shape)
+    path, layer = _locate(e.path, scan_layers)
+    target = _get(pure, path)
+    shape = tuple(target.shape) if layer is None else tuple(target.shape[1:])
+    want = hf_shape(e, shape)
     w = np.asarray(get(e.hf_name))
     if tuple(w.shape) != want:
       raise ValueError(f"{source}: tensor {e.hf_name!r} has shape {tuple(w.shape)}, expected {want} "
-                       f"for config {cfg.family} (flax shape {tuple(target.shape)})")
-    _set(pure, e.path, jnp.asarray(to_flax(e, w), dtype=param_dtype))
+                       f"for config {cfg.family} (flax shape {shape})")
+    value = jnp.asarray(to_flax(e, w), dtype=param_dtype)
+    if layer is None:
+      _set(pure, path, value)
+    else:
+      slices.setdefault(path, []).append(value)
+  for path, values in slices.items():
+    _set(pure, path, jnp.stack(values))
   nnx.replace_by_pure_dict(state, pure)
   return nnx.merge(graphdef, state)
 
 
 def tensors_from_model(model: CausalLM, dtype=None) -> dict[str, np.ndarray]:
-  """HF-named numpy tensors of ``model`` (in ``dtype`` if given, else the parameters' own)."""
+  """HF-named numpy tensors of ``model`` (in ``dtype`` if given, else the parameters' own), in
+  the same order and bitwise the same for both layer layouts."""
   pure = nnx.to_pure_dict(nnx.state(model, nnx.Param))
+  scanned = bool(getattr(model, "scan_layers", False))
+  host: dict[tuple, np.ndarray] = {}
   out = {}
   for e in entries(model.config):
-    w = np.asarray(jax.device_get(_get(pure, e.path)))
+    path, layer = _locate(e.path, scanned)
+    if path not in host:
+      host[path] = np.asarray(jax.device_get(_get(pure, path)))
+    w = host[path] if layer is None else host[path][layer]
     if dtype is not None:
       w = w.astype(dtype)
     out[e.hf_name] = np.ascontiguousarray(to_hf(e, w))

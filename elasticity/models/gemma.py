@@ -70,7 +70,9 @@ def config_to_hf(cfg: ModelConfig) -> dict[str, Any]:
   d.pop("hidden_act", None)
   if cfg.family in ("gemma2", "gemma3"):
     d.update(layer_types=list(cfg.layer_types), sliding_window=cfg.sliding_window,
-             query_pre_attn_scalar=_int_if_whole(cfg.query_pre_attn_scalar),
+             query_pre_attn_scalar=_int_if_whole(cfg.query_pre_attn_scalar
+                                                 if cfg.query_pre_attn_scalar is not None
+                                                 else cfg.head_dim),
              attn_logit_softcapping=cfg.attn_logit_softcap,
              final_logit_softcapping=cfg.final_logit_softcap)
   if cfg.family == "gemma3":

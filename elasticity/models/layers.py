@@ -19,6 +19,8 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from elasticity.models import attention as attn_impls
+from elasticity.models.attention import MaskSpec
 from elasticity.models.config import ModelConfig, RopeConfig
 
 Array = jax.Array
@@ -95,9 +97,13 @@ def causal_block(t: int) -> int:
 
 
 class Attention(nnx.Module):
-  """Grouped-query self-attention with optional q/k/v bias, q/k norms and logit soft-capping."""
+  """Grouped-query self-attention with optional q/k/v bias, q/k norms and logit soft-capping.
 
-  def __init__(self, cfg: ModelConfig, *, dtype, param_dtype, rngs: nnx.Rngs):
+  ``impl`` (static) picks the attention core: "xla" (below), "cudnn" or "splash"
+  (`elasticity.models.attention`).
+  """
+
+  def __init__(self, cfg: ModelConfig, *, dtype, param_dtype, rngs: nnx.Rngs, impl: str = "xla"):
     d, n, k, h = cfg.hidden_size, cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
     self.q = param(rngs, (d, n, h), ("embed", "heads", "head_dim"), param_dtype)
     self.k = param(rngs, (d, k, h), ("embed", "kv_heads", "head_dim"), param_dtype)
@@ -115,10 +121,13 @@ class Attention(nnx.Module):
       self.k_norm = RMSNorm(h, cfg.rms_norm_eps, cfg.norm_plus_one, param_dtype=param_dtype, rngs=rngs)
     self.cfg = cfg
     self.dtype = dtype
+    self.impl = attn_impls.check_impl(impl)
 
-  def __call__(self, x: Array, cos: Array, sin: Array, mask: Array,
-               cache: dict[str, Any] | None = None) -> tuple[Array, dict[str, Any] | None]:
-    """x [B,T,D]; mask [B,T,S] bool (S = T, or the cache length); returns ([B,T,D], new cache)."""
+  def __call__(self, x: Array, cos: Array, sin: Array, mask: MaskSpec,
+               cache: dict[str, Any] | None = None, window=None
+               ) -> tuple[Array, dict[str, Any] | None]:
+    """x [B,T,D]; ``mask`` for S = T keys (or the cache length); ``window`` the layer's sliding
+    window (None: full attention; a traced scalar only on the XLA path). Returns ([B,T,D], cache)."""
     cfg, dt = self.cfg, self.dtype
     x = x.astype(dt)
     q = dense(x, self.q[...].astype(dt))            # BTD,DNH->BTNH
@@ -137,19 +146,28 @@ class Attention(nnx.Module):
       v = jax.lax.dynamic_update_slice_in_dim(cache["v"], v.astype(cache["v"].dtype), idx, axis=1)
       cache = {**cache, "k": k, "v": v}
       k, v = k.astype(dt), v.astype(dt)
-    t, s = q.shape[1], k.shape[1]
-    c = causal_block(t)
-    if cache is None and t == s and c < t:
-      # Causal block skipping: query block [i, i+c) attends only to keys [0, i+c); the mask still
-      # applies inside. Each block's softmax is complete (it sees every key it may attend to).
-      out = jnp.concatenate([self._attend(q[:, i:i + c], k[:, :i + c], v[:, :i + c],
-                                          mask[:, i:i + c, :i + c]) for i in range(0, t, c)], axis=1)
+    if self.impl != "xla" and cache is None:
+      kernel = attn_impls.cudnn if self.impl == "cudnn" else attn_impls.splash
+      if window is not None and not isinstance(window, int):
+        raise ValueError(f"attention_impl={self.impl!r} needs a static sliding window per layer")
+      out = kernel(q, k, v, mask, window, cfg.attn_scale, cfg.attn_logit_softcap, dt)
     else:
-      out = self._attend(q, k, v, mask)
+      out = self._xla(q, k, v, mask.dense(window), cache is None)
     y = dense(out, self.o[...].astype(dt), n_in=2)  # BTNH,NHD->BTD
     if cfg.o_bias:
       y = y + self.o_bias[...].astype(dt)
     return y, cache
+
+  def _xla(self, q: Array, k: Array, v: Array, mask: Array, aligned: bool) -> Array:
+    """The "xla" core; ``aligned``: query slot i is key slot i (no cache) so blocks can skip."""
+    t, s = q.shape[1], k.shape[1]
+    c = causal_block(t)
+    if aligned and t == s and c < t:
+      # Causal block skipping: query block [i, i+c) attends only to keys [0, i+c); the mask still
+      # applies inside. Each block's softmax is complete (it sees every key it may attend to).
+      return jnp.concatenate([self._attend(q[:, i:i + c], k[:, :i + c], v[:, :i + c],
+                                           mask[:, i:i + c, :i + c]) for i in range(0, t, c)], axis=1)
+    return self._attend(q, k, v, mask)
 
   def _attend(self, q: Array, k: Array, v: Array, mask: Array) -> Array:
     """softmax(q kᵀ) v for q [B,T,N,H], k/v [B,S,K,H], mask [B,T,S] → [B,T,N,H]."""
@@ -192,17 +210,11 @@ class MLP(nnx.Module):
     return dense(act * u, self.down[...].astype(dt))  # BTF,FD->BTD
 
 
-def attention_mask(q_slots: Array, k_slots: Array, k_valid: Array, window: int | None,
+def attention_mask(q_slots: Array, k_slots: Array, k_valid: Array | None, window: int | None,
                    q_segments: Array | None = None, k_segments: Array | None = None) -> Array:
   """Boolean [B, T, S] mask: causal on slot indices, padding, packed segments, sliding window.
 
   q_slots [B, T] and k_slots [S] are row slot indices (not RoPE positions), so left padding and
   cached decoding share one rule; k_valid [B, S] marks real (non-padding) keys.
   """
-  diff = q_slots[:, :, None] - k_slots[None, None, :]
-  allowed = (diff >= 0) & k_valid[:, None, :]
-  if window is not None:
-    allowed &= diff < window
-  if q_segments is not None and k_segments is not None:
-    allowed &= q_segments[:, :, None] == k_segments[:, None, :]
-  return allowed
+  return MaskSpec(q_slots, k_slots, k_valid, q_segments, k_segments).dense(window)

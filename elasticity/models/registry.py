@@ -38,12 +38,16 @@ def config_to_hf(cfg: ModelConfig) -> dict[str, Any]:
   return _BY_FAMILY[cfg.family].config_to_hf(cfg)
 
 
-def create_model(cfg: ModelConfig, *, dtype=jnp.float32, param_dtype=None, seed: int = 0) -> CausalLM:
-  """A randomly initialised model (normal(0.02) weights)."""
-  return CausalLM(cfg, dtype=dtype, param_dtype=param_dtype or dtype, rngs=nnx.Rngs(seed))
+def create_model(cfg: ModelConfig, *, dtype=jnp.float32, param_dtype=None, seed: int = 0,
+                 scan_layers: bool = False, attention_impl: str = "xla") -> CausalLM:
+  """A randomly initialised model (normal(0.02) weights; the same in both layer layouts)."""
+  return CausalLM(cfg, dtype=dtype, param_dtype=param_dtype or dtype, rngs=nnx.Rngs(seed),
+                  scan_layers=scan_layers, attention_impl=attention_impl)
 
 
-def abstract_model(cfg: ModelConfig, *, dtype=jnp.float32, param_dtype=None) -> CausalLM:
+def abstract_model(cfg: ModelConfig, *, dtype=jnp.float32, param_dtype=None,
+                   scan_layers: bool = False, attention_impl: str = "xla") -> CausalLM:
   """The model with `jax.ShapeDtypeStruct` leaves: no memory allocated (for shapes, counts, shardings)."""
   return nnx.eval_shape(lambda: CausalLM(cfg, dtype=dtype, param_dtype=param_dtype or dtype,
-                                         rngs=nnx.Rngs(0)))
+                                         rngs=nnx.Rngs(0), scan_layers=scan_layers,
+                                         attention_impl=attention_impl))

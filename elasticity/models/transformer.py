@@ -11,9 +11,16 @@ Masking rules: causal on row slots; ``attention_mask`` [B, T] (1 = real token) r
 other; ``positions`` [B, T] are RoPE positions. Defaults: positions count real tokens
 (``cumsum(attention_mask) - 1``) or restart at each new segment.
 
+Layer layouts: ``scan_layers=False`` keeps the layers as a list (``layers[i]``, HF's layout);
+``scan_layers=True`` stores one `DecoderLayer` whose parameters carry a leading ``layers`` axis and
+runs the stack as one `jax.lax.scan` (one layer compiled, not L). `elasticity.models.scan` converts
+between them (``stack_layers`` / ``unstack_layers``, bitwise the same weights); the two forwards
+agree to float32 rounding (about 1e-7 relative; XLA fuses a scan body differently).
+
 Training memory: ``model.remat`` names a `jax.checkpoint` policy applied to each decoder layer in
-the cache-free forward (``REMAT_POLICIES``; None = keep all activations). It is a static attribute, so
-set it before ``nnx.split``.
+the cache-free forward (``REMAT_POLICIES``; None = keep all activations), inside the scan body when
+scanned. It is a static attribute, so set it before ``nnx.split``; so is the attention core
+(`set_attention_impl`: "xla", "cudnn", "splash").
 
 Decoding uses a functional KV cache (a pytree from ``init_cache``) so that ``generate`` can jit a pure
 function of ``(graphdef, state, cache)``.
@@ -28,9 +35,10 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from elasticity.models import scan
+from elasticity.models.attention import MaskSpec, check_impl
 from elasticity.models.config import ModelConfig
 from elasticity.models.layers import MLP, Attention, RMSNorm, dense, param, rope_tables
-from elasticity.models.layers import attention_mask as make_mask
 
 Array = jax.Array
 
@@ -43,36 +51,40 @@ REMAT_POLICIES = {
 }
 
 
-def _remat_layer(layer: "DecoderLayer", policy: str, x, cos, sin, mask):
+def remat_policy(name: str):
+  if name not in REMAT_POLICIES:
+    raise ValueError(f"remat policy {name!r} is not one of {sorted(REMAT_POLICIES)} (or None)")
+  return REMAT_POLICIES[name]
+
+
+def _remat_layer(layer: "DecoderLayer", policy: str, x, cos, sin, mask, window):
   """One layer's forward under `jax.checkpoint` with a named policy (no cache)."""
-  if policy not in REMAT_POLICIES:
-    raise ValueError(f"remat policy {policy!r} is not one of {sorted(REMAT_POLICIES)} (or None)")
   graphdef, state = nnx.split(layer)
 
-  @functools.partial(jax.checkpoint, policy=REMAT_POLICIES[policy])
+  @functools.partial(jax.checkpoint, policy=remat_policy(policy))
   def run(state, x, cos, sin, mask):
-    return nnx.merge(graphdef, state)(x, cos, sin, mask)[0]
+    return nnx.merge(graphdef, state)(x, cos, sin, mask, None, window)[0]
   return run(state, x, cos, sin, mask)
 
 
 class DecoderLayer(nnx.Module):
   """Pre-norm block; Gemma 2/3 add post-attention and pre/post-MLP ("sandwich") norms."""
 
-  def __init__(self, cfg: ModelConfig, index: int, *, dtype, param_dtype, rngs: nnx.Rngs):
+  def __init__(self, cfg: ModelConfig, *, dtype, param_dtype, rngs: nnx.Rngs,
+               attention_impl: str = "xla"):
     norm = lambda: RMSNorm(cfg.hidden_size, cfg.rms_norm_eps, cfg.norm_plus_one,
                            param_dtype=param_dtype, rngs=rngs)
     self.attn_norm = norm()
-    self.attn = Attention(cfg, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
+    self.attn = Attention(cfg, dtype=dtype, param_dtype=param_dtype, rngs=rngs, impl=attention_impl)
     self.mlp_norm = norm()
     self.mlp = MLP(cfg, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
     if cfg.sandwich_norms:
       self.post_attn_norm = norm()
       self.post_mlp_norm = norm()
     self.sandwich = cfg.sandwich_norms
-    self.index = index
 
-  def __call__(self, x, cos, sin, mask, cache=None):
-    h, cache = self.attn(self.attn_norm(x), cos, sin, mask, cache)
+  def __call__(self, x, cos, sin, mask: MaskSpec, cache=None, window=None):
+    h, cache = self.attn(self.attn_norm(x), cos, sin, mask, cache, window)
     if self.sandwich:
       h = self.post_attn_norm(h)
     x = x + h
@@ -99,19 +111,35 @@ class CausalLM(nnx.Module):
   """A decoder-only language model; see the module docstring for the call conventions."""
 
   def __init__(self, cfg: ModelConfig, *, dtype=jnp.float32, param_dtype=jnp.float32,
-               rngs: nnx.Rngs | None = None):
+               rngs: nnx.Rngs | None = None, scan_layers: bool = False, attention_impl: str = "xla"):
     rngs = rngs if rngs is not None else nnx.Rngs(0)
     self.config = cfg
     self.dtype = dtype
     self.embed = param(rngs, (cfg.vocab_size, cfg.hidden_size), ("vocab", "embed"), param_dtype)
-    self.layers = nnx.List([
-        DecoderLayer(cfg, i, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
-        for i in range(cfg.num_layers)])
+    layers = [DecoderLayer(cfg, dtype=dtype, param_dtype=param_dtype, rngs=rngs,
+                           attention_impl=attention_impl) for _ in range(cfg.num_layers)]
+    # The same random draws in both layouts: a scanned model is its unrolled twin, stacked.
+    self.layers = scan.stack_modules(layers) if scan_layers else nnx.List(layers)
+    self.scan_layers = bool(scan_layers)
     self.final_norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps, cfg.norm_plus_one,
                               param_dtype=param_dtype, rngs=rngs)
     if not cfg.tie_embeddings:
       self.lm_head = param(rngs, (cfg.hidden_size, cfg.vocab_size), ("embed", "vocab"), param_dtype)
     self.remat: str | None = None
+
+  # -- switches -----------------------------------------------------------------------------------
+  @property
+  def attention_impl(self) -> str:
+    """The attention core of every layer ("xla", "cudnn" or "splash"; `elasticity.models.attention`)."""
+    layer = self.layers if self.scan_layers else self.layers[0]
+    return layer.attn.impl
+
+  def set_attention_impl(self, impl: str) -> "CausalLM":
+    """Switch every layer's attention core (a static attribute: call it before ``nnx.split``)."""
+    check_impl(impl)
+    for layer in ([self.layers] if self.scan_layers else list(self.layers)):
+      layer.attn.impl = impl
+    return self
 
   # -- pieces -------------------------------------------------------------------------------------
   def embed_tokens(self, input_ids: Array) -> Array:
@@ -150,9 +178,10 @@ class CausalLM(nnx.Module):
       elif segment_ids is not None:
         k_valid = segment_ids != 0
       else:
-        k_valid = jnp.ones((b, t), bool)
+        k_valid = None
       if positions is None:
         positions = default_positions(attention_mask, segment_ids, (b, t))
+      spec = MaskSpec(slots, k_slots, k_valid, segment_ids, segment_ids)
     else:
       if segment_ids is not None:
         raise ValueError("segment_ids (packed rows) are not supported with a KV cache")
@@ -164,31 +193,28 @@ class CausalLM(nnx.Module):
       if positions is None:
         counts = jnp.cumsum(new_valid.astype(jnp.int32), axis=1)
         positions = jnp.maximum(cache["next_position"][:, None] + counts - 1, 0)
+      spec = MaskSpec(slots, k_slots, k_valid, cached=True)
     positions = jnp.asarray(positions, jnp.int32)
 
-    masks = {}
-    for w in {cfg.window(i) for i in range(cfg.num_layers)}:
-      seg = segment_ids if cache is None else None
-      masks[w] = make_mask(slots, k_slots, k_valid, w, seg, seg)
-    tables = {}
-    for i in range(cfg.num_layers):
-      rope = cfg.rope_for(i)
-      if rope not in tables:
-        tables[rope] = rope_tables(rope, cfg.head_dim, positions)
-
+    ropes = list(dict.fromkeys(cfg.rope_for(i) for i in range(cfg.num_layers)))
+    tables = [rope_tables(rope, cfg.head_dim, positions) for rope in ropes]
     x = self.embed_tokens(input_ids)
-    new_layers = []
-    for i, layer in enumerate(self.layers):
-      cos, sin = tables[cfg.rope_for(i)]
-      layer_cache = None
-      if cache is not None:
-        layer_cache = {**cache["layers"][i], "index": cache["index"]}
-      elif self.remat:
-        x = _remat_layer(layer, self.remat, x, cos, sin, masks[cfg.window(i)])
-        continue
-      x, layer_cache = layer(x, cos, sin, masks[cfg.window(i)], layer_cache)
-      if cache is not None:
-        new_layers.append({"k": layer_cache["k"], "v": layer_cache["v"]})
+    if self.scan_layers:
+      x, new_layers = self._scanned(x, ropes, tables, spec,
+                                    None if cache is None else cache["layers"],
+                                    None if cache is None else cache["index"])
+    else:
+      new_layers = []
+      for i, layer in enumerate(self.layers):
+        cos, sin = tables[ropes.index(cfg.rope_for(i))]
+        window = cfg.window(i)
+        if cache is None and self.remat:
+          x = _remat_layer(layer, self.remat, x, cos, sin, spec, window)
+          continue
+        layer_cache = None if cache is None else {**cache["layers"][i], "index": cache["index"]}
+        x, layer_cache = layer(x, cos, sin, spec, layer_cache, window)
+        if cache is not None:
+          new_layers.append({"k": layer_cache["k"], "v": layer_cache["v"]})
     h = self.final_norm(x)
     if cache is None:
       return h
@@ -200,6 +226,45 @@ class CausalLM(nnx.Module):
     }
     return h, new_cache
 
+  def _scanned(self, x, ropes, tables, spec: MaskSpec, cache_layers, cache_index):
+    """The decoder stack as one `lax.scan` over the stacked layer parameters.
+
+    Layers differ only in their RoPE table and sliding window; both travel as scanned indices into
+    the (at most two) kinds. A traced window suffices for the XLA core; the kernels need a static
+    one, so for them a `lax.switch` picks the layer's kind.
+    """
+    cfg = self.config
+    graphdef, state = nnx.split(self.layers)
+    windows = list(dict.fromkeys(cfg.window(i) for i in range(cfg.num_layers)))
+    rope_ix = jnp.asarray([ropes.index(cfg.rope_for(i)) for i in range(cfg.num_layers)], jnp.int32)
+    win_ix = jnp.asarray([windows.index(cfg.window(i)) for i in range(cfg.num_layers)], jnp.int32)
+    if len(ropes) > 1:
+      cos_all, sin_all = jnp.stack([c for c, _ in tables]), jnp.stack([s for _, s in tables])
+    dynamic_window = self.layers.attn.impl == "xla" or spec.cached
+    no_window = jnp.iinfo(jnp.int32).max
+    window_values = jnp.asarray([no_window if w is None else w for w in windows], jnp.int32)
+
+    def body(x, xs):
+      layer_state, r, w, layer_cache = xs
+      layer = nnx.merge(graphdef, layer_state)
+      cos, sin = tables[0] if len(ropes) == 1 else (cos_all[r], sin_all[r])
+      if layer_cache is not None:
+        layer_cache = {**layer_cache, "index": cache_index}
+      if len(windows) == 1:
+        y, new = layer(x, cos, sin, spec, layer_cache, windows[0])
+      elif dynamic_window:
+        y, new = layer(x, cos, sin, spec, layer_cache, window_values[w])
+      else:
+        branches = [functools.partial(lambda win, x, cos, sin: layer(x, cos, sin, spec, None, win)[0],
+                                      win) for win in windows]
+        y, new = jax.lax.switch(w, branches, x, cos, sin), None
+      return y, (None if layer_cache is None else {"k": new["k"], "v": new["v"]})
+
+    if cache_layers is None and self.remat:
+      body = jax.checkpoint(body, policy=remat_policy(self.remat), prevent_cse=False)
+    x, new_layers = jax.lax.scan(body, x, (state, rope_ix, win_ix, cache_layers))
+    return x, new_layers
+
   def __call__(self, input_ids: Array, attention_mask: Array | None = None,
                positions: Array | None = None, segment_ids: Array | None = None) -> Array:
     """Logits [B, T, V] (float32)."""
@@ -207,18 +272,26 @@ class CausalLM(nnx.Module):
     return self.logits_from_hidden(h)
 
   def init_cache(self, batch_size: int, max_length: int, dtype=None) -> dict[str, Any]:
-    """An empty KV cache for ``max_length`` slots (prompt plus new tokens)."""
+    """An empty KV cache for ``max_length`` slots (prompt plus new tokens).
+
+    Per-layer ``{"k", "v"}`` [B, S, K, H] in a list (unrolled layers), or one dict of [L, B, S, K, H]
+    arrays (scanned layers).
+    """
     cfg = self.config
     dtype = dtype or self.dtype
     shape = (batch_size, max_length, cfg.num_kv_heads, cfg.head_dim)
+    if self.scan_layers:
+      stacked = (cfg.num_layers,) + shape
+      layers: Any = {"k": jnp.zeros(stacked, dtype), "v": jnp.zeros(stacked, dtype)}
+    else:
+      layers = [{"k": jnp.zeros(shape, dtype), "v": jnp.zeros(shape, dtype)}
+                for _ in range(cfg.num_layers)]
     return {
         "index": jnp.zeros((), jnp.int32),
         "mask": jnp.zeros((batch_size, max_length), bool),
         "next_position": jnp.zeros((batch_size,), jnp.int32),
-        "layers": [{"k": jnp.zeros(shape, dtype), "v": jnp.zeros(shape, dtype)}
-                   for _ in range(cfg.num_layers)],
+        "layers": layers,
     }
-
 
 
 def softcap(x: Array, cap: float | None) -> Array:

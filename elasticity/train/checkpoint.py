@@ -10,6 +10,11 @@ Writes are atomic (Orbax writes to a temporary directory and renames it when com
 killed mid-save leaves the previous checkpoint intact. Restoring takes abstract targets
 (`jax.ShapeDtypeStruct` with a `NamedSharding`), so a checkpoint written on one mesh restores onto
 another; each host reads only its own shards.
+
+Layer layouts (`elasticity.models.scan`): a state saved with scanned layers restores into an unrolled
+run and vice versa. The checkpoint's layout is read from its metadata; the state is restored in that
+layout and restacked (params and every parameter-shaped optimizer moment), or, with
+``convert_layout=False``, refused with an error naming both layouts.
 """
 
 from __future__ import annotations
@@ -18,8 +23,11 @@ import os
 from collections.abc import Mapping
 from typing import Any
 
+import jax
 import orbax.checkpoint as ocp
 from absl import logging
+
+from elasticity.models import scan
 
 
 class Checkpointer:
@@ -59,17 +67,43 @@ class Checkpointer:
     if wait:
       self.manager.wait_until_finished()
 
-  def restore(self, abstract_state: Any, step: int | None = None
+  def saved_layout(self, step: int) -> str | None:
+    """"scanned" | "unrolled" | None (no parameter tree found) of the state saved at ``step``."""
+    try:
+      meta = self.manager.item_metadata(step)["state"]
+    except (KeyError, TypeError, ValueError, FileNotFoundError):
+      return None
+    return scan.tree_layout(_as_dicts(meta))
+
+  def restore(self, abstract_state: Any, step: int | None = None, *, convert_layout: bool = True
               ) -> tuple[int, Any, dict[str, Any], dict[str, Any]]:
-    """``(step, state, data_state, meta)`` of ``step`` (default: latest) into the abstract targets."""
+    """``(step, state, data_state, meta)`` of ``step`` (default: latest) into the abstract targets.
+
+    A checkpoint of the other layer layout is converted (``convert_layout``) or refused.
+    """
     step = self.latest_step() if step is None else step
     if step is None:
       raise FileNotFoundError(f"{self.directory}: no checkpoint to restore")
+    want, saved = scan.tree_layout(abstract_state), self.saved_layout(step)
+    target = abstract_state
+    if want and saved and want != saved:
+      if not convert_layout:
+        raise ValueError(f"{self.directory}: step {step} was saved with {saved} layers, but this run "
+                         f"uses {want} layers (config.model.scan_layers="
+                         f"{want == scan.SCANNED}); set it to {saved == scan.SCANNED} or restore "
+                         f"with convert_layout=True")
+      logging.info("checkpoint: step %d has %s layers; converting to %s", step, saved, want)
+      target = scan.convert_tree(abstract_state, saved == scan.SCANNED, abstract=True)
     out = self.manager.restore(step, args=ocp.args.Composite(
-        state=ocp.args.StandardRestore(abstract_state), data=ocp.args.JsonRestore(),
+        state=ocp.args.StandardRestore(target), data=ocp.args.JsonRestore(),
         meta=ocp.args.JsonRestore()))
+    state = out["state"]
+    if target is not abstract_state:
+      state = scan.convert_tree(state, want == scan.SCANNED)
+      shardings = jax.tree.map(lambda a: a.sharding, abstract_state)
+      state = jax.device_put(state, shardings)
     logging.info("checkpoint: restored step %d from %s", step, self.directory)
-    return step, out["state"], dict(out["data"]), dict(out["meta"] or {})
+    return step, state, dict(out["data"]), dict(out["meta"] or {})
 
   def reached_preemption(self, step: int) -> bool:
     """True on every host once any host has been told it will be preempted (multi-host TPU)."""
@@ -84,3 +118,12 @@ class Checkpointer:
   def close(self) -> None:
     self.manager.wait_until_finished()
     self.manager.close()
+
+
+def _as_dicts(tree):
+  """Orbax tree metadata as plain nested dicts (enough to read the layer layout)."""
+  if hasattr(tree, "keys") and not isinstance(tree, dict):
+    return {k: _as_dicts(tree[k]) for k in tree.keys()}
+  if isinstance(tree, dict):
+    return {k: _as_dicts(v) for k, v in tree.items()}
+  return tree

@@ -13,6 +13,7 @@ from typing import Any
 import ml_collections
 
 from elasticity import sharding as shd
+from elasticity.models.attention import IMPLEMENTATIONS as ATTENTION_IMPLS
 from elasticity.train import losses, optimizer
 
 DTYPES = ("float32", "bfloat16", "float16")
@@ -56,6 +57,8 @@ def default_config() -> ml_collections.ConfigDict:
   c.model.dtype = "float32"       # compute dtype
   c.model.param_dtype = "float32"  # master-weight dtype (optimizer state follows it)
   c.model.remat = "none"          # per-layer rematerialisation policy
+  c.model.scan_layers = True      # the decoder stack as one lax.scan (compiles one layer, not L)
+  c.model.attention_impl = "xla"  # attention core: xla (CPU default) | cudnn (NVIDIA) | splash (TPU)
   c.model.random_init = ""        # a elasticity.models.presets name: random weights instead of path
 
   c.reference = ml_collections.ConfigDict()
@@ -159,6 +162,9 @@ def validate(cfg: ml_collections.ConfigDict) -> None:
   _one_of(cfg, "model.dtype", DTYPES)
   _one_of(cfg, "model.param_dtype", DTYPES)
   _one_of(cfg, "model.remat", REMAT)
+  _one_of(cfg, "model.attention_impl", ATTENTION_IMPLS)
+  if not isinstance(cfg.model.scan_layers, bool):
+    raise ValueError(f"config.model.scan_layers: must be True or False, got {cfg.model.scan_layers!r}")
   _one_of(cfg, "objective.name", losses.NAMES)
   _one_of(cfg, "objective.reference", REFERENCE)
   _one_of(cfg, "optimizer.name", optimizer.NAMES)

@@ -1,0 +1,200 @@
+"""Scanned layers (one `lax.scan` over stacked parameters) against the unrolled stack.
+
+For every family in `hf_reference`: logits, SFT loss and gradients agree (1e-6 relative, float32),
+the scanned model matches `transformers` too, and the HF export is the same file from either layout.
+Generation, orbax exports and train-state checkpoints work across layouts.
+"""
+
+from __future__ import annotations
+
+import filecmp
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+from flax import nnx
+
+from elasticity.convert.orbax_model import load_orbax, save_orbax
+from elasticity.models import create_model, load_pretrained, save_pretrained
+from elasticity.models import scan
+from elasticity.models.config import FULL, SLIDING, ModelConfig
+from elasticity.models.generate import generate
+
+from hf_reference import VARIANTS, ragged_batch, tiny_hf_model, valid_logit_error
+
+
+def rel_err(got, want) -> float:
+  """‖got − want‖₂ / ‖want‖₂ (float64)."""
+  got, want = np.asarray(got, np.float64), np.asarray(want, np.float64)
+  return float(np.linalg.norm(got - want) / max(np.linalg.norm(want), 1e-30))
+
+
+def loss_fn(graphdef, params, ids, mask):
+  """(mean next-token NLL over real tokens, logits): the quantity the SFT step differentiates."""
+  logits = nnx.merge(graphdef, params)(ids, attention_mask=mask)
+  lp = jax.nn.log_softmax(logits[:, :-1], axis=-1)
+  nll = -jnp.take_along_axis(lp, ids[:, 1:, None], axis=-1)[..., 0]
+  w = (mask[:, 1:] & mask[:, :-1]).astype(jnp.float32)
+  return jnp.sum(nll * w) / jnp.sum(w), logits
+
+
+@pytest.fixture(scope="module", params=sorted(VARIANTS))
+def pair(request, tmp_path_factory):
+  ref = tiny_hf_model(request.param)
+  path = tmp_path_factory.mktemp(request.param) / "hf"
+  ref.save_pretrained(path)
+  unrolled = load_pretrained(path)
+  return request.param, ref, path, unrolled, scan.stack_layers(unrolled)
+
+
+def test_logits_loss_and_gradients_agree(pair):
+  variant, ref, _, unrolled, scanned = pair
+  assert scanned.scan_layers and not unrolled.scan_layers
+  ids, mask, _ = ragged_batch(ref.config.vocab_size, [12, 9, 4], "right", seed=2)
+  ids, mask = jnp.asarray(ids, jnp.int32), jnp.asarray(mask, bool)
+  results = {}
+  for name, model in (("unrolled", unrolled), ("scanned", scanned)):
+    graphdef, params = nnx.split(model)
+    params = nnx.to_pure_dict(params)
+    (loss, logits), grads = jax.jit(jax.value_and_grad(
+        lambda p: loss_fn(graphdef, p, ids, mask), has_aux=True))(params)
+    results[name] = (np.asarray(logits), float(loss), grads)
+  (lu, loss_u, gu), (ls, loss_s, gs) = results["unrolled"], results["scanned"]
+  valid = np.asarray(mask)
+  assert rel_err(ls[valid], lu[valid]) < 1e-6, variant
+  assert abs(loss_s - loss_u) <= 1e-6 * abs(loss_u), (variant, loss_s, loss_u)
+  gu = scan.stack_params(gu)                           # the unrolled gradients, stacked by layer
+  flat_u = dict(jax.tree_util.tree_flatten_with_path(gu)[0])
+  flat_s = dict(jax.tree_util.tree_flatten_with_path(gs)[0])
+  assert flat_u.keys() == flat_s.keys()
+  for k in flat_u:
+    assert flat_s[k].shape == flat_u[k].shape, (variant, k)
+    assert rel_err(flat_s[k], flat_u[k]) < 1e-6, (variant, jax.tree_util.keystr(k))
+
+
+def test_scanned_matches_transformers(pair):
+  variant, ref, _, _, scanned = pair
+  err, _ = valid_logit_error(ref, scanned, [11, 7, 3], "left")
+  assert err < 1e-4, f"{variant}: max abs logit error {err:.2e}"
+
+
+def test_hf_export_is_the_same_file(pair, tmp_path):
+  variant, _, path, unrolled, scanned = pair
+  a = save_pretrained(unrolled, tmp_path / "unrolled")
+  b = save_pretrained(scanned, tmp_path / "scanned")
+  for name in ("config.json", "model.safetensors"):
+    assert filecmp.cmp(a / name, b / name, shallow=False), f"{variant}: {name} differs"
+  # and the scanned model read straight from the file equals the stacked one
+  from elasticity.convert.hf import read_config
+  from elasticity.convert.params import model_from_tensors
+  from elasticity.models.registry import config_from_hf
+  from safetensors.numpy import load_file
+  tensors = load_file(str(b / "model.safetensors"))
+  direct = model_from_tensors(config_from_hf(read_config(b)), tensors, tensors.__getitem__,
+                              scan_layers=True)
+  want = nnx.to_pure_dict(nnx.state(scanned, nnx.Param))
+  got = nnx.to_pure_dict(nnx.state(direct, nnx.Param))
+  jax.tree.map(np.testing.assert_array_equal, got, want)
+
+
+def test_layout_round_trip_is_exact():
+  cfg = ModelConfig(family="gemma3", vocab_size=37, hidden_size=16, intermediate_size=24, num_layers=3,
+                    num_heads=2, num_kv_heads=1, head_dim=8, norm_plus_one=True, qk_norm=True,
+                    sandwich_norms=True, sliding_window=2, layer_types=(SLIDING, FULL, SLIDING))
+  unrolled = create_model(cfg, seed=5)
+  scanned = create_model(cfg, seed=5, scan_layers=True)     # same random draws, stacked
+  want = nnx.to_pure_dict(nnx.state(unrolled, nnx.Param))
+  jax.tree.map(np.testing.assert_array_equal,
+               nnx.to_pure_dict(nnx.state(scanned, nnx.Param)), scan.stack_params(want))
+  back = scan.unstack_layers(scanned)
+  jax.tree.map(np.testing.assert_array_equal, nnx.to_pure_dict(nnx.state(back, nnx.Param)), want)
+  assert nnx.graphdef(back) == nnx.graphdef(unrolled)
+  q = nnx.state(scanned, nnx.Param)["layers"]["attn"]["q"]
+  assert q.get_metadata()["logical_axes"] == ("layers", "embed", "heads", "head_dim")
+  assert q.shape == (3, 16, 2, 8)
+
+
+GEN_CFG = ModelConfig(family="gemma2", vocab_size=61, hidden_size=32, intermediate_size=48,
+                      num_layers=3, num_heads=4, num_kv_heads=2, head_dim=8, norm_plus_one=True,
+                      embed_scale=True, activation="gelu_tanh", sandwich_norms=True, sliding_window=3,
+                      layer_types=(SLIDING, FULL, SLIDING), attn_logit_softcap=5.0,
+                      final_logit_softcap=4.0)
+
+
+def test_generate_same_tokens_in_both_layouts():
+  unrolled = create_model(GEN_CFG, seed=3)
+  scanned = scan.stack_layers(unrolled)
+  prompts = [[5, 9, 11, 3, 7, 2, 8], [4, 6], [12, 13, 14, 15]]
+  greedy = [generate(m, prompts, max_new_tokens=8).tokens for m in (unrolled, scanned)]
+  assert greedy[0] == greedy[1]
+  cache = scanned.init_cache(3, 16)
+  assert cache["layers"]["k"].shape == (3, 3, 16, 2, 8)
+
+
+def test_stories260k_scanned(shared):
+  """The real llama2.c model: the scanned layout gives the unrolled logits."""
+  from conftest import require
+  model_path = require(shared / "models" / "stories260K" / "stories260K.bin")
+  tok = require(shared / "models" / "stories260K" / "tok512.bin")
+  unrolled = load_pretrained(model_path, tokenizer=tok)
+  ids = np.random.default_rng(0).integers(1, 512, (2, 40)).astype(np.int32)
+  want = np.asarray(unrolled(ids))
+  got = np.asarray(scan.stack_layers(unrolled)(ids))
+  assert rel_err(got, want) < 1e-6
+
+
+def test_orbax_export_is_layout_free(tmp_path):
+  unrolled = create_model(GEN_CFG, seed=1)
+  scanned = scan.stack_layers(unrolled)
+  save_orbax(scanned, tmp_path / "from_scanned")     # written unrolled, read into either layout
+  want = nnx.to_pure_dict(nnx.state(unrolled, nnx.Param))
+  for src in ("from_scanned",):
+    back = load_orbax(tmp_path / src)
+    assert not back.scan_layers
+    jax.tree.map(np.testing.assert_array_equal, nnx.to_pure_dict(nnx.state(back, nnx.Param)), want)
+    stacked = load_orbax(tmp_path / src, scan_layers=True)
+    assert stacked.scan_layers
+    jax.tree.map(np.testing.assert_array_equal, nnx.to_pure_dict(nnx.state(stacked, nnx.Param)),
+                 scan.stack_params(want))
+
+
+def _train_state(model, tx):
+  params = nnx.to_pure_dict(nnx.state(model, nnx.Param))
+  opt = tx.init(params)
+  # Make the moments non-trivial so a mixed-up layer would show.
+  opt = jax.tree.map(lambda x: x + 0.5 if jnp.issubdtype(x.dtype, jnp.floating) else x, opt)
+  return {"step": jnp.asarray(3, jnp.int32), "params": params, "opt_state": opt,
+          "rng": jnp.asarray([1, 2], jnp.uint32)}
+
+
+@pytest.mark.parametrize("saved_scanned", [True, False])
+def test_train_checkpoint_restores_in_the_other_layout(tmp_path, saved_scanned):
+  from elasticity.train.checkpoint import Checkpointer
+  tx = optax.adamw(1e-3)
+  unrolled = create_model(GEN_CFG, seed=2)
+  models = {True: scan.stack_layers(unrolled), False: unrolled}
+  saved, other = _train_state(models[saved_scanned], tx), _train_state(models[not saved_scanned], tx)
+  ckpt = Checkpointer(tmp_path / "ck", async_save=False)
+  ckpt.save(3, saved, {"pos": 1}, {"note": "x"}, wait=True)
+  assert ckpt.saved_layout(3) == scan.layout_name(saved_scanned)
+  abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), other)
+  step, state, data, _ = ckpt.restore(abstract)
+  assert step == 3 and data == {"pos": 1}
+  assert jax.tree.structure(state) == jax.tree.structure(other)
+  jax.tree.map(np.testing.assert_array_equal, state, other)   # bitwise: restacking only
+  with pytest.raises(ValueError, match=f"saved with {scan.layout_name(saved_scanned)} layers.*"
+                                       f"uses {scan.layout_name(not saved_scanned)} layers"):
+    ckpt.restore(abstract, convert_layout=False)
+  ckpt.close()
+
+
+def test_scanned_param_shardings_leave_the_layer_axis_whole():
+  from elasticity import sharding as shd
+  from elasticity.models.registry import abstract_model
+  mesh = shd.make_mesh(data=1, fsdp=2, tensor=2, devices=jax.devices()[:4])
+  _, state = nnx.split(abstract_model(GEN_CFG, scan_layers=True))
+  specs = shd.param_specs(state, mesh, scan.with_layers_rule(shd.DEFAULT_RULES))
+  assert specs["layers"]["attn"]["q"] == jax.sharding.PartitionSpec(None, "fsdp", "tensor", None)
+  assert specs["layers"]["mlp"]["down"] == jax.sharding.PartitionSpec(None, "tensor", "fsdp")
