@@ -41,6 +41,7 @@ BATCH_AXES = ("data", "fsdp")
 DEFAULT_RULES: tuple[tuple[str, Any], ...] = (
     ("batch", BATCH_AXES),
     ("length", None),
+    ("layers", None),          # the stacked axis of scanned layers: never sharded
     ("vocab", "tensor"),
     ("embed", "fsdp"),
     ("heads", "tensor"),

@@ -6,6 +6,7 @@ To add a family: write ``elasticity/models/<family>.py`` with ``MODEL_TYPES``, `
 
 from __future__ import annotations
 
+import functools
 from types import ModuleType
 from typing import Any
 
@@ -47,7 +48,18 @@ def create_model(cfg: ModelConfig, *, dtype=jnp.float32, param_dtype=None, seed:
 
 def abstract_model(cfg: ModelConfig, *, dtype=jnp.float32, param_dtype=None,
                    scan_layers: bool = False, attention_impl: str = "xla") -> CausalLM:
-  """The model with `jax.ShapeDtypeStruct` leaves: no memory allocated (for shapes, counts, shardings)."""
-  return nnx.eval_shape(lambda: CausalLM(cfg, dtype=dtype, param_dtype=param_dtype or dtype,
-                                         rngs=nnx.Rngs(0), scan_layers=scan_layers,
-                                         attention_impl=attention_impl))
+  """The model with `jax.ShapeDtypeStruct` leaves: no memory allocated (for shapes, counts, shardings).
+
+  Tracing the constructor costs seconds for a 30-layer model, so its split (structure and abstract
+  leaves, both immutable) is cached per config and dtypes; each call merges a fresh module from it.
+  """
+  graphdef, state = _abstract_parts(cfg, jnp.dtype(dtype), jnp.dtype(param_dtype or dtype),
+                                    bool(scan_layers), str(attention_impl))
+  return nnx.merge(graphdef, state)
+
+
+@functools.lru_cache(maxsize=32)
+def _abstract_parts(cfg: ModelConfig, dtype, param_dtype, scan_layers: bool, attention_impl: str):
+  return nnx.split(nnx.eval_shape(lambda: CausalLM(cfg, dtype=dtype, param_dtype=param_dtype,
+                                                   rngs=nnx.Rngs(0), scan_layers=scan_layers,
+                                                   attention_impl=attention_impl)))

@@ -111,8 +111,10 @@ def _load_model(cfg, tokenizer_path: str | None, weights: bool = True):
   parameters from the train-state checkpoint.
   """
   from elasticity.models import abstract_model, load_config, load_pretrained
+  from elasticity.models.scan import to_layout
   dtype, pdtype = _dtypes(cfg)
   remat = None if cfg.model.remat == "none" else cfg.model.remat
+  scan, impl = bool(cfg.model.scan_layers), cfg.model.attention_impl
   if cfg.model.random_init:
     from elasticity.models.presets import preset_config
     mcfg = preset_config(cfg.model.random_init)
@@ -122,11 +124,13 @@ def _load_model(cfg, tokenizer_path: str | None, weights: bool = True):
     model = None
   else:
     with _on_host():   # host memory: never one accelerator holding the whole model
-      model = load_pretrained(cfg.model.path, dtype=dtype, param_dtype=pdtype,
-                              tokenizer=tokenizer_path)
+      model = to_layout(load_pretrained(cfg.model.path, dtype=dtype, param_dtype=pdtype,
+                                        tokenizer=tokenizer_path), scan)
+    model.set_attention_impl(impl)
     mcfg = model.config
     model.remat = remat
-  abstract = abstract_model(mcfg, dtype=dtype, param_dtype=pdtype)
+  abstract = abstract_model(mcfg, dtype=dtype, param_dtype=pdtype, scan_layers=scan,
+                            attention_impl=impl)
   abstract.remat = remat
   return model, abstract
 
@@ -285,7 +289,8 @@ def _join_and_mesh(cfg) -> tuple[Any, tuple]:
   shd.initialize_distributed(d.coordinator_address or None, d.num_processes or None,
                              d.process_id if d.process_id >= 0 else None)
   mesh = shd.mesh_from_config(cfg.mesh)
-  rules = compiled.hashable(cfg.sharding.rules)
+  from elasticity.models.scan import with_layers_rule
+  rules = compiled.hashable(with_layers_rule(cfg.sharding.rules))
   logging.info("mesh %s over %d devices (%d processes)", dict(mesh.shape), mesh.size, jax.process_count())
   if cfg.train.global_batch_size % (shd.batch_divisor(mesh, rules) * cfg.train.num_microbatches):
     raise ValueError(f"config.train.global_batch_size={cfg.train.global_batch_size} is not a multiple "
@@ -343,11 +348,14 @@ def _random_init(cfg, shardings) -> Callable[[], Any]:
   dtype, pdtype = _dtypes(cfg)
   seed = int(cfg.seed)
 
+  scan, impl = bool(cfg.model.scan_layers), cfg.model.attention_impl
+
   def build():
     return jax.jit(lambda: split_params(create_model(mcfg, dtype=dtype, param_dtype=pdtype,
-                                                     seed=seed))[1],
+                                                     seed=seed, scan_layers=scan,
+                                                     attention_impl=impl))[1],
                    out_shardings=shardings["params"])
-  return compiled.get(("random_init", cfg.model.random_init, dtype, pdtype, seed,
+  return compiled.get(("random_init", cfg.model.random_init, dtype, pdtype, seed, scan, impl,
                        compiled.tree_key(shardings["params"])), build)
 
 
@@ -401,8 +409,10 @@ def _reference(cfg, data: _Data, m: _Model, mesh, rules, workdir: str, ref: _Ref
       from elasticity.models import load_pretrained
       dtype, pdtype = _dtypes(cfg)
       with _on_host():
-        ref_model = load_pretrained(cfg.reference.path, dtype=dtype, param_dtype=pdtype,
-                                    tokenizer=_tokenizer_path(cfg))
+        from elasticity.models.scan import to_layout
+        ref_model = to_layout(load_pretrained(cfg.reference.path, dtype=dtype, param_dtype=pdtype,
+                                              tokenizer=_tokenizer_path(cfg)),
+                              bool(cfg.model.scan_layers))
       ref_host = split_params(ref_model)[1]
     else:
       if m.host_params is None:
