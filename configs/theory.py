@@ -77,7 +77,7 @@ def lab_config(variant: str) -> ml_collections.ConfigDict:
   c.resistance = ml_collections.ConfigDict(dict(k=100.0, checkpoints="10,20,40", steps=20,
                                                 samples=1024))
   c.rebound = ml_collections.ConfigDict(dict(k=100.0, n_pos="10,40", n_neg="0,2,5,10,20"))
-  c.scaling = ml_collections.ConfigDict(dict(k=100.0, models="32x1,64x2,128x2",
+  c.scaling = ml_collections.ConfigDict(dict(k=100.0, models="16x1,32x1,64x2",
                                              pretrain_steps="100,300", n_pos=20, n_neg="0,2,5,10"))
   c.rounds = ml_collections.ConfigDict(dict(k=100.0, rounds=3, align_steps=20, perturb_steps=10))
   if variant == "lab_small":

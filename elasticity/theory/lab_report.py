@@ -136,8 +136,8 @@ def resistance_section(rows: Sequence[Row], ctx: Context) -> list[Section]:
     wins = sum(r.metric("final_loss") < fi[r.seed].metric("final_loss") for r in i if r.seed in fi)
     wins_x = sum(r.metric("excess") < fi[r.seed].metric("excess") for r in i if r.seed in fi)
     a, b = pair.split("-")
-    table.append({"pair": pair, f"forward {a}→{b} loss": fmt(_stat(f, "final_loss")),
-                  f"inverse {b}→{a} loss": fmt(_stat(i, "final_loss")),
+    table.append({"pair": f"{a}, {b}", "forward (θ_i on D_j) loss": fmt(_stat(f, "final_loss")),
+                  "inverse (θ_j on D_i) loss": fmt(_stat(i, "final_loss")),
                   "inverse < forward (loss)": f"{wins}/{len(i)}",
                   "forward excess": fmt(_stat(f, "excess")), "inverse excess": fmt(_stat(i, "excess")),
                   "inverse < forward (excess)": f"{wins_x}/{len(i)}"})
