@@ -58,7 +58,7 @@ def exact_section(rows: Sequence[Row], ctx: Context) -> list[Section]:
   for k in ks:
     pts = sorted(_part(ex, "law", k=k), key=lambda r: r.coords["l"])
     for r in pts:
-      table.append({"k": k, "l": r.coords["l"], "γ_p": r.metric("gamma_p"), "γ_a": r.metric("gamma_a"),
+      table.append({"k": _g(k), "l": _g(r.coords["l"]), "γ_p": r.metric("gamma_p"), "γ_a": r.metric("gamma_a"),
                     "γ_t": r.metric("gamma_t")})
   body.append(markdown_table(table, digits=6))
   return [Section("Exact theory: γ against l", "\n\n".join(body))]
@@ -76,12 +76,12 @@ def law_section(rows: Sequence[Row], ctx: Context) -> list[Section]:
     ratio, fr = _stat(rs, "ratio"), _stat(rs, "finetune_ratio")
     er, e0 = _stat(rs, "exact_ratio"), _stat(rs, "exact_ratio_l0")
     table.append({
-        "k": k, "seeds": len(rs),
+        "k": _g(k), "seeds": len(rs),
         "dγ_p/dl (net)": fmt(_stat(rs, "slope_p"), 6), "dγ_a/dl (net)": fmt(_stat(rs, "slope_a"), 6),
         "ratio joint (net)": fmt(ratio, 3), "Θ = ratio/(−k)": fmt(_stat(rs, "theta"), 3),
         "signs hold": f"{sum(r.metric('signs_hold') == 1.0 for r in rs)}/{len(rs)}",
         "ratio finetune (net)": fmt(fr, 3), "Θ finetune": fmt(_stat(rs, "finetune_theta"), 3),
-        "exact ratio (same l)": fmt(er, 3), "exact ratio (l→0)": fmt(e0, 3), "−k": -k,
+        "exact ratio (same l)": fmt(er, 3), "exact ratio (l→0)": fmt(e0, 3), "−k": _g(-k),
         "pretrain gap p, a (bits/token)": f"{fmt(_stat(rs, 'pretrained_gap_p'), 3)}, "
                                           f"{fmt(_stat(rs, 'pretrained_gap_a'), 3)}"})
     if ratio:
