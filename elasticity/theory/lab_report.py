@@ -5,7 +5,7 @@
 Sections: the exact γ of D_p and D_a against l for each k; the law measured on networks (the
 ratio of the slopes dγ_a/dl ÷ dγ_p/dl under joint training and under fine-tuning on D_t, mean ± s.d.
 over seeds, against −k and the exact ratio of the same world); resistance; rebound; scaling;
-several rounds. Built from the report kit (`elasticity.report`: rows, `aggregate`, `plots.curves`,
+several rounds. Built from the report kit (`elasticity.report`: rows, `mean_sd`, `plots.curves`,
 `Section`, `render`); every file is written atomically.
 """
 
@@ -19,7 +19,7 @@ from pathlib import Path
 from elasticity import atomic
 from elasticity.report import plots
 from elasticity.report.document import Context, Section, image, render
-from elasticity.report.results import Row, Stat, aggregate, fmt, load_rows, mean_sd, read_experiment
+from elasticity.report.results import Row, Stat, fmt, load_rows, mean_sd, read_experiment
 from elasticity.report.tables import markdown_table, write_csv
 
 
