@@ -1,7 +1,12 @@
-"""Main job on its embedded default: load a model into the Flax port, answer a prompt, and report the
-answer's compression under the model (bits per byte and per token of the answer, response-masked).
+"""The main job on its embedded default: the theory lab end to end (no download, no data beyond what
+it generates; a few minutes on 2 CPU cores): the exact Theorem 4.2 curves of a synthetic world, the
+law measured on small Llamas trained from scratch there (three k, two protocols, seeds), resistance,
+rebound, scaling and several rounds; writes ``runs/<name>/report.md`` with its plots and prints where.
 
-    python -m launch.main [--config=configs/demo.py] [--config.prompt=...] [--compilation_cache=DIR|off]
+    python -m launch.main                                   # configs/theory.py:lab
+    python -m launch.main --config=configs/theory.py:lab_small --workdir=/tmp/lab
+    python -m launch.main --config.seeds=0,1 --config.parts=law,rebound
+    python -m launch.main --demo=chat [--chat_config.prompt=...]   # the SmolLM2 chat demo
 """
 
 from __future__ import annotations
@@ -12,67 +17,42 @@ import time
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 
-import jax  # noqa: E402
-import jax.numpy as jnp  # noqa: E402
-import numpy as np  # noqa: E402
 from absl import app, flags, logging  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
 from elasticity import compile_cache, paths  # noqa: E402
 
+_DEMO = flags.DEFINE_enum("demo", "lab", ["lab", "chat"], "lab: the theory lab (default); chat: the "
+                          "SmolLM2 chat demo (launch/demo_chat.py).")
 _CONFIG = config_flags.DEFINE_config_file(
-    "config", str(paths.PROJECT_ROOT / "configs" / "demo.py"), "Demo configuration.", lock_config=True)
+    "config", str(paths.PROJECT_ROOT / "configs" / "theory.py") + ":lab",
+    "Theory lab configuration (configs/theory.py:lab).", lock_config=True)
+_CHAT = config_flags.DEFINE_config_file(
+    "chat_config", str(paths.PROJECT_ROOT / "configs" / "demo.py"), "Chat demo configuration.",
+    lock_config=True)
+_WORKDIR = flags.DEFINE_string("workdir", None, "Output folder (default: runs/<config.name>).")
+_PROGRESS = flags.DEFINE_bool("progress", True, "Show a progress bar.")
 compile_cache.define_flags()
 
 
-def answer_bits(model, prompt_ids: list[int], answer_ids: list[int]) -> tuple[float, int]:
-  """(total bits of the answer tokens given the prompt, number of answer tokens)."""
-  from elasticity.logprobs import token_logprobs
-  ids = jnp.asarray([prompt_ids + answer_ids], jnp.int32)
-  lp, _ = token_logprobs(model, ids)
-  nats = -float(jnp.sum(lp[0, len(prompt_ids):]))
-  return nats / np.log(2.0), len(answer_ids)
-
-
-def main(argv):
+def main(argv: list[str]) -> None:
   del argv
   compile_cache.enable_from_flags()
+  if _DEMO.value == "chat":
+    from launch.demo_chat import run_chat
+    run_chat(_CHAT.value)
+    return
+  from elasticity.theory.lab import run_lab
   cfg = _CONFIG.value
-  from elasticity.convert import load_pretrained
-  from elasticity.models.generate import generate
-  from elasticity.tokenizers import load_tokenizer
-
-  model_path = cfg.model or str(paths.smollm2_gguf())
-  tok_path = cfg.tokenizer or model_path
-  t0 = time.time()
-  model = load_pretrained(model_path, dtype=jnp.dtype(cfg.dtype),
-                          tokenizer=cfg.tokenizer or None)
-  tok = load_tokenizer(tok_path)
-  logging.info("loaded %s in %.1fs (%s, %d layers) on %s", model_path, time.time() - t0,
-               model.config.family, model.config.num_layers, jax.devices()[0].platform)
-
-  if tok.has_chat_template:
-    messages = ([{"role": "system", "content": cfg.system}] if cfg.system else [])
-    messages.append({"role": "user", "content": cfg.prompt})
-    text = tok.apply_chat_template(messages, add_generation_prompt=True)
-    prompt_ids = tok.encode(text)
-  else:
-    prompt_ids = tok.encode(cfg.prompt, add_bos=tok.bos_id is not None)
-  stops = [t for t in (tok.eos_id, *model.config.eos_token_id) if t is not None]
-  t0 = time.time()
-  out = generate(model, [prompt_ids], max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature,
-                 top_p=cfg.top_p, stop_tokens=stops, seed=cfg.seed)
-  elapsed = time.time() - t0
-  answer_ids = out.tokens[0]
-  answer_ids_no_stop = answer_ids[:-1] if out.stopped[0] else answer_ids
-  answer = tok.decode(answer_ids_no_stop).strip()
-  bits, n_tokens = answer_bits(model, prompt_ids, answer_ids)
-  n_bytes = len(tok.decode(answer_ids_no_stop).encode("utf-8"))
-  print(f"\nPrompt: {cfg.prompt}\n")
-  print(f"Answer: {answer}\n")
-  print(f"model: {os.path.basename(model_path)}  ({len(answer_ids)} new tokens in {elapsed:.1f}s)")
-  print(f"bits/byte of the answer under the model: {bits / max(n_bytes, 1):.4f} "
-        f"({bits:.1f} bits over {n_bytes} UTF-8 bytes; {bits / max(n_tokens, 1):.4f} bits/token)")
+  if "law" not in cfg:
+    raise app.UsageError(f"--config: {cfg.get('variant')!r} is not a lab config; use "
+                         "configs/theory.py:lab or :lab_small")
+  workdir = _WORKDIR.value or str(paths.PROJECT_ROOT / "runs" / cfg.name)
+  t0 = time.perf_counter()
+  out = run_lab(cfg, workdir, progress=_PROGRESS.value)
+  logging.info("lab done: %d rows", out["rows"])
+  print(f"\nreport: {out['report']}")
+  print(f"wall time {time.perf_counter() - t0:.1f} s, CPU time {out['cpu_seconds']:.1f} s")
 
 
 if __name__ == "__main__":

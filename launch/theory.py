@@ -2,6 +2,7 @@
 
     python -m launch.theory --config=configs/theory.py:exact [--workdir=OUT]
     python -m launch.theory --config=configs/theory.py:pareto [--workdir=OUT]
+    python -m launch.theory --config=configs/theory.py:lab [--workdir=OUT]     # = python -m launch.main
 
 Prints the tables as markdown; with ``--workdir`` also writes ``theory_<variant>.json`` and
 ``theory_<variant>.md`` there (atomically). Unknown ``--config.<key>`` overrides stop the run.
@@ -26,6 +27,11 @@ _WORKDIR = flags.DEFINE_string("workdir", None, "Folder for theory_exact.json/.m
 def main(argv: list[str]) -> None:
   del argv
   cfg = _CONFIG.value
+  if cfg.variant in ("lab", "lab_small"):     # the network lab: a report folder, not one table
+    from elasticity.theory.lab import run_lab
+    out = run_lab(cfg, _WORKDIR.value or str(paths.PROJECT_ROOT / "runs" / cfg.name))
+    print(f"report: {out['report']}\nwall time {out['seconds']:.1f} s, CPU time {out['cpu_seconds']:.1f} s")
+    return
   if cfg.variant == "pareto":
     from elasticity.theory.pareto_real import run_pareto as run, to_markdown
   else:
