@@ -38,7 +38,12 @@ def build_generic(rows: Sequence[Row], ctx: Context) -> list[Section]:
   return [Section("All rows", markdown_table([r.flat() for r in rows]))]
 
 
-REPORTS: dict[str, Builder] = {"rebound": build_rebound}
+def _theory_lab(rows, ctx):
+  from elasticity.theory import lab_report
+  return [s for b in lab_report.BUILDERS for s in b(rows, ctx)]
+
+
+REPORTS: dict[str, Builder] = {"rebound": build_rebound, "theory_lab": _theory_lab}
 
 
 def results_files(workdir: str | os.PathLike) -> list[Path]:
