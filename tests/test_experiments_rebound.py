@@ -252,3 +252,28 @@ def test_sigkill_in_a_cell_then_rerun_gives_the_same_results(uninterrupted, tmp_
   assert again.returncode == 0, again.stderr[-4000:]
   assert "resumed at step" in again.stderr
   assert (workdir / "results.jsonl").read_bytes() == (reference / "results.jsonl").read_bytes()
+
+
+def test_neg_first_swaps_the_stages_data():
+  c = get("tiny,imdb,sft,neg_first")
+  cells = {x.name: x for x in rebound.plan(c)}
+  assert cells["s42/pos16"].train.data.load_kwargs.label == "neg"
+  assert cells["s42/pos16/sft"].train.data.load_kwargs.label == "pos"
+  assert cells["s42/pos16/sft"].train.data.shuffle is False
+
+
+@pytest.mark.parametrize("variant", ["tiny,imdb,dpo", "tiny,safety,kto"])
+def test_preference_reverse_steps_and_the_safety_task_run_end_to_end(variant, tmp_path):
+  c = get(variant, n_pos=(16,), n_neg=(0, 8))
+  summary = runner.run("rebound", c, tmp_path / "run", report=False)
+  assert summary.status == "completed"
+  rows = atomic.read_jsonl(tmp_path / "run" / "results.jsonl")
+  assert [(r["coords"]["stage"], r["coords"]["n_neg"]) for r in rows] == [("base", 0), ("pos", 0),
+                                                                          ("neg", 8)]
+  assert all(np.isfinite(r["metrics"]["delta_gamma"]) for r in rows)
+  cell = next(x for x in rebound.plan(c) if x.coords["stage"] == "neg")
+  assert cell.train.objective.name == variant.split(",")[2]
+  written = sorted(p.name for p in (tmp_path / "run" / "data").glob("*.jsonl"))
+  assert any("pairs" in n for n in written)           # the pairs the reverse step trains on
+  pairs = atomic.read_jsonl(next((tmp_path / "run" / "data").glob("*pairs*.jsonl")))
+  assert len(pairs) == 8 and all(p["chosen"] and p["rejected"] and p["prompt"] for p in pairs)

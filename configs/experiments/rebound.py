@@ -191,7 +191,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   if task == "safety":
     c.eval.scorer.path, c.eval.scorer.sign = ("none" if model == "tiny" else ""), -1.0
     c.prompt_tokens = 0
-    if model == "tiny":
+    if model == "tiny":      # HH dialogues are long: room for whole responses
       c.n_pos, c.n_neg = (16,), (0, 8)
+      c.data.max_length, c.eval.max_length = 128, 512
   c.lock()
   return c
