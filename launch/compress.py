@@ -21,6 +21,7 @@ from absl import app, flags, logging  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
 from elasticity import compile_cache  # noqa: E402
+from launch import overrides  # noqa: E402
 
 from elasticity import compression_job, paths  # noqa: E402
 
@@ -39,15 +40,7 @@ def _defaults():
 def parse_flags(argv: list[str]) -> list[str]:
   """absl flag parsing, with ``--config.<key>`` overrides checked against configs/compress.py first
   (ml_collections would otherwise fail with a bare ``AttributeError``)."""
-  known = compression_job.flat_keys(_defaults())
-  for arg in argv[1:]:
-    if arg == "--":
-      break
-    if arg.startswith("--config."):
-      key = arg[len("--config."):].split("=", 1)[0]
-      if key not in known:
-        raise SystemExit(f"FATAL: unknown config key {'config.' + key!r} (from {arg!r}); known keys: "
-                         f"{', '.join(sorted(known))}")
+  overrides.check(argv, compression_job.flat_keys(_defaults()))
   return flags.FLAGS(argv)
 
 

@@ -24,22 +24,15 @@ from ml_collections import config_flags  # noqa: E402
 from elasticity import compile_cache  # noqa: E402
 
 from elasticity import paths  # noqa: E402
+from launch import overrides  # noqa: E402
 
 
 
 def check_overrides(argv: list[str]) -> None:
-  """Refuse an unknown ``--config.<key>`` with a message naming it (ml_collections, which reads
-  ``sys.argv`` when the flag is defined, would fail with a bare ``AttributeError``)."""
+  """Refuse an unknown ``--config.<key>`` naming it (ml_collections reads ``sys.argv`` when the flag
+  is defined and would fail with a bare ``AttributeError``)."""
   from configs.sentiment import get_config
-  known = set(get_config())
-  for arg in argv[1:]:
-    if arg == "--":
-      break
-    if arg.startswith("--config."):
-      key = arg[len("--config."):].split("=", 1)[0]
-      if key not in known:
-        raise SystemExit(f"FATAL: unknown config key {'config.' + key!r} (from {arg!r}); known keys: "
-                         f"{', '.join(sorted(known))}")
+  overrides.check(argv, set(get_config()))
 
 
 if __name__ == "__main__":

@@ -50,4 +50,5 @@ def main(argv: list[str]) -> None:
 
 
 if __name__ == "__main__":
-  app.run(main)
+  from launch import overrides
+  app.run(main, flags_parser=overrides.parse)

@@ -56,4 +56,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  from launch import overrides
+  app.run(main, flags_parser=overrides.parse)

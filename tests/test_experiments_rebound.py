@@ -277,3 +277,11 @@ def test_preference_reverse_steps_and_the_safety_task_run_end_to_end(variant, tm
   assert any("pairs" in n for n in written)           # the pairs the reverse step trains on
   pairs = atomic.read_jsonl(next((tmp_path / "run" / "data").glob("*pairs*.jsonl")))
   assert len(pairs) == 8 and all(p["chosen"] and p["rejected"] and p["prompt"] for p in pairs)
+
+
+def test_an_unknown_override_key_is_named_without_a_traceback(tmp_path):
+  proc = subprocess.run([*_cmd(tmp_path / "x"), "--config.eval.nokey=3", "--dry_run"], cwd=ROOT,
+                        env=_env(), capture_output=True, text=True, timeout=300)
+  assert proc.returncode != 0
+  assert "config key 'eval.nokey' does not exist" in proc.stderr
+  assert "Traceback" not in proc.stderr

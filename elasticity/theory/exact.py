@@ -21,7 +21,8 @@ from elasticity.theory.tree import TokenTree
 from elasticity.theory.worlds import NAMES, WorldConfig, make_world
 
 
-def _floats(text, key: str) -> list[float]:
+def floats(text, key: str) -> list[float]:
+  """A comma list of numbers from a config string; errors name ``config.<key>``."""
   try:
     vals = [float(x) for x in str(text).split(",") if x.strip()]
   except ValueError as e:
@@ -50,7 +51,7 @@ def _masses(world, depth: int):
 def run_exact(cfg) -> dict[str, Any]:
   """Every table of the exact lab for ``cfg`` (configs/theory.py)."""
   t0 = time.perf_counter()
-  ks, ls = _floats(cfg.ks, "ks"), _floats(cfg.ls, "ls")
+  ks, ls = floats(cfg.ks, "ks"), floats(cfg.ls, "ls")
   if cfg.normalization not in NORMALIZATIONS:
     raise ValueError(f"config.normalization: {cfg.normalization!r} is not one of {NORMALIZATIONS}")
   base = world_config(cfg)

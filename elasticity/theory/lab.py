@@ -37,6 +37,7 @@ import numpy as np
 from absl import logging
 
 from elasticity import atomic
+from elasticity.theory import exact
 from elasticity.theory.mixture import mixture_rates
 from elasticity.theory.network import NetConfig, Network, param_count
 from elasticity.theory.worlds import NAMES, WorldConfig, make_world
@@ -48,14 +49,7 @@ PARTS = ("law", "resistance", "rebound", "scaling", "rounds")
 # --- config ------------------------------------------------------------------------------------
 
 
-def floats(text, key: str) -> list[float]:
-  try:
-    vals = [float(x) for x in str(text).split(",") if x.strip()]
-  except ValueError as e:
-    raise ValueError(f"config.{key}: {text!r} is not a comma list of numbers") from e
-  if not vals:
-    raise ValueError(f"config.{key}: empty")
-  return vals
+floats = exact.floats
 
 
 def ints(text, key: str) -> list[int]:
