@@ -285,3 +285,35 @@ def test_an_unknown_override_key_is_named_without_a_traceback(tmp_path):
   assert proc.returncode != 0
   assert "config key 'eval.nokey' does not exist" in proc.stderr
   assert "Traceback" not in proc.stderr
+
+
+def test_rescore_replaces_only_the_scores_from_saved_generations(uninterrupted, tmp_path):
+  import shutil
+  from elasticity.data import load_dataset
+  from elasticity.eval import load_scorer
+  from elasticity.eval import generations as gen_lib
+  from elasticity.eval.sentiment import TrainConfig, fit
+  from elasticity.experiments.rescore import rescore
+  reference, _, _ = uninterrupted
+  workdir = tmp_path / "copy"
+  shutil.copytree(reference, workdir)
+  reviews = list(load_dataset("imdb", "train"))[:: 250]
+  clf = fit([r["text"] for r in reviews], [int(r["label"] == "pos") for r in reviews],
+            TrainConfig(steps=20))
+  clf.save(tmp_path / "clf")
+  before = atomic.read_jsonl(workdir / "results.jsonl")
+  after = rescore(workdir, tmp_path / "clf")
+  assert atomic.read_jsonl(workdir / "results.jsonl") == after
+  scorer = load_scorer(tmp_path / "clf")
+  for b, a in zip(before, after):
+    assert {k: v for k, v in a["metrics"].items() if k not in ("score", "p_positive")} == b["metrics"]
+    rows, _ = gen_lib.load(workdir / "cells" / a["cell"] / "points" / a["point"] / "generations.jsonl")
+    p = scorer.score([r["completion"] for r in rows])            # the scorer, independently
+    assert a["metrics"]["p_positive"] == pytest.approx(float(np.mean(p)), rel=1e-12)
+    assert a["metrics"]["score"] == pytest.approx(float(np.mean(p > 0.5)), rel=1e-12)
+  meta = atomic.read_json(workdir / "experiment.json")
+  assert meta["rescored"]["scorer"] == str(tmp_path / "clf")
+  report = subprocess.run([sys.executable, "-m", "launch.report", f"--workdir={workdir}"], cwd=ROOT,
+                          env=_env(), capture_output=True, text=True, timeout=300)
+  assert report.returncode == 0, report.stderr[-3000:]
+  assert "p_positive" in (workdir / "report.md").read_text()
