@@ -255,6 +255,10 @@ def main(argv):
   ]
   total = time.perf_counter() - t_start
   round_loads = ", ".join(f"{r['load_avg']:.2f}" for r in cold["rounds"])
+  spread = {what: [res[f"{what}_steady_s"] for res in (s, u)]
+            + [r[f"{what}_{lay}_s"] for r in cold["rounds"] for lay in LAYOUTS]
+            for what in ("step", "measure")}
+  noise = "; ".join(f"{what} {min(v):.2f}–{max(v):.2f} s" for what, v in spread.items())
   record(SECTION,
          f"{environment()}; SmolLM2-135M-Instruct (Q4_1 GGUF dequantized to float32), one CPU device; "
          f"the machine is shared (1-minute load averages in the tables; GGUF loads: "
@@ -268,6 +272,8 @@ def main(argv):
          f"Steady state, both layouts alive in process 1, alternating for {_ROUNDS.value} rounds "
          f"(fastest; load averages {round_loads}); "
          f"bits/token of the two layouts agree within {rel:.1e} relative:\n\n{steady_table}\n"
+         f"Noise: the steady calls of process 1 (both layouts, both phases) ranged {noise}; an "
+         f"overhead is the difference of two calls, and carries that noise.\n\n"
          f"GGUF load, fresh processes alternating, clock around the load call only:\n\n"
          f"{gguf_table}\n" + "\n".join(f"`{x}`  " for x in lines) + "\n")
 
