@@ -63,6 +63,8 @@ def _child(side: str) -> dict:
   cfg_dict, tensors = ggufr.read_gguf(path)
   read = time.perf_counter() - t
   cfg = config_from_hf(cfg_dict)
+  from elasticity.models import registry
+  registry._abstract_parts.cache_clear()   # load_pretrained above filled it: time a fresh build
   t = time.perf_counter()
   abstract_model(cfg, dtype=jnp.float32)
   abstract = time.perf_counter() - t
