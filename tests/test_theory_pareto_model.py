@@ -1,14 +1,17 @@
 """Model leaf masses (`elasticity.theory.pareto_model`): the batched prefix log-masses of stories260K
 against a float64 numpy computation from its full logits, one unpadded sequence at a time; the
 normalization over distinct nodes against a brute-force dictionary; the continuous fits recovering a
-synthetic Pareto shape (and the truncated lognormal against scipy); the whole run on a few texts."""
+synthetic Pareto shape (and the truncated lognormal against scipy); the launcher's run on a few texts."""
 
 from __future__ import annotations
 
+import json
 import math
+import os
+import subprocess
+import sys
+from pathlib import Path
 
-import jax
-import ml_collections
 import numpy as np
 import pytest
 from flax import nnx
@@ -20,6 +23,7 @@ from elasticity.theory.pareto_model import (clauset_x_min, fit_masses, model_dep
                                             pointwise_loglik, sequence_logprobs, start_ids,
                                             vuong_masses)
 
+ROOT = Path(__file__).resolve().parent.parent
 TEXTS = ["Once upon a time there was a little dog.", "Once upon a time, a girl", "The sun",
          "Once upon a time there was a big cat who liked milk.", "Tom and Sue went to the park.",
          "The sun was hot.", "Hi"]
@@ -135,7 +139,6 @@ def test_truncated_lognormal_matches_scipy():
 
 
 def test_rows_and_run_on_a_few_texts(tiny, shared, tmp_path):
-  from elasticity.theory.pareto_model import run_pareto_model, to_markdown
   model, tok = tiny
   seqs = node_sequences(TEXTS * 3, tok, 4, tok.eos_id)
   lp = sequence_logprobs(model, seqs, [tok.bos_id], batch_size=8)
@@ -144,13 +147,18 @@ def test_rows_and_run_on_a_few_texts(tiny, shared, tmp_path):
   assert all(0 < r["coverage"] <= 1 for r in rows)
   assert all(r["all"]["pareto"]["alpha"] > 0 for r in rows if r["all"])
   root = shared / "models" / "stories260K"
-  from configs.theory import get_config
-  cfg = get_config("pareto_model")
-  cfg.update(limit=40, depths="1,3", model=str(root / "stories260K.bin"),
-             tokenizer=str(root / "tok512.bin"), batch_size=16, tail_min_n=10)
-  res = run_pareto_model(cfg)
+  env = {**os.environ, "PYTHONPATH": str(ROOT)}
+  out = subprocess.run(
+      [sys.executable, "-m", "launch.theory", "--config=configs/theory.py:pareto_model",
+       "--config.limit=40", "--config.depths=1,3", f"--config.model={root / 'stories260K.bin'}",
+       f"--config.tokenizer={root / 'tok512.bin'}", "--config.batch_size=16",
+       "--config.tail_min_n=10", f"--workdir={tmp_path}"],
+      cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+  assert out.returncode == 0, out.stderr[-2000:]
+  assert "model masses" in out.stdout and "empirical counts" in out.stdout
+  res = json.loads((tmp_path / "theory_pareto_model.json").read_text())
   block = res["fits"][0]
-  assert block["texts"] == 40 and [r["depth"] for r in block["model_rows"]] == [1, 3]
+  assert res["start_ids"] == [1] and block["texts"] == 40
+  assert [r["depth"] for r in block["model_rows"]] == [1, 3]
   assert [r["nodes"] for r in block["model_rows"]] == [r["nodes"] for r in block["empirical_rows"]]
-  text = to_markdown(res)
-  assert "model masses" in text and "empirical counts" in text
+  assert (tmp_path / "theory_pareto_model.md").read_text().startswith("Model masses")
