@@ -1,10 +1,12 @@
 """The theory lab (``launch/theory.py``; docs/theory.md). Variants: ``exact`` (Theorem 4.2's table),
-``pareto`` (the Pareto assumption on real token trees: Alpaca responses, IMDb reviews), ``lab`` (the
+``pareto`` (the Pareto assumption on real token trees: Alpaca responses, IMDb reviews),
+``pareto_model`` (the same trees' leaf masses from SmolLM2-135M-Instruct's probabilities), ``lab`` (the
 law measured on small Llamas trained in a world, and resistance / rebound / scaling / rounds there:
 the main job, `python -m launch.main`) and ``lab_small`` (the same pipeline, reduced, for tests).
 
     python -m launch.theory --config=configs/theory.py:exact
     python -m launch.theory --config=configs/theory.py:pareto --config.tokenizers=llama2
+    python -m launch.theory --config=configs/theory.py:pareto_model --config.limit=500
     python -m launch.theory --config=configs/theory.py:exact --config.normalization=joint \
         --config.world.alpha_p=2.0 --workdir=/tmp/theory
 
@@ -17,7 +19,7 @@ from __future__ import annotations
 
 import ml_collections
 
-VARIANTS = ("exact", "pareto", "lab", "lab_small")
+VARIANTS = ("exact", "pareto", "pareto_model", "lab", "lab_small")
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
@@ -35,6 +37,19 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.limit = 0                        # the first N texts of each dataset (0 = all)
     c.prefix_chars = 400               # characters of each text encoded (enough for max(depths))
     c.tail_min_count = 3               # the tail fit keeps nodes seen at least this often
+    return c
+  if variant == "pareto_model":        # elasticity.theory.pareto_model
+    c.datasets = "alpaca"              # alpaca responses | imdb train reviews (comma list)
+    c.limit = 500                      # the first N texts of each dataset (0 = all)
+    c.depths = "1,2,3,4,5,6,7,8"       # node depths; responses are cut to max(depths) tokens
+    c.model = ""                       # checkpoint ("" = SmolLM2-135M-Instruct, paths.smollm2_gguf())
+    c.tokenizer = ""                   # tokenizer path ("" = the model file's own)
+    c.dtype = "float32"                # float32 | bfloat16
+    c.start = "bos"                    # context each prefix is scored from: "bos" or a literal text
+    c.batch_size = 32                  # distinct sequences per forward
+    c.prefix_chars = 400               # characters of each text encoded (enough for max(depths))
+    c.tail_min_n = 50                  # the Clauset tail cut keeps at least this many nodes
+    c.tail_min_count = 3               # the empirical tail fit keeps nodes seen at least this often
     return c
   c.world = ml_collections.ConfigDict(dict(
       vocab_size=16, length=6, n_leaves_p=20000, n_leaves_a=200, n_leaves_t=2000,

@@ -2,6 +2,7 @@
 
     python -m launch.theory --config=configs/theory.py:exact [--workdir=OUT]
     python -m launch.theory --config=configs/theory.py:pareto [--workdir=OUT]
+    python -m launch.theory --config=configs/theory.py:pareto_model [--workdir=OUT]
     python -m launch.theory --config=configs/theory.py:lab [--workdir=OUT]     # = python -m launch.main
 
 Prints the tables as markdown; with ``--workdir`` also writes ``theory_<variant>.json`` and
@@ -34,6 +35,8 @@ def main(argv: list[str]) -> None:
     return
   if cfg.variant == "pareto":
     from elasticity.theory.pareto_real import run_pareto as run, to_markdown
+  elif cfg.variant == "pareto_model":
+    from elasticity.theory.pareto_model import run_pareto_model as run, to_markdown
   else:
     from elasticity.theory.exact import run_exact as run, to_markdown
   t0 = time.perf_counter()
