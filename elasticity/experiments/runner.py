@@ -54,7 +54,8 @@ from elasticity import atomic
 from elasticity.experiments import cells as cells_lib
 from elasticity.experiments.cells import Cell
 
-EXPERIMENTS = {"rebound": "elasticity.experiments.rebound"}
+EXPERIMENTS = {"rebound": "elasticity.experiments.rebound",
+               "resistance": "elasticity.experiments.resistance"}
 
 
 class Preempted(RuntimeError):
