@@ -26,6 +26,7 @@ from absl import logging
 from elasticity import atomic
 from elasticity.report.document import Builder, Context, Section, render
 from elasticity.report.rebound import build_rebound
+from elasticity.report.resistance import build_resistance
 from elasticity.report.results import ResultsError, Row, load_rows, read_experiment, with_metrics
 from elasticity.report.tables import markdown_table, write_csv
 
@@ -38,7 +39,7 @@ def build_generic(rows: Sequence[Row], ctx: Context) -> list[Section]:
   return [Section("All rows", markdown_table([r.flat() for r in rows]))]
 
 
-REPORTS: dict[str, Builder] = {"rebound": build_rebound}
+REPORTS: dict[str, Builder] = {"rebound": build_rebound, "resistance": build_resistance}
 
 
 def results_files(workdir: str | os.PathLike) -> list[Path]:
