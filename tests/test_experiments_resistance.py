@@ -256,6 +256,7 @@ def test_kl_matches_a_numpy_reference(uninterrupted, shared):
   assert r["metrics"]["kl_start_end"] == pytest.approx(total / count, rel=2e-3)
 
 
+@pytest.mark.slow
 def test_sigkill_in_a_cell_then_rerun_gives_the_same_results(uninterrupted, tmp_path):
   workdir = tmp_path / "run"
   proc = subprocess.Popen(_cmd(workdir), cwd=ROOT, env=_env(), stdout=subprocess.DEVNULL,
