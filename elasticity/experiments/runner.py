@@ -67,6 +67,7 @@ from elasticity.experiments import cells as cells_lib
 from elasticity.experiments.cells import Cell
 
 EXPERIMENTS = {"rebound": "elasticity.experiments.rebound",
+               "scaling": "elasticity.experiments.scaling",
                "resistance": "elasticity.experiments.resistance"}
 
 

@@ -27,6 +27,7 @@ from elasticity import atomic
 from elasticity.report.document import Builder, Context, Section, render
 from elasticity.report.rebound import build_rebound
 from elasticity.report.resistance import build_resistance
+from elasticity.report.scaling import build_scaling
 from elasticity.report.results import ResultsError, Row, load_rows, read_experiment, with_metrics
 from elasticity.report.tables import markdown_table, write_csv
 
@@ -39,7 +40,8 @@ def build_generic(rows: Sequence[Row], ctx: Context) -> list[Section]:
   return [Section("All rows", markdown_table([r.flat() for r in rows]))]
 
 
-REPORTS: dict[str, Builder] = {"rebound": build_rebound, "resistance": build_resistance}
+REPORTS: dict[str, Builder] = {"rebound": build_rebound, "resistance": build_resistance,
+                               "scaling": build_scaling}
 
 
 def results_files(workdir: str | os.PathLike) -> list[Path]:
