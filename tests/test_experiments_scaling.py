@@ -93,7 +93,8 @@ def test_tiny_scaling_with_two_local_models_end_to_end(tmp_path, shared):
   keys = jax.random.split(jax.random.key(0), len(leaves))
   rand = [0.02 * jax.random.normal(k, x.shape, x.dtype) for k, x in zip(keys, leaves)]
   other = nnx.merge(graph, jax.tree_util.tree_unflatten(tree, rand))
-  save_export(other, os.fspath(tmp_path / "random"), tokenizer=tok)
+  from elasticity.tokenizers import load_tokenizer
+  save_export(other, os.fspath(tmp_path / "random"), tokenizer=load_tokenizer(tok))
   c = get_config("tiny")
   c.unlock()
   c.models["random260K"] = model_entry(os.fspath(tmp_path / "random"), "", params=2.6e5 * 2)
