@@ -15,7 +15,9 @@ Directions (paper §5.1): ``base`` trains the pretrained model on the whole sele
 θ1, θ2, θ3 (after each third of the epoch) as HF directories ``<workdir>/theta{1,2,3}``
 (``export.snapshots``; ``export.snapshot_dir = ""`` is the run's own workdir, so two runs never
 share θ folders); the selection is cut in thirds D_1, D_2, D_3; ``forward`` starts from θ1 and
-trains on D_2, ``inverse`` starts from θ2 and trains on D_1. Their ``model.path`` defaults to
+trains on D_2, ``inverse`` starts from θ2 and trains on D_1. The base run visits the selection **in order**
+(``data.shuffle = False``) and each third is a whole number of batches (``data.n`` is rounded down to
+3 · batch · ⌊n / (3 · batch)⌋), so θ_k has been trained on exactly D_1 … D_k (tests/test_experiments_resistance.py). Their ``model.path`` defaults to
 ``<runs_dir>/<model>-<dataset>/theta{1,2}``, with ``runs_dir`` = ``$ELASTICITY_RUNS`` (default
 ``~/elasticity_runs``, `elasticity.paths.runs_dir`, read when the config is built): run the base
 with ``--workdir=$ELASTICITY_RUNS/<model>-<dataset>`` for them to find it, or override
@@ -105,11 +107,16 @@ def alignment(model: str, dataset: str = "alpaca", direction: str = "base",
   c.model.path, c.model.tokenizer = path, tok
   ds = dict(DATASETS[dataset])
   c.data = data_section(**ds, seed=42, max_length=512)
-  third = ds["n"] // 3
+  # D_k = the k-th third of the selection, a whole number of batches, so that the base run, which
+  # visits the selection in order (no shuffle), has seen exactly D_1 … D_k at θ_k's snapshot
+  batch = int(c.train.global_batch_size)
+  per_third = max(1, ds["n"] // 3 // batch)
+  third = per_third * batch
+  c.data.n = 3 * third
   run = base_run_dir(model, dataset)
   if direction == "base":
     # θ1, θ2, θ3 = the model after each third of the epoch, exported into the run's workdir
-    per_third = max(1, third // c.train.global_batch_size)
+    c.data.shuffle = False
     c.checkpoint.every = per_third
     c.checkpoint.keep = 3
     c.export.snapshot_dir = ""

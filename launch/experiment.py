@@ -7,6 +7,8 @@
 
 Rerunning the same command continues: finished cells are skipped, an interrupted one resumes from its
 latest checkpoint. SIGTERM/SIGINT save a checkpoint and exit with status 3 (run it again to go on).
+``--shard=i/n`` runs the i-th of n disjoint parts of the grid (one per machine, sharing --workdir;
+`elasticity.experiments.runner`); ``python -m launch.report --workdir=DIR`` merges them.
 ``--dry_run`` prints the cells (id, parent, data sizes, steps, tokens) without loading a model. On
 several hosts every process runs this same command; process 0 writes the results and the report.
 See elasticity/experiments/runner.py for the work directory's layout.
@@ -29,6 +31,9 @@ _CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config "
                                           "(configs/experiments/<name>.py:<variant>).", lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "The experiment's directory (results, cells, report).")
 _DRY_RUN = flags.DEFINE_bool("dry_run", False, "Print the cell table and exit; nothing is loaded.")
+_SHARD = flags.DEFINE_string("shard", "", "i/n (0 <= i < n): run only the i-th of n disjoint parts of "
+                             "the grid; n processes sharing --workdir run it together (merge with "
+                             "python -m launch.report --workdir=DIR).")
 flags.mark_flags_as_required(["config", "workdir"])
 compile_cache.define_flags()
 
@@ -43,21 +48,27 @@ def main(argv):
   from elasticity.experiments import runner
   try:
     runner.experiment_module(cfg.experiment).validate(cfg)
+    shard = runner.parse_shard(_SHARD.value)
   except ValueError as e:
     raise app.UsageError(str(e)) from None
   import jax
   jax.config.update("jax_threefry_partitionable", True)
   if _DRY_RUN.value:
-    runner.run(cfg.experiment, cfg, _WORKDIR.value, dry_run=True)
+    runner.run(cfg.experiment, cfg, _WORKDIR.value, dry_run=True, shard=shard)
     return
   from elasticity.train.signals import StopOnSignal
   with StopOnSignal() as stop:
-    summary = runner.run(cfg.experiment, cfg, _WORKDIR.value, stop=lambda: stop.requested)
+    summary = runner.run(cfg.experiment, cfg, _WORKDIR.value, stop=lambda: stop.requested,
+                         shard=shard)
   logging.info("%s: %d cells (%d run now); results in %s", summary.status, summary.cells, summary.ran,
                os.path.join(summary.workdir, "results.jsonl"))
   if summary.status == "preempted":
     sys.exit(PREEMPTED_EXIT)
-  print(f"report: {os.path.join(summary.workdir, 'report.md')}", flush=True)
+  if shard is None:
+    print(f"report: {os.path.join(summary.workdir, 'report.md')}", flush=True)
+  else:
+    print(f"shard {shard[0]}/{shard[1]} done: python -m launch.report --workdir={summary.workdir}",
+          flush=True)
 
 
 if __name__ == "__main__":

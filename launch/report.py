@@ -3,6 +3,8 @@
     python -m launch.report --workdir=DIR                      # report.md, plots/*.png, results.csv
     python -m launch.report --workdir=DIR --rescore=SCORER_DIR # re-score saved generations first
 
+Shards of a grid (``launch/experiment.py --shard=i/n``, rows in ``DIR/shards/``) are merged first
+into ``DIR/results.jsonl`` in the grid's cell order (`elasticity.experiments.runner.merge_shards`).
 ``--rescore`` runs `elasticity.experiments.rescore.rescore(workdir, scorer_dir)` (the saved
 ``generations.jsonl`` of every cell scored again by another scorer, results.jsonl updated), then
 writes the report. A bad results row stops with a message naming the file, the line and the field.
@@ -22,6 +24,13 @@ def main(argv: list[str]) -> None:
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
   from elasticity.report import ResultsError, build_report
+  from elasticity.experiments.runner import merge_shards
+  try:
+    merged = merge_shards(_WORKDIR.value)
+  except (FileNotFoundError, ValueError) as e:
+    raise SystemExit(f"FATAL: {e}") from None
+  if merged is not None:
+    logging.info("merged the shards' rows into %s", merged)
   if _RESCORE.value:
     from elasticity.experiments.rescore import rescore
     logging.info("re-scoring %s with %s", _WORKDIR.value, _RESCORE.value)

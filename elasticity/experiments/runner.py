@@ -29,6 +29,18 @@ the current run at a step boundary with a checkpoint saved, and the runner stops
 seeded, an interrupted and resumed experiment writes the same ``results.jsonl`` as an uninterrupted
 one. Cells share one process, so compiled functions of equal shapes are reused from cell to cell.
 
+**Shards** (``shard=(i, n)``, ``launch/experiment.py --shard=i/n``, i from 0): the process runs only
+the cells whose position in the ordered grid is ≡ i (mod n), so n processes on n machines sharing
+``workdir`` run disjoint parts of one grid. A cell whose parent or needs belong to another shard waits,
+polling every ``poll_s`` seconds, for that cell's ``done.json`` (``runner.wait_timeout_s``, default a
+day, then a `ShardWaitTimeout` naming both cells). Cells are in dependency order, so the globally first
+unfinished cell never waits and the shards cannot deadlock. Each shard writes its rows to
+``shards/results.<i>-of-<n>.jsonl`` and the grid's cell order to ``grid.json``; ``python -m
+launch.report --workdir=DIR`` merges them (`merge_shards`) into ``results.jsonl``, equal to a
+single-process run's, then writes the report. A shard never deletes an export that a cell without
+``done.json`` (in any shard) starts from. ``refine()`` cells are not run under ``--shard`` (a warning
+says so): run the same command without ``--shard`` afterwards to add them.
+
 Disk: a finished cell's checkpoints are deleted unless ``runner.keep_checkpoints``; its exports are
 deleted once no pending cell starts from them unless ``runner.keep_exports``.
 """
@@ -54,11 +66,70 @@ from elasticity import atomic
 from elasticity.experiments import cells as cells_lib
 from elasticity.experiments.cells import Cell
 
-EXPERIMENTS = {"rebound": "elasticity.experiments.rebound"}
+EXPERIMENTS = {"rebound": "elasticity.experiments.rebound",
+               "scaling": "elasticity.experiments.scaling",
+               "resistance": "elasticity.experiments.resistance"}
 
 
 class Preempted(RuntimeError):
   """The run was stopped by a signal; rerun the same command to continue."""
+
+
+class ShardWaitTimeout(RuntimeError):
+  """A cell of this shard waited too long for a cell of another shard."""
+
+
+GRID_FILE = "grid.json"
+SHARDS_DIR = "shards"
+
+
+def parse_shard(text: str) -> tuple[int, int] | None:
+  """``"i/n"`` (0 <= i < n) → ``(i, n)``; ``""`` → None. Errors name the flag."""
+  if not text:
+    return None
+  try:
+    i, n = (int(x) for x in text.split("/"))
+  except ValueError:
+    raise ValueError(f"--shard: want i/n (e.g. 0/4), got {text!r}") from None
+  if n < 1 or not 0 <= i < n:
+    raise ValueError(f"--shard: want 0 <= i < n, got {text!r}")
+  return i, n
+
+
+def shard_file(workdir: Path, shard: tuple[int, int]) -> Path:
+  return Path(workdir) / SHARDS_DIR / f"results.{shard[0]}-of-{shard[1]}.jsonl"
+
+
+def shard_of(position: int, shard: tuple[int, int] | None) -> bool:
+  return shard is None or position % shard[1] == shard[0]
+
+
+def merge_shards(workdir: str | os.PathLike) -> Path | None:
+  """Merge ``shards/results.*-of-*.jsonl`` into ``results.jsonl`` in the grid's cell order (the order
+  of ``grid.json``); rows of a cell keep their order. None when the folder holds no shard files."""
+  workdir = Path(workdir)
+  files = sorted((workdir / SHARDS_DIR).glob("results.*-of-*.jsonl"))
+  if not files:
+    return None
+  grid_path = workdir / GRID_FILE
+  if not grid_path.is_file():
+    raise FileNotFoundError(f"{grid_path}: missing (written by every --shard run); cannot order the "
+                            f"rows of {[f.name for f in files]}")
+  position = {cid: i for i, cid in enumerate(atomic.read_json(grid_path)["cells"])}
+  rows, seen = [], {}
+  for f in files:
+    for j, r in enumerate(atomic.read_jsonl(f)):
+      if r.get("cell") not in position:
+        raise ValueError(f"{f}, row {j + 1}: cell {r.get('cell')!r} is not in {grid_path}")
+      key = (r["cell"], r["point"])
+      if key in seen and seen[key] != r:
+        raise ValueError(f"{f}, row {j + 1}: cell {r['cell']} point {r['point']} differs from the "
+                         f"row in another shard file")
+      if key not in seen:
+        seen[key] = r
+        rows.append((position[r["cell"]], len(rows), r))
+  rows.sort(key=lambda x: (x[0], x[1]))
+  return atomic.write_jsonl(workdir / "results.jsonl", [r for _, _, r in rows])
 
 
 @dataclasses.dataclass
@@ -245,16 +316,20 @@ class PointContext:
   point: Any
 
 
-def _cleanup(grid: _Grid, done: set[str], keep_checkpoints: bool, keep_exports: bool) -> None:
+def _cleanup(grid: _Grid, done: set[str], keep_checkpoints: bool, keep_exports: bool,
+             sharded: bool = False) -> None:
   if not _is_writer():
     return
+  own = set(done)        # this process's finished cells: the only ones whose files it deletes
+  if sharded:     # cells of other shards count as done only once their done.json exists
+    done = done | {c.name for c in grid.cells if (grid.cell_dir(c) / "done.json").exists()}
   for cell in grid.cells:
     if cell.name not in done or cell.train is None:
       continue
     train_dir = grid.cell_dir(cell) / "train"
     if not keep_checkpoints and (train_dir / "checkpoints").exists():
       shutil.rmtree(train_dir / "checkpoints", ignore_errors=True)
-    if keep_exports:
+    if keep_exports or (sharded and cell.name not in own):
       continue
     pending = [c for c in grid.cells if c.name not in done]
     if any(cell.name in c.needs for c in pending):
@@ -266,16 +341,46 @@ def _cleanup(grid: _Grid, done: set[str], keep_checkpoints: bool, keep_exports: 
         shutil.rmtree(d, ignore_errors=True)
 
 
+def _wait_for(grid: _Grid, cell: Cell, stop: Callable[[], bool] | None, timeout_s: float,
+              poll_s: float, shard: tuple[int, int], progress: str) -> None:
+  """Block until every parent/needs cell of ``cell`` has its ``done.json`` (other shards')."""
+  deps = ([cell.parent] if cell.parent else []) + list(cell.needs)
+  t0 = time.monotonic()
+  logged = False
+  for dep in deps:
+    marker = grid.cell_dir(grid.by_name[dep]) / "done.json"
+    while not marker.exists():
+      if stop is not None and stop():
+        raise Preempted(f"stopped on a signal while {cell.name!r} waited for {dep!r}")
+      waited = time.monotonic() - t0
+      if waited > timeout_s:
+        raise ShardWaitTimeout(
+            f"shard {shard[0]}/{shard[1]}: cell {cell.name!r} ({grid.ids[cell.name]}) waited "
+            f"{waited:.0f}s for cell {dep!r} ({grid.ids[dep]}) of another shard: no {marker} yet "
+            f"(is that shard running? raise runner.wait_timeout_s to wait longer)")
+      if not logged:
+        logging.info("%s waits for %s (%s) of another shard", progress, dep, grid.ids[dep])
+        logged = True
+      time.sleep(poll_s)
+
+
 def run(experiment: str, config, workdir: str | os.PathLike, *, dry_run: bool = False,
-        stop: Callable[[], bool] | None = None, report: bool = True) -> Summary:
-  """Run (or continue) the experiment ``config`` describes in ``workdir`` (module docstring)."""
+        stop: Callable[[], bool] | None = None, report: bool = True,
+        shard: tuple[int, int] | None = None, poll_s: float = 2.0) -> Summary:
+  """Run (or continue) the experiment ``config`` describes in ``workdir`` (module docstring);
+  ``shard=(i, n)`` runs only the i-th of n disjoint parts of the grid."""
+  if shard is not None and (shard[1] < 1 or not 0 <= shard[0] < shard[1]):
+    raise ValueError(f"shard: want (i, n) with 0 <= i < n, got {shard}")
+  if shard is not None and shard[1] == 1:
+    shard = None
   exp = experiment_module(experiment)
   exp.validate(config)
   workdir = Path(os.path.abspath(os.fspath(workdir)))
   grid = _Grid(workdir)
   grid.add(exp.plan(config))
   if dry_run:
-    print(table(grid.cells, grid.ids), flush=True)
+    cells_shown = [c for j, c in enumerate(grid.cells) if shard_of(j, shard)]
+    print(table(cells_shown, grid.ids), flush=True)
     if hasattr(exp, "refine"):
       print("(plus the cells that refine() adds from the results, e.g. bisection points)", flush=True)
     return Summary("dry_run", len(grid.cells), 0, [], os.fspath(workdir))
@@ -284,11 +389,15 @@ def run(experiment: str, config, workdir: str | os.PathLike, *, dry_run: bool = 
     atomic.write_json(workdir / "experiment.json", {
         "experiment": experiment, "variant": str(config.get("variant", "")),
         "config": config.to_dict(), "versions": _versions(), "git_commit": _git_commit()})
+    if shard is not None:
+      atomic.write_json(workdir / GRID_FILE, {"cells": [grid.ids[c.name] for c in grid.cells]})
   evaluator = exp.prepare(config, workdir)
   runner_cfg = config.runner
+  wait_timeout_s = float(runner_cfg.get("wait_timeout_s", 86400.0))
+  mine = {c.name for j, c in enumerate(grid.cells) if shard_of(j, shard)}
   rows_by_cell: dict[str, list[dict]] = {}
   ran = 0
-  pending = list(grid.cells)
+  pending = [c for c in grid.cells if c.name in mine]
   t_start = time.perf_counter()
   try:
     while pending:
@@ -296,7 +405,7 @@ def run(experiment: str, config, workdir: str | os.PathLike, *, dry_run: bool = 
         if stop is not None and stop():
           raise Preempted("stopped on a signal between cells; rerun the same command to continue")
         i = len(rows_by_cell) + 1
-        progress = f"[cell {i}/{len(grid.cells)} {cell.name}]"
+        progress = f"[cell {i}/{len(mine)} {cell.name}]"
         cdir = grid.cell_dir(cell)
         marker = cdir / "done.json"
         if marker.exists():
@@ -307,6 +416,8 @@ def run(experiment: str, config, workdir: str | os.PathLike, *, dry_run: bool = 
             continue
         logging.info("%s %s: %s", progress, grid.ids[cell.name],
                      "training" if cell.train is not None else "evaluating")
+        if shard is not None:
+          _wait_for(grid, cell, stop, wait_timeout_s, poll_s, shard, progress)
         if _is_writer():
           atomic.write_json(cdir / "cell.json", {
               "name": cell.name, "id": grid.ids[cell.name], "coords": cell.coords,
@@ -327,20 +438,30 @@ def run(experiment: str, config, workdir: str | os.PathLike, *, dry_run: bool = 
           atomic.write_json(cdir / "done.json", {"fingerprint": evaluator.fingerprint, "rows": rows})
         rows_by_cell[cell.name] = rows
         ran += 1
-        _write_results(grid, rows_by_cell)
-        _cleanup(grid, set(rows_by_cell), runner_cfg.keep_checkpoints, runner_cfg.keep_exports)
+        _write_results(grid, rows_by_cell, shard)
+        _cleanup(grid, set(rows_by_cell), runner_cfg.keep_checkpoints, runner_cfg.keep_exports,
+                 shard is not None)
         elapsed = time.perf_counter() - t_start
         logging.info("%s finished; %d/%d cells done, %.0fs elapsed", progress, len(rows_by_cell),
                      len(grid.cells), elapsed)
       more = exp.refine(config, [r for c in grid.cells for r in rows_by_cell.get(c.name, [])]) \
-          if hasattr(exp, "refine") else []
+          if hasattr(exp, "refine") and shard is None else []
+      if hasattr(exp, "refine") and shard is not None:
+        logging.warning("shard %d/%d: refine() cells (e.g. bisection points) are not run with "
+                        "--shard; run the same command without --shard to add them", *shard)
       pending = grid.add(more) if more else []
+      mine |= {c.name for c in pending}
   except Preempted as e:
     logging.warning("%s", e)
-    rows = _write_results(grid, rows_by_cell)
-    return Summary("preempted", len(grid.cells), ran, rows, os.fspath(workdir))
-  rows = _write_results(grid, rows_by_cell)
-  _cleanup(grid, set(rows_by_cell), runner_cfg.keep_checkpoints, runner_cfg.keep_exports)
+    rows = _write_results(grid, rows_by_cell, shard)
+    return Summary("preempted", len(mine), ran, rows, os.fspath(workdir))
+  rows = _write_results(grid, rows_by_cell, shard)
+  _cleanup(grid, set(rows_by_cell), runner_cfg.keep_checkpoints, runner_cfg.keep_exports,
+           shard is not None)
+  if shard is not None:
+    logging.info("shard %d/%d done; merge every shard's rows and report with: python -m "
+                 "launch.report --workdir=%s", shard[0], shard[1], workdir)
+    return Summary("completed", len(mine), ran, rows, os.fspath(workdir))
   if report and _is_writer():
     from elasticity.report import build_report
     out = build_report(workdir)
@@ -348,8 +469,10 @@ def run(experiment: str, config, workdir: str | os.PathLike, *, dry_run: bool = 
   return Summary("completed", len(grid.cells), ran, rows, os.fspath(workdir))
 
 
-def _write_results(grid: _Grid, rows_by_cell: dict[str, list[dict]]) -> list[dict]:
+def _write_results(grid: _Grid, rows_by_cell: dict[str, list[dict]],
+                   shard: tuple[int, int] | None = None) -> list[dict]:
   rows = [r for c in grid.cells for r in rows_by_cell.get(c.name, [])]
   if _is_writer():
-    atomic.write_jsonl(grid.workdir / "results.jsonl", rows)
+    atomic.write_jsonl(grid.workdir / "results.jsonl" if shard is None else
+                       shard_file(grid.workdir, shard), rows)
   return rows

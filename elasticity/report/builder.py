@@ -26,6 +26,8 @@ from absl import logging
 from elasticity import atomic
 from elasticity.report.document import Builder, Context, Section, render
 from elasticity.report.rebound import build_rebound
+from elasticity.report.resistance import build_resistance
+from elasticity.report.scaling import build_scaling
 from elasticity.report.results import ResultsError, Row, load_rows, read_experiment, with_metrics
 from elasticity.report.tables import markdown_table, write_csv
 
@@ -43,7 +45,8 @@ def _theory_lab(rows, ctx):
   return [s for b in lab_report.BUILDERS for s in b(rows, ctx)]
 
 
-REPORTS: dict[str, Builder] = {"rebound": build_rebound, "theory_lab": _theory_lab}
+REPORTS: dict[str, Builder] = {"rebound": build_rebound, "resistance": build_resistance,
+                               "scaling": build_scaling, "theory_lab": _theory_lab}
 
 
 def results_files(workdir: str | os.PathLike) -> list[Path]:

@@ -1,0 +1,414 @@
+"""The resistance experiment (paper §5.1, Tables 1–2) as cells for the runner.
+
+A pretrained model is fine-tuned for one epoch on 3·n examples visited **in order** (no shuffle), and
+the model after each third is exported: θ1 has seen exactly D_1, θ2 exactly D_1 + D_2, θ3 all three.
+For every pair k < l two cells train for one epoch on n examples:
+
+- **forward** ``θ_k → D_l``: θ_k trained on D_l;
+- **inverse** ``θ_l → D_k``: θ_l trained on D_k.
+
+The paper's claim (elasticity) is that the inverse loss is lower than the forward one.
+
+Cells, per seed (``configs/experiments/resistance.py``): ``s<seed>/base`` (the SFT epoch, points
+``theta1..3``) and ``s<seed>/fwd<k><l>``, ``s<seed>/inv<l><k>``. The seed picks the 3·n examples
+(a seeded order of the pool) and the training seed.
+
+**D_k, two designs** (``config.dk``):
+
+- ``slices``: D_k is the k-th third of the base run's data (the file ``data/...-train-s<seed>.jsonl``
+  the base cell reads in order, so the snapshot after k·n/batch steps has seen exactly D_1..D_k);
+- ``generated``: D_k is θ_k's responses to n held-out prompts P_k (disjoint from the training data
+  and from each other; sampling in ``config.generate``), written at the base cell's point
+  ``theta<k>`` as ``dk.jsonl`` and read by the pair cells. θ_l has not been trained on these, so a
+  lower inverse loss cannot be memorisation of the training data.
+
+**Recorded per pair cell** (its one point ``final``):
+
+- ``final_loss``: the paper's metric, the mean training loss (token-mean NLL in nats, as logged by
+  the train loop) over the **last** ``loss.last_steps`` steps of the cell's ``metrics.jsonl``;
+  ``first_loss`` the loss of the first step (computed before the first update); the whole curve
+  goes to ``<point>/loss_curve.json`` (the report plots it);
+- ``kl_start_end``: KL(end ‖ start) per token, exact over the vocabulary, on the held-out examples
+  teacher-forced (prompt + reference response; response tokens scored), `elasticity.eval.kl`;
+- compression: nats/token and bits/byte (γ) of the start and the end model on D_1, D_2, D_3 and on the
+  held-out set (`elasticity.compression.measure`, EOS scored as in training): ``gamma_D<j>_start``,
+  ``gamma_D<j>_end``, ``dgamma_D<j>`` (end − start, bits/byte);
+- **the memorisation control**: ``train_loss_start`` (the start model's nats/token on the cell's
+  own training data, before any update), ``heldout_loss_start``, ``heldout_loss_end`` and
+  ``heldout_fall`` (start − end) on examples of the same source that no θ has seen.
+
+The base cell's points record the same compression numbers of θ_k (``gamma_D<j>``, ``loss_D<j>``,
+``heldout_loss``).
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+from pathlib import Path
+
+from absl import logging
+
+from elasticity import atomic
+from elasticity.experiments import cells as cells_lib
+from elasticity.experiments.cells import Cell, Point
+
+DATASETS = ("alpaca", "truthfulqa", "beavertails")
+DESIGNS = ("slices", "generated")
+PAIRS = ((1, 2), (1, 3), (2, 3))
+EXPERIMENT_DIR = "{experiment_dir}"
+
+
+# -- files -------------------------------------------------------------------------------------------
+
+
+def _key(c, **spec) -> str:
+  return cells_lib.digest({"dataset": c.dataset, "n": int(c.n), "heldout": int(c.heldout),
+                           "max_length": int(c.data.max_length),
+                           "tokenizer": c.model.tokenizer or c.model.path,
+                           "load_kwargs": c.data.load_kwargs.to_dict(), **spec})
+
+
+def train_file(c, seed: int) -> str:
+  """The 3·n records of seed ``seed``, in the order the base cell visits them (D_1, D_2, D_3)."""
+  return f"{EXPERIMENT_DIR}/data/{c.dataset}-train-s{seed}-{_key(c, seed=seed)}.jsonl"
+
+
+def prompts_file(c, seed: int) -> str:
+  """The 3·n held-out prompts P_1, P_2, P_3 of the generated design."""
+  return f"{EXPERIMENT_DIR}/data/{c.dataset}-prompts-s{seed}-{_key(c, seed=seed)}.jsonl"
+
+
+def heldout_file(c) -> str:
+  return f"{EXPERIMENT_DIR}/data/{c.dataset}-heldout-{_key(c)}.jsonl"
+
+
+def base_name(seed: int) -> str:
+  return f"s{seed}/base"
+
+
+def dk_source(c, seed: int, k: int) -> tuple[str, tuple[int, int]]:
+  """(file, slice) of D_k for seed ``seed``."""
+  n = int(c.n)
+  if c.dk == "slices":
+    return train_file(c, seed), ((k - 1) * n, k * n)
+  return f"{{cell:{base_name(seed)}}}/points/theta{k}/dk.jsonl", (0, n)
+
+
+# -- checks before anything is loaded ----------------------------------------------------------------
+
+
+def validate(c) -> None:
+  from elasticity.train import config as config_lib
+  if c.dataset not in DATASETS:
+    raise ValueError(f"config.dataset: {c.dataset!r} is not one of {DATASETS}")
+  if c.dk not in DESIGNS:
+    raise ValueError(f"config.dk: {c.dk!r} is not one of {DESIGNS}")
+  if not c.seeds or len(set(int(s) for s in c.seeds)) != len(c.seeds):
+    raise ValueError(f"config.seeds: want distinct seeds, got {list(c.seeds)}")
+  batch = int(c.train.train.global_batch_size)
+  if int(c.n) < 1 or int(c.n) % batch:
+    raise ValueError(f"config.n: D_k's size must be a positive multiple of the global batch {batch} "
+                     f"(θ_k is the snapshot after k·n/batch steps), got {c.n}")
+  if int(c.heldout) < 1:
+    raise ValueError(f"config.heldout: want >= 1 held-out examples, got {c.heldout}")
+  if int(c.loss.last_steps) < 1:
+    raise ValueError(f"config.loss.last_steps: want >= 1, got {c.loss.last_steps}")
+  if not c.model.path:
+    raise ValueError("config.model.path: the pretrained model's checkpoint is required")
+  for cell in plan(c):
+    if cell.train is not None:
+      cfg = copy.deepcopy(cell.train)
+      cfg.unlock()
+      cfg.model.path = cfg.model.path or c.model.path
+      try:
+        config_lib.validate(cfg)
+      except ValueError as e:
+        raise ValueError(f"config.train (cell {cell.name}): {e}") from None
+
+
+# -- the grid ------------------------------------------------------------------------------------------
+
+
+def _data(c, path: str, sl: tuple[int, int], seed: int, shuffle: bool):
+  from elasticity.train.config import data_section
+  return data_section(name="jsonl", split="", load_kwargs=dict(path=path, kind="sft"), n=0,
+                      slice=tuple(sl), shuffle=shuffle, seed=seed, template="plain",
+                      max_length=int(c.data.max_length), policy="truncate_prompt_left")
+
+
+def _train(c, seed: int, path: str, sl: tuple[int, int], shuffle: bool, snapshots: str = ""):
+  t = copy.deepcopy(c.train)
+  t.unlock()
+  t.seed = seed
+  t.model.path, t.model.tokenizer = "", ""
+  t.data = _data(c, path, sl, seed, shuffle)
+  t.train.num_epochs, t.train.num_steps = 1, 0
+  t.export.snapshots = snapshots
+  t.lock()
+  return t
+
+
+def _coords(c, **kw):
+  return {"model": c.model.name, "dataset": c.dataset, "dk": c.dk, **kw}
+
+
+def plan(c) -> list[Cell]:
+  n, batch = int(c.n), int(c.train.train.global_batch_size)
+  per = n // batch
+  out = []
+  for seed in (int(s) for s in c.seeds):
+    base = base_name(seed)
+    snaps = ",".join(f"theta{k}={k * per}" for k in (1, 2))   # θ3 is the final export
+    points = tuple(Point(f"theta{k}", f"theta{k}" if k < 3 else "final", {"k": k}) for k in (1, 2, 3))
+    out.append(Cell(base, _coords(c, role="base"), start_path=c.model.path,
+                    start_tokenizer=c.model.tokenizer, seed=seed, points=points,
+                    train=_train(c, seed, train_file(c, seed), (0, 3 * n), False, snaps),
+                    data={"n": 3 * n}))
+    for k, l in PAIRS:
+      for direction, start, target in (("forward", k, l), ("inverse", l, k)):
+        path, sl = dk_source(c, seed, target)
+        name = f"s{seed}/{'fwd' if direction == 'forward' else 'inv'}{start}{target}"
+        out.append(Cell(name, _coords(c, role="pair", pair=f"{k}-{l}", direction=direction,
+                                      start=start, target=target),
+                        train=_train(c, seed, path, sl, bool(c.data.shuffle)), parent=base,
+                        parent_model=f"theta{start}" if start < 3 else "final",
+                        points=(Point("final", "final"),), seed=seed, data={"n": n}))
+  return out
+
+
+# -- what the runner needs before the first cell -------------------------------------------------------
+
+
+def _source_records(c, tokenizer) -> list[dict]:
+  """The dataset's records as ``{"prompt", "response"}`` (prompt formatted by ``data.template``), in
+  source order, keeping only those whose formatted text fits ``data.max_length`` whole."""
+  from elasticity.data import load_dataset
+  from elasticity.data.formats import format_example
+  records = load_dataset(c.dataset, None, **c.data.load_kwargs.to_dict())
+  out = []
+  limit = int(c.data.max_length) - 2          # BOS and EOS
+  for i, r in enumerate(records):
+    f = format_example(r, c.data.template, tokenizer, position=i)
+    prompt, response = f.prompt, f.response
+    if len(tokenizer.encode(prompt + response)) <= limit:
+      out.append({"prompt": prompt, "response": response})
+  return out
+
+
+def build_files(c, tokenizer) -> dict:
+  """The records of every data file (module docstring): the held-out set is the last ``heldout``
+  fitting records in source order; each seed's 3·n training records (and 3·n generation prompts)
+  come from the rest in the seed's order."""
+  from elasticity.data.subsets import order
+  recs = _source_records(c, tokenizer)
+  n, h = int(c.n), int(c.heldout)
+  need = 3 * n * (2 if c.dk == "generated" else 1)
+  if len(recs) < need + h:
+    raise ValueError(f"config.n: {c.dataset} has {len(recs)} records that fit max_length "
+                     f"{c.data.max_length}; 3·n={3 * n} training records"
+                     + (" + 3·n generation prompts" if c.dk == "generated" else "")
+                     + f" + {h} held-out need {need + h}")
+  heldout, pool = recs[len(recs) - h:], recs[:len(recs) - h]
+  files = {heldout_file(c): heldout}
+  for seed in (int(s) for s in c.seeds):
+    idx = order(len(pool), seed)
+    files[train_file(c, seed)] = [pool[int(i)] for i in idx[:3 * n]]
+    if c.dk == "generated":
+      files[prompts_file(c, seed)] = [pool[int(i)] for i in idx[3 * n:6 * n]]
+  return files
+
+
+def prepare(c, workdir):
+  from elasticity.tokenizers import load_tokenizer
+  tokenizer = load_tokenizer(c.model.tokenizer or c.model.path)
+  files = build_files(c, tokenizer)
+  resolve = lambda p: Path(p.replace(EXPERIMENT_DIR, os.fspath(workdir)))
+  import jax
+  if jax.process_index() == 0:
+    for path, rows in files.items():
+      if not resolve(path).exists():
+        atomic.write_jsonl(resolve(path), rows)
+        logging.info("wrote %d records to %s", len(rows), resolve(path))
+  return ResistanceEvaluator(c, {resolve(p): rows for p, rows in files.items()}, workdir)
+
+
+def read_curve(train_dir: Path) -> list[tuple[int, float]]:
+  """(step, loss) of every training step in ``<train_dir>/metrics.jsonl``."""
+  path = Path(train_dir) / "metrics.jsonl"
+  if not path.is_file():
+    raise FileNotFoundError(f"{path}: no training metrics (was the cell trained?)")
+  curve = {}
+  with open(path, encoding="utf-8") as f:
+    for i, line in enumerate(f, 1):
+      if not line.strip():
+        continue
+      try:
+        rec = json.loads(line)
+      except json.JSONDecodeError as e:
+        raise ValueError(f"{path}, line {i}: not JSON ({e})") from None
+      if rec.get("kind") == "train" and "loss" in rec:
+        curve[int(rec["step"])] = float(rec["loss"])
+  return sorted(curve.items())
+
+
+def final_loss(curve: list[tuple[int, float]], last_steps: int) -> float:
+  """The paper's metric: the mean training loss over the last ``last_steps`` steps."""
+  if not curve:
+    raise ValueError("final_loss: an empty loss curve")
+  tail = [v for _, v in curve[-int(last_steps):]]
+  return float(sum(tail) / len(tail))
+
+
+class ResistanceEvaluator:
+  """Point evaluator of the resistance grid (module docstring)."""
+
+  def __init__(self, c, files: dict[Path, list[dict]], workdir):
+    self.c = c
+    self.files = files
+    self.workdir = Path(workdir)
+    self._scorer = None
+    self._measured: dict[str, dict] = {}
+    ev = c.eval
+    self.settings = dict(batch_size=int(ev.batch_size), max_length=int(c.data.max_length),
+                         last_steps=int(c.loss.last_steps), generate=c.generate.to_dict(),
+                         kl=bool(ev.kl))
+    self.fingerprint = cells_lib.digest({"settings": self.settings, "heldout": self.heldout,
+                                         "dk": c.dk})
+
+  @property
+  def heldout(self) -> list[dict]:
+    return next(rows for p, rows in self.files.items() if "-heldout-" in p.name)
+
+  def _rows(self, template: str, seed: int) -> list[dict]:
+    p = Path(template.replace(EXPERIMENT_DIR, os.fspath(self.workdir)))
+    return self.files[p]
+
+  def d_sets(self, cell) -> dict[str, list[dict]]:
+    """D_1, D_2, D_3 of the cell's seed (generated: θ_k's files, once they exist) and the held-out."""
+    n, out = int(self.c.n), {}
+    for k in (1, 2, 3):
+      if self.c.dk == "slices":
+        out[f"D{k}"] = self._rows(train_file(self.c, cell.seed), cell.seed)[(k - 1) * n:k * n]
+      else:
+        p = self.workdir / "cells" / self._base_id(cell) / "points" / f"theta{k}" / "dk.jsonl"
+        if p.exists():
+          out[f"D{k}"] = atomic.read_jsonl(p)
+    out["heldout"] = self.heldout
+    return out
+
+  def _base_id(self, cell) -> str:
+    return self._ids[base_name(cell.seed)]
+
+  # -- models and measurement ---------------------------------------------------------------------
+  def load(self, path: str, tokenizer: str):
+    from elasticity.models import load_pretrained
+    from elasticity.tokenizers import load_tokenizer
+    return load_pretrained(path, tokenizer=tokenizer or None), load_tokenizer(tokenizer or path)
+
+  def scorer(self, model):
+    from elasticity import compression
+    try:
+      if self._scorer is None:
+        raise ValueError("none yet")
+      self._scorer.update(model)
+    except ValueError:
+      self._scorer = compression.Scorer(model)
+    return self._scorer
+
+  def measure(self, model, tokenizer, sets: dict[str, list[dict]]) -> dict[str, float]:
+    from elasticity import compression
+    sc = self.scorer(model)
+    out = {}
+    for name, rows in sets.items():
+      rep = compression.measure(sc, tokenizer, rows, max_length=int(self.c.data.max_length),
+                                batch_size=int(self.c.eval.batch_size), add_eos=True, name=name)
+      key = "heldout" if name == "heldout" else name
+      out[f"loss_{key}"] = float(rep.nats_per_token)
+      out[f"gamma_{key}"] = float(rep.bits_per_byte)
+    return out
+
+  def _cached(self, path: str, tokenizer_path: str, sets, model_tok=None) -> dict[str, float]:
+    """Compression numbers of one model on ``sets``, cached on disk by model path and sets."""
+    key = cells_lib.digest({"model": os.path.abspath(path), "sets": sets, "fp": self.fingerprint})
+    file = self.workdir / "measures" / f"{key}.json"
+    if file.exists():
+      return atomic.read_json(file)["metrics"]
+    model, tok = model_tok or self.load(path, tokenizer_path)
+    out = self.measure(model, tok, sets)
+    atomic.write_json(file, {"model": path, "metrics": out})
+    return out
+
+  def kl(self, policy, reference, tokenizer, rows: list[dict]) -> float:
+    from elasticity.data.tokenize import tokenize
+    from elasticity.eval.kl import kl_to_reference
+    ds = tokenize(rows, tokenizer, template="plain", max_length=int(self.c.data.max_length),
+                  add_eos=True)
+    seqs, starts = [], []
+    for ex in ds:
+      ids = [int(t) for t in ex.input_ids]
+      seqs.append(ids)
+      starts.append(int(ex.prompt_len))
+    return float(kl_to_reference(policy, reference, seqs, starts,
+                                 batch_size=int(self.c.eval.batch_size)).mean)
+
+  def generate_dk(self, model, tokenizer, cell, k: int, point_dir: Path) -> None:
+    from elasticity.eval import generations as gen_lib
+    n = int(self.c.n)
+    prompts = self._rows(prompts_file(self.c, cell.seed), cell.seed)[(k - 1) * n:k * n]
+    g = self.c.generate
+    rows = gen_lib.continue_prompts(model, tokenizer, [p["prompt"] for p in prompts],
+                                    max_new_tokens=int(g.max_new_tokens),
+                                    temperature=float(g.temperature), top_p=float(g.top_p),
+                                    seed=int(g.seed) + 1000 * cell.seed + k,
+                                    batch_size=int(g.batch_size))
+    data = [{"prompt": p["prompt"], "response": r["completion"].strip() or "."}
+            for p, r in zip(prompts, rows)]
+    atomic.write_jsonl(point_dir / "dk.jsonl", data)
+
+  # -- one point ---------------------------------------------------------------------------------
+  def __call__(self, model_path: str, tokenizer_path: str, point_dir, context=None) -> dict[str, float]:
+    point_dir = Path(point_dir)
+    point_dir.mkdir(parents=True, exist_ok=True)
+    cell = context.cell
+    self._ids = {base_name(cell.seed): context.cell_id} if cell.parent is None else \
+        {base_name(cell.seed): Path(context.start[0]).parent.parent.name}
+    if cell.parent is None:        # a θ_k of the base cell
+      k = int(context.point.coords["k"])
+      model, tok = self.load(model_path, tokenizer_path)
+      if self.c.dk == "generated" and not (point_dir / "dk.jsonl").exists():
+        self.generate_dk(model, tok, cell, k, point_dir)
+      sets = self.d_sets(cell)
+      metrics = self._cached(model_path, tokenizer_path, sets, (model, tok))
+      atomic.write_json(point_dir / "metrics.json", {"fingerprint": self.fingerprint,
+                                                      "metrics": metrics})
+      return metrics
+    curve = read_curve(context.train_dir)
+    atomic.write_json(point_dir / "loss_curve.json", {"cell": cell.name, "coords": cell.coords,
+                                                       "curve": [[s, v] for s, v in curve]})
+    metrics = {"final_loss": final_loss(curve, int(self.c.loss.last_steps)),
+               "first_loss": float(curve[0][1]), "steps": float(len(curve))}
+    metrics["train_fall"] = metrics["first_loss"] - metrics["final_loss"]
+    sets = self.d_sets(cell)
+    start_path, start_tok = context.start
+    start = self.load(start_path, start_tok)
+    before = self._cached(start_path, start_tok, sets, start)
+    end = self.load(model_path, tokenizer_path)
+    after = self._cached(model_path, tokenizer_path, sets, end)
+    target = int(cell.coords["target"])
+    metrics["train_loss_start"] = before[f"loss_D{target}"]
+    metrics["train_loss_end"] = after[f"loss_D{target}"]
+    for name in sets:
+      metrics[f"gamma_{name}_start"] = before[f"gamma_{name}"]
+      metrics[f"gamma_{name}_end"] = after[f"gamma_{name}"]
+      metrics[f"dgamma_{name}"] = after[f"gamma_{name}"] - before[f"gamma_{name}"]
+    metrics["heldout_loss_start"] = before["loss_heldout"]
+    metrics["heldout_loss_end"] = after["loss_heldout"]
+    metrics["heldout_fall"] = before["loss_heldout"] - after["loss_heldout"]
+    if self.c.eval.kl:
+      metrics["kl_start_end"] = self.kl(end[0], start[0], end[1], self.heldout)
+    atomic.write_json(point_dir / "metrics.json", {"fingerprint": self.fingerprint,
+                                                    "metrics": metrics})
+    logging.info("%s: %s", cell.name, "  ".join(f"{k} {v:.4g}" for k, v in metrics.items()))
+    return metrics

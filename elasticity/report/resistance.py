@@ -1,0 +1,158 @@
+"""The resistance report (paper §5.1, Tables 1–2) from results rows.
+
+Sections: a Table 1-style table (forward θ_k → D_l against inverse θ_l → D_k, final training loss,
+mean ± s.d. over seeds, mean ± s.d. of forward − inverse, how many seeds have inverse < forward), a
+Table 2-style KL table (start ‖ end models), the Δγ columns (bits/byte change on each D_j), the
+memorisation control (held-out loss before and after, forward against inverse), and one loss-curve
+plot per pair with forward and inverse overlaid (from each cell's ``points/final/loss_curve.json``).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from pathlib import Path
+
+from elasticity.report.document import Context, Section, image
+from elasticity.report.results import Row, fmt, mean_sd
+from elasticity.report.tables import markdown_table
+
+GROUP = ("model", "dataset", "dk")
+
+
+def _pairs(rows: Sequence[Row]) -> dict[tuple, dict[int, dict[str, Row]]]:
+  """{(model, dataset, dk, pair): {seed: {"forward": row, "inverse": row}}} of the pair cells."""
+  out: dict[tuple, dict[int, dict[str, Row]]] = {}
+  for r in rows:
+    if r.coords.get("role") != "pair":
+      continue
+    key = tuple(r.coords.get(k) for k in GROUP) + (r.coords.get("pair"),)
+    out.setdefault(key, {}).setdefault(r.seed, {})[str(r.coords.get("direction"))] = r
+  return dict(sorted(out.items(), key=lambda kv: tuple(str(x) for x in kv[0])))
+
+
+def _label(pair: str, direction: str) -> str:
+  k, l = pair.split("-")
+  return f"θ{k}→D{l}" if direction == "forward" else f"θ{l}→D{k}"
+
+
+def compare(rows: Sequence[Row], metric: str) -> list[dict]:
+  """Per (model, dataset, dk, pair): forward and inverse ``metric`` (mean ± s.d. over seeds), the
+  differences forward − inverse over the seeds that have both, and how many are > 0."""
+  table = []
+  for key, seeds in _pairs(rows).items():
+    fwd = [s["forward"].metric(metric) for s in seeds.values() if "forward" in s]
+    inv = [s["inverse"].metric(metric) for s in seeds.values() if "inverse" in s]
+    diffs = [s["forward"].metric(metric) - s["inverse"].metric(metric) for s in seeds.values()
+             if "forward" in s and "inverse" in s and s["forward"].metric(metric) is not None
+             and s["inverse"].metric(metric) is not None]
+    table.append({"model": key[0], "dataset": key[1], "dk": key[2], "pair": key[3],
+                  "forward": mean_sd([v for v in fwd if v is not None]),
+                  "inverse": mean_sd([v for v in inv if v is not None]),
+                  "diff": mean_sd(diffs), "inverse_lower": sum(d > 0 for d in diffs),
+                  "n": len(diffs)})
+  return table
+
+
+def _fmt_table(t: list[dict], metric_label: str) -> str:
+  out = []
+  for e in t:
+    k, l = e["pair"].split("-")
+    out.append({"model": e["model"], "dataset": e["dataset"], "D_k": e["dk"], "pair": f"{k},{l}",
+                "forward / inverse": f"θ{k}→D{l} / θ{l}→D{k}",
+                f"forward {metric_label}": fmt(e["forward"]),
+                f"inverse {metric_label}": fmt(e["inverse"]),
+                "forward − inverse": fmt(e["diff"]),
+                "inverse < forward": f"{e['inverse_lower']}/{e['n']}"})
+  return markdown_table(out) if out else "(no pair cells)"
+
+
+def _totals(t: list[dict]) -> tuple[int, int]:
+  return sum(e["inverse_lower"] for e in t), sum(e["n"] for e in t)
+
+
+def _curves(rows: Sequence[Row], ctx: Context) -> list[str]:
+  """One PNG per (group, pair): the mean training loss per step, forward and inverse overlaid."""
+  from matplotlib.figure import Figure
+
+  from elasticity.report import plots
+  lines = []
+  for key, seeds in _pairs(rows).items():
+    fig = Figure(figsize=(6, 3.6))
+    ax = fig.add_subplot(1, 1, 1)
+    drawn = False
+    for direction, color in (("forward", "tab:red"), ("inverse", "tab:blue")):
+      per_step: dict[int, list[float]] = {}
+      for s in seeds.values():
+        if direction not in s:
+          continue
+        f = Path(ctx.workdir) / "cells" / s[direction].cell / "points" / s[direction].point / \
+            "loss_curve.json"
+        if not f.is_file():
+          continue
+        for step, v in json.loads(f.read_text(encoding="utf-8"))["curve"]:
+          per_step.setdefault(int(step), []).append(float(v))
+      if per_step:
+        xs = sorted(per_step)
+        ys = [sum(per_step[x]) / len(per_step[x]) for x in xs]
+        ax.plot(xs, ys, color=color, marker="o", ms=3,
+                label=f"{direction} {_label(key[3], direction)} (mean of {len(seeds)} seeds)")
+        drawn = True
+    if not drawn:
+      continue
+    ax.set_xlabel("step")
+    ax.set_ylabel("training loss (nats/token)")
+    ax.set_title(f"{key[0]}, {key[1]} ({key[2]}): pair {key[3]}")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    path, ref = ctx.plot(f"loss-{key[0]}-{key[1]}-{key[2]}-pair{key[3]}")
+    plots.save(fig, path)
+    lines.append(image(f"loss curves, pair {key[3]}", ref))
+  return lines
+
+
+def dgamma_table(rows: Sequence[Row]) -> list[dict]:
+  """Δγ (bits/byte, end − start) on each D_j, per pair cell kind, mean ± s.d. over seeds."""
+  groups: dict[tuple, list[Row]] = {}
+  for r in rows:
+    if r.coords.get("role") == "pair":
+      key = tuple(r.coords.get(k) for k in GROUP) + (r.coords.get("pair"), r.coords.get("direction"))
+      groups.setdefault(key, []).append(r)
+  out = []
+  for key, rs in sorted(groups.items(), key=lambda kv: tuple(str(x) for x in kv[0])):
+    entry = {"model": key[0], "dataset": key[1], "D_k": key[2], "cell": _label(key[3], key[4])}
+    for name in ("D1", "D2", "D3", "heldout"):
+      entry[f"Δγ {name}"] = fmt(mean_sd([v for v in (r.metric(f"dgamma_{name}") for r in rs)
+                                         if v is not None]))
+    out.append(entry)
+  return out
+
+
+def build_resistance(rows: Sequence[Row], ctx: Context) -> list[Section]:
+  loss = compare(rows, "final_loss")
+  won, total = _totals(loss)
+  body = [f"Final training loss = mean of the last `loss.last_steps` steps' training loss "
+          f"(nats/token). **Inverse < forward in {won} of {total} (pair, seed) cells.**", "",
+          _fmt_table(loss, "loss")]
+  sections = [Section("Table 1: forward vs inverse final training loss", "\n".join(body))]
+  kl = compare(rows, "kl_start_end")
+  sections.append(Section("Table 2: KL(end ‖ start) on held-out examples",
+                          "Per token, exact over the vocabulary, teacher-forced on the held-out "
+                          "responses.\n\n" + _fmt_table(kl, "KL")))
+  sections.append(Section("Δγ on each D_j (bits/byte, end − start)",
+                          markdown_table(dgamma_table(rows)) if dgamma_table(rows) else "(none)"))
+  ctrl = []
+  for metric, what in (("first_loss", "loss of the first step (before any update)"),
+                       ("train_loss_start", "start model's loss on the cell's training data"),
+                       ("heldout_loss_start", "held-out loss before"),
+                       ("heldout_loss_end", "held-out loss after"),
+                       ("heldout_fall", "held-out fall (before − after)")):
+    t = compare(rows, metric)
+    w, n = _totals(t)
+    ctrl += [f"**{what}** (`{metric}`): forward > inverse in {w} of {n} cells", "",
+             _fmt_table(t, metric), ""]
+  sections.append(Section("Memorisation control", "\n".join(ctrl)))
+  curves = _curves(rows, ctx)
+  if curves:
+    sections.append(Section("Loss curves", "\n\n".join(curves)))
+  return sections
