@@ -83,6 +83,7 @@ def _curves(rows: Sequence[Row], ctx: Context) -> list[str]:
     drawn = False
     for direction, color in (("forward", "tab:red"), ("inverse", "tab:blue")):
       per_step: dict[int, list[float]] = {}
+      n_seeds = 0
       for s in seeds.values():
         if direction not in s:
           continue
@@ -90,13 +91,14 @@ def _curves(rows: Sequence[Row], ctx: Context) -> list[str]:
             "loss_curve.json"
         if not f.is_file():
           continue
+        n_seeds += 1
         for step, v in json.loads(f.read_text(encoding="utf-8"))["curve"]:
           per_step.setdefault(int(step), []).append(float(v))
       if per_step:
         xs = sorted(per_step)
         ys = [sum(per_step[x]) / len(per_step[x]) for x in xs]
         ax.plot(xs, ys, color=color, marker="o", ms=3,
-                label=f"{direction} {_label(key[3], direction)} (mean of {len(seeds)} seeds)")
+                label=f"{direction} {_label(key[3], direction)} (mean of {n_seeds} seeds)")
         drawn = True
     if not drawn:
       continue
