@@ -145,3 +145,21 @@ def identities(cells: Sequence[Cell]) -> dict[str, str]:
     ids[c.name] = identity(c, ids[c.parent] if c.parent is not None else None,
                            {n: ids[n] for n in c.needs})
   return ids
+
+
+def validate_training(cells: Sequence[Cell], model_path: str) -> None:
+  """`elasticity.train.config.validate` on every cell's training config (the runner fills in
+  ``model.path``; ``model_path`` stands in for it), naming the cell in the error."""
+  import copy
+
+  from elasticity.train import config as config_lib
+  for cell in cells:
+    if cell.train is None:
+      continue
+    cfg = copy.deepcopy(cell.train)
+    cfg.unlock()
+    cfg.model.path = cfg.model.path or model_path
+    try:
+      config_lib.validate(cfg)
+    except ValueError as e:
+      raise ValueError(f"config.train (cell {cell.name}): {e}") from None

@@ -47,7 +47,6 @@ REVERSE_OBJECTIVES = {"sft": dict(name="sft"), "dpo": dict(name="dpo", beta=0.1)
 
 
 def validate(c) -> None:
-  from elasticity.train import config as config_lib
   for key, allowed in (("task", tasks.TASKS), ("reverse", REVERSES), ("order", ORDERS)):
     if c[key] not in allowed:
       raise ValueError(f"config.{key}: {c[key]!r} is not one of {allowed}")
@@ -84,15 +83,7 @@ def validate(c) -> None:
   if scorer != "none":
     from elasticity.eval import require_scorer
     require_scorer(c.eval.scorer, "config.eval.scorer.path")   # reads only its config.json
-  for cell in plan(c):
-    if cell.train is not None:
-      cfg = copy.deepcopy(cell.train)
-      cfg.unlock()
-      cfg.model.path = cfg.model.path or c.model.path
-      try:
-        config_lib.validate(cfg)
-      except ValueError as e:
-        raise ValueError(f"config.train (cell {cell.name}): {e}") from None
+  cells_lib.validate_training(plan(c), c.model.path)
 
 
 # -- the grid ---------------------------------------------------------------------------------------

@@ -100,7 +100,6 @@ def dk_source(c, seed: int, k: int) -> tuple[str, tuple[int, int]]:
 
 
 def validate(c) -> None:
-  from elasticity.train import config as config_lib
   if c.dataset not in DATASETS:
     raise ValueError(f"config.dataset: {c.dataset!r} is not one of {DATASETS}")
   if c.dk not in DESIGNS:
@@ -117,15 +116,7 @@ def validate(c) -> None:
     raise ValueError(f"config.loss.last_steps: want >= 1, got {c.loss.last_steps}")
   if not c.model.path:
     raise ValueError("config.model.path: the pretrained model's checkpoint is required")
-  for cell in plan(c):
-    if cell.train is not None:
-      cfg = copy.deepcopy(cell.train)
-      cfg.unlock()
-      cfg.model.path = cfg.model.path or c.model.path
-      try:
-        config_lib.validate(cfg)
-      except ValueError as e:
-        raise ValueError(f"config.train (cell {cell.name}): {e}") from None
+  cells_lib.validate_training(plan(c), c.model.path)
 
 
 # -- the grid ------------------------------------------------------------------------------------------
