@@ -18,6 +18,7 @@ import numpy as np
 import pytest
 
 from elasticity import atomic
+from experiment_configs import preset
 from elasticity.experiments import cells as cells_lib
 from elasticity.experiments import rebound, runner
 
@@ -26,17 +27,7 @@ CONFIG = "configs/experiments/rebound.py"
 
 
 def get(variant: str, **overrides):
-  from configs.experiments.rebound import get_config
-  c = get_config(variant)
-  c.unlock()
-  for k, v in overrides.items():
-    node = c
-    *parents, last = k.split(".")
-    for p in parents:
-      node = node[p]
-    node[last] = v
-  c.lock()
-  return c
+  return preset("rebound", variant, **overrides)
 
 
 # -- the grid, without running anything ----------------------------------------------------------

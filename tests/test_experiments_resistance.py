@@ -19,6 +19,7 @@ import numpy as np
 import pytest
 
 from elasticity import atomic
+from experiment_configs import preset
 from elasticity.experiments import resistance, runner
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -26,17 +27,7 @@ CONFIG = "configs/experiments/resistance.py"
 
 
 def get(variant: str, **overrides):
-  from configs.experiments.resistance import get_config
-  c = get_config(variant)
-  c.unlock()
-  for k, v in overrides.items():
-    node = c
-    *parents, last = k.split(".")
-    for p in parents:
-      node = node[p]
-    node[last] = v
-  c.lock()
-  return c
+  return preset("resistance", variant, **overrides)
 
 
 # -- the grid ----------------------------------------------------------------------------------------
