@@ -32,6 +32,7 @@ import ml_collections
 
 from configs import mesh as mesh_presets
 from configs import models as model_presets
+from configs.experiments import variants
 from configs.sft import paper
 from elasticity import paths
 from elasticity.train.config import default_config
@@ -167,13 +168,10 @@ def paper_preset(model: str, mesh: str) -> ml_collections.ConfigDict:
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   arg = arg or "tiny"
-  parts = [p for p in arg.split(",") if p]
-  model = parts[0]
-  rest = parts[1:]
-  task = rest.pop(0) if rest and rest[0] in TASKS else "imdb"
-  reverse = rest.pop(0) if rest and rest[0] in REVERSES else "sft"
-  order = rest.pop(0) if rest and rest[0] in ORDERS else "pos_first"
-  mesh = rest.pop(0) if rest and rest[0] in mesh_presets.PRESETS else ""
+  model, v, rest = variants.parse(arg, [("task", TASKS, "imdb"), ("reverse", REVERSES, "sft"),
+                                         ("order", ORDERS, "pos_first"),
+                                         ("mesh", mesh_presets.PRESETS, "")])
+  task, reverse, order, mesh = v["task"], v["reverse"], v["order"], v["mesh"]
   if rest or (model in ("tiny", "smollm2") and mesh):
     raise ValueError(f"configs/experiments/rebound.py: variant {arg!r} is not "
                      "<model>[,imdb|safety][,sft|dpo|simpo|kto][,pos_first|neg_first][,<mesh preset>] "

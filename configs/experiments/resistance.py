@@ -22,6 +22,7 @@ import ml_collections
 
 from configs import mesh as mesh_presets
 from configs import models as model_presets
+from configs.experiments import variants
 from configs.sft import paper
 from elasticity import paths
 from elasticity.train.config import default_config
@@ -116,11 +117,9 @@ def paper_preset(model: str, mesh: str) -> ml_collections.ConfigDict:
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   arg = arg or "tiny"
-  parts = [p for p in arg.split(",") if p]
-  model, rest = parts[0], parts[1:]
-  dataset = rest.pop(0) if rest and rest[0] in DATASETS else "alpaca"
-  dk = rest.pop(0) if rest and rest[0] in DESIGNS else "slices"
-  mesh = rest.pop(0) if rest and rest[0] in mesh_presets.PRESETS else ""
+  model, v, rest = variants.parse(arg, [("dataset", DATASETS, "alpaca"), ("dk", DESIGNS, "slices"),
+                                         ("mesh", mesh_presets.PRESETS, "")])
+  dataset, dk, mesh = v["dataset"], v["dk"], v["mesh"]
   if rest or (model in ("tiny", "smollm2") and mesh):
     raise ValueError(f"configs/experiments/resistance.py: variant {arg!r} is not "
                      "<model>[,alpaca|truthfulqa|beavertails][,slices|generated][,<mesh preset>] "
