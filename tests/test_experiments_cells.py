@@ -47,6 +47,24 @@ def test_identity_follows_needs_and_ignores_where_the_run_lives():
   assert cells_lib.identities([a, moved])["c"] == ids1["c"]
 
 
+def test_identity_leaves_out_the_keys_a_resumed_run_may_change():
+  a = Cell("a", {}, start_path="m", points=(Point("p", "start"),))
+  def child(**values):
+    t = _train()
+    for key, v in values.items():
+      section, name = key.split(".")
+      setattr(t[section], name, v)
+    return Cell("c", {}, train=t, parent="a", parent_model="start")
+  base = cells_lib.identities([a, child()])["c"]
+  for layout in ({"model.scan_layers": False}, {"model.attention_impl": "splash"},
+                 {"model.remat": "full"}, {"mesh.fsdp": 4}, {"checkpoint.every": 7},
+                 {"train.log_every": 1}):
+    assert cells_lib.identities([a, child(**layout)])["c"] == base, layout
+  for outcome in ({"optimizer.lr": 3e-4}, {"data.n": 5}, {"model.dtype": "bfloat16"},
+                  {"train.num_epochs": 2}):
+    assert cells_lib.identities([a, child(**outcome)])["c"] != base, outcome
+
+
 def test_placeholders_resolve_to_folders_and_only_for_known_cells(tmp_path):
   a = Cell("a", {}, start_path="m", points=(Point("p", "start"),))
   c = Cell("c", {}, train=_train(), parent="a", parent_model="start")

@@ -178,6 +178,8 @@ def test_train_checkpoint_restores_in_the_other_layout(tmp_path, saved_scanned):
   saved, other = _train_state(models[saved_scanned], tx), _train_state(models[not saved_scanned], tx)
   ckpt = Checkpointer(tmp_path / "ck", async_save=False)
   ckpt.save(3, saved, {"pos": 1}, {"note": "x"}, wait=True)
+  ckpt.close()
+  ckpt = Checkpointer(tmp_path / "ck", async_save=False)   # a fresh manager, as a resumed process has
   assert ckpt.saved_layout(3) == scan.layout_name(saved_scanned)
   abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), other)
   step, state, data, _ = ckpt.restore(abstract)

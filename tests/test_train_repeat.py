@@ -145,11 +145,14 @@ def test_a_resumed_workdir_with_another_config_is_refused_before_loading(stories
   with pytest.raises(ValueError, match=r"config\.optimizer\.lr was 0\.003 there, is 0\.001 now"):
     train(config(**{"data.n": 32, "optimizer.lr": 1e-3}), tmp_path / "w")
   monkeypatch.undo()
-  # keys that may change on resume (logging cadence, checkpoint cadence, async writes) are accepted
-  res = train(config(**{"train.log_every": 3, "checkpoint.every": 1, "checkpoint.async_save": True}),
+  # keys that may change on resume (logging and checkpoint cadence, async writes, the layer layout)
+  # are accepted: the checkpoint written in one layer layout resumes in the other
+  res = train(config(**{"train.log_every": 3, "checkpoint.every": 1, "checkpoint.async_save": True,
+                        "model.scan_layers": not cfg.model.scan_layers}),
               tmp_path / "w")
   assert (res.status, res.step) == ("completed", 3)
   assert record.fingerprint(config(**{"train.log_every": 7})) == record.fingerprint(cfg)
+  assert record.fingerprint(config(**{"model.attention_impl": "cudnn"})) == record.fingerprint(cfg)
   assert record.fingerprint(config(**{"train.num_steps": 4})) != record.fingerprint(cfg)
 
 

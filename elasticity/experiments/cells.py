@@ -13,8 +13,11 @@ Strings in a cell's training config may name folders the runner knows only when 
 must be the parent or listed in ``needs``), e.g. a data file that another cell generated.
 
 A cell's **identity** is a short hash of everything that decides its outcome: its resolved training
-config (with ``model.path`` replaced by the parent's identity and model name, so a path on disk never
-enters it), its root model path, its points and its parent's identity. Changing one value re-runs only
+config's defining keys (`elasticity.train.record.defining_keys`: without the keys a resumed run may
+change — logging, checkpoint cadence, mesh, sharding, remat, layer layout, attention core — so a grid
+moved to another slice, or to code that adds such a key, keeps its finished cells; ``model.path``
+replaced by the parent's identity and model name, so a path on disk never enters it), its root model
+path, its points and its parent's identity. Changing one value re-runs only
 the cells it reaches. What is evaluated at a point (sampling, scorers, held-out data) is fingerprinted
 separately (`elasticity.experiments.evaluate`), so changing an evaluation setting re-evaluates finished
 cells without training them again.
@@ -29,6 +32,8 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 import ml_collections
+
+from elasticity.train import record
 
 ID_LENGTH = 12
 PARENT_MODEL = "<parent>"       # what a child cell's model.path holds until the runner resolves it
@@ -103,6 +108,7 @@ def identity(cell: Cell, parent_id: str | None, needs_ids: Mapping[str, str] | N
     if cell.parent is not None:
       train["model"] = dict(train["model"], path=f"{parent_id}:{cell.parent_model}")
     train["export"] = dict(train["export"], snapshot_dir="")   # where they go is the runner's
+    train = record.defining_keys(train)
   return digest({"train": train, "parent": parent_id, "parent_model": cell.parent_model,
                  "needs": sorted(needs_ids.items()) if needs_ids else [],
                  "start": cell.start_path, "start_tokenizer": cell.start_tokenizer,

@@ -43,8 +43,15 @@ class Checkpointer:
     self.every = int(every)
     options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=True,
                                            enable_async_checkpointing=async_save)
-    self.manager = ocp.CheckpointManager(self.directory, options=options,
-                                         item_names=("state", "data", "meta"))
+    # Handlers registered up front, so a fresh manager (a resumed process) can read a checkpoint's
+    # metadata (its layer layout) before anything has been saved or restored through it.
+    registry = ocp.handlers.DefaultCheckpointHandlerRegistry()
+    for item, save, restore in (("state", ocp.args.StandardSave, ocp.args.StandardRestore),
+                                ("data", ocp.args.JsonSave, ocp.args.JsonRestore),
+                                ("meta", ocp.args.JsonSave, ocp.args.JsonRestore)):
+      registry.add(item, save)
+      registry.add(item, restore)
+    self.manager = ocp.CheckpointManager(self.directory, options=options, handler_registry=registry)
 
   def latest_step(self) -> int | None:
     return self.manager.latest_step()

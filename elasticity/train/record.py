@@ -33,9 +33,11 @@ DONE_FILE = "DONE.json"
 
 # Keys (or whole sections, by prefix) that may change when a run is resumed; everything else
 # defines the run. Logging cadence and sinks; checkpoint cadence, retention and async writes; how
-# the processes find each other; the device layout (mesh, sharding rules, remat): a checkpoint
-# restores onto another mesh by design, which changes numbers only by reduction order; eval
-# batching (throughput only).
+# the processes find each other; the device layout (mesh, sharding rules, remat, the layer layout,
+# the attention core): a checkpoint restores onto another mesh and across the scanned and unrolled
+# layouts by design, which changes numbers only by reduction order (layouts and attention cores are
+# tested to agree to 1e-6); eval batching (throughput only). Cell identities in an experiment grid
+# leave the same keys out (`elasticity.experiments.cells`).
 RESUMABLE_KEYS: tuple[str, ...] = (
     "train.log_every",
     "metrics.tensorboard",
@@ -47,6 +49,8 @@ RESUMABLE_KEYS: tuple[str, ...] = (
     "mesh",
     "sharding",
     "model.remat",
+    "model.scan_layers",
+    "model.attention_impl",
     "eval.batch_size",
 )
 
