@@ -25,7 +25,7 @@ os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 from absl import app, flags, logging  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
-from elasticity import compile_cache  # noqa: E402
+from elasticity import compile_cache, logs  # noqa: E402
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config "
                                           "(configs/experiments/<name>.py:<variant>).", lock_config=True)
@@ -36,12 +36,14 @@ _SHARD = flags.DEFINE_string("shard", "", "i/n (0 <= i < n): run only the i-th o
                              "python -m launch.report --workdir=DIR).")
 flags.mark_flags_as_required(["config", "workdir"])
 compile_cache.define_flags()
+logs.define_flags()
 
 PREEMPTED_EXIT = 3
 
 
 def main(argv):
   compile_cache.enable_from_flags()
+  logs.apply_flags()
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   cfg = _CONFIG.value

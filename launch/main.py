@@ -20,7 +20,7 @@ os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 from absl import app, flags, logging  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
-from elasticity import compile_cache, paths  # noqa: E402
+from elasticity import compile_cache, logs, paths  # noqa: E402
 
 _DEMO = flags.DEFINE_enum("demo", "lab", ["lab", "chat"], "lab: the theory lab (default); chat: the "
                           "SmolLM2 chat demo (launch/demo_chat.py).")
@@ -33,11 +33,13 @@ _CHAT = config_flags.DEFINE_config_file(
 _WORKDIR = flags.DEFINE_string("workdir", None, "Output folder (default: runs/<config.name>).")
 _PROGRESS = flags.DEFINE_bool("progress", True, "Show a progress bar.")
 compile_cache.define_flags()
+logs.define_flags()
 
 
 def main(argv: list[str]) -> None:
   del argv
   compile_cache.enable_from_flags()
+  logs.apply_flags()
   if _DEMO.value == "chat":
     from launch.demo_chat import run_chat
     run_chat(_CHAT.value)

@@ -21,7 +21,7 @@ os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 from absl import app, flags, logging  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
-from elasticity import compile_cache  # noqa: E402
+from elasticity import compile_cache, logs  # noqa: E402
 
 from elasticity import paths  # noqa: E402
 from launch import overrides  # noqa: E402
@@ -44,6 +44,7 @@ _CONFIG = config_flags.DEFINE_config_file(
 _WORKDIR = flags.DEFINE_string("workdir", None, "Output folder: the classifier checkpoint.",
                                required=True)
 compile_cache.define_flags()
+logs.define_flags()
 
 TRAIN_KEYS = ("max_n", "min_df", "min_word_df", "alpha", "norm", "scale", "l2", "lr", "steps",
               "log_every", "seed", "val_size")
@@ -70,6 +71,7 @@ def smollm2_prefixes(texts: list[str], n: int) -> list[str] | None:
 
 def main(argv):
   compile_cache.enable_from_flags()
+  logs.apply_flags()
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   cfg = _CONFIG.value

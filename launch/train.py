@@ -25,17 +25,19 @@ os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 from absl import app, flags, logging  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
-from elasticity import compile_cache  # noqa: E402
+from elasticity import compile_cache, logs  # noqa: E402
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Training config file (configs/<x>.py:<variant>).",
                                           lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics and the HF export.")
 flags.mark_flags_as_required(["config", "workdir"])
 compile_cache.define_flags()
+logs.define_flags()
 
 
 def main(argv):
   compile_cache.enable_from_flags()
+  logs.apply_flags()
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   from elasticity.train import config as config_lib

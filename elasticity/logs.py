@@ -1,0 +1,41 @@
+"""Log hygiene for the launchers: Orbax's INFO records (a dozen lines per checkpoint: managers
+created, barriers, finalize threads) are dropped, so a run's log shows its own progress.
+
+Orbax logs through absl like everything else, to the ``absl`` logger; `quiet_orbax` adds a filter
+there that drops records from files under an ``orbax`` package below ``WARNING``. Its warnings and
+errors pass. ``--orbax_info`` (`define_flags`) keeps everything.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+
+from absl import flags
+
+_ORBAX = f"{os.sep}orbax{os.sep}"
+
+
+class _DropOrbaxInfo(logging.Filter):
+  def filter(self, record: logging.LogRecord) -> bool:
+    return record.levelno >= logging.WARNING or _ORBAX not in (record.pathname or "")
+
+
+_FILTER = _DropOrbaxInfo()
+
+
+def quiet_orbax(enable: bool = True) -> None:
+  """Drop (``enable``) or keep Orbax's records below WARNING; idempotent."""
+  logger = logging.getLogger("absl")
+  logger.removeFilter(_FILTER)
+  if enable:
+    logger.addFilter(_FILTER)
+
+
+def define_flags() -> None:
+  if "orbax_info" not in flags.FLAGS:
+    flags.DEFINE_bool("orbax_info", False, "Keep Orbax's INFO log records (dropped by default).")
+
+
+def apply_flags() -> None:
+  quiet_orbax(not flags.FLAGS.orbax_info)
