@@ -278,6 +278,16 @@ def test_sigkill_in_a_cell_then_rerun_gives_the_same_results(uninterrupted, tmp_
 
 
 @pytest.mark.slow
+def test_generated_pair_cells_change_identity_with_the_sampling_and_slices_ones_do_not():
+  from elasticity.experiments import cells as cells_lib
+  for dk in ("slices", "generated"):
+    a = cells_lib.identities(resistance.plan(get(f"tiny,alpaca,{dk}")))
+    b = cells_lib.identities(resistance.plan(get(f"tiny,alpaca,{dk}", **{"generate.temperature": 0.3})))
+    assert a["s42/base"] == b["s42/base"]              # the base's training does not depend on it
+    changed = {name for name in a if a[name] != b[name]}
+    assert changed == (set() if dk == "slices" else set(a) - {"s42/base"}), dk
+
+
 def test_generated_design_trains_on_theta_k_generations(tmp_path, shared):
   workdir = tmp_path / "gen"
   proc = subprocess.run(_cmd(workdir, "tiny,alpaca,generated"), cwd=ROOT, env=_env(),
@@ -299,3 +309,18 @@ def test_generated_design_trains_on_theta_k_generations(tmp_path, shared):
     cfg = atomic.read_json(workdir / "cells" / r["cell"] / "train" / "config.json")
     want = workdir / "cells" / base / "points" / f"theta{r['coords']['target']}" / "dk.jsonl"
     assert cfg["data"]["load_kwargs"]["path"] == os.fspath(want)
+
+  # Other sampling: θ_k's responses are generated again and the pair cells retrained on them.
+  before = {k: (workdir / "cells" / base / "points" / f"theta{k}" / "dk.jsonl").read_text()
+            for k in (1, 2, 3)}
+  proc = subprocess.run(_cmd(workdir, "tiny,alpaca,generated") + ["--config.generate.temperature=0.3"],
+                        cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=900)
+  assert proc.returncode == 0, proc.stderr[-4000:]
+  for k in (1, 2, 3):
+    point = workdir / "cells" / base / "points" / f"theta{k}"
+    assert atomic.read_json(point / "dk.json")["generate"]["temperature"] == 0.3
+    assert (point / "dk.jsonl").read_text() != before[k]
+  again = atomic.read_jsonl(workdir / "results.jsonl")
+  pairs = lambda rs: {r["name"]: r["cell"] for r in rs if r["coords"]["role"] == "pair"}
+  assert pairs(again).keys() == pairs(rows).keys()
+  assert not set(pairs(again).values()) & set(pairs(rows).values())

@@ -17,7 +17,7 @@ config's defining keys (`elasticity.train.record.defining_keys`: without the key
 change — logging, checkpoint cadence, mesh, sharding, remat, layer layout, attention core — so a grid
 moved to another slice, or to code that adds such a key, keeps its finished cells; ``model.path``
 replaced by the parent's identity and model name, so a path on disk never enters it), its root model
-path, its points and its parent's identity. Changing one value re-runs only
+path, its points, its ``inputs`` (when it has any) and its parent's identity. Changing one value re-runs only
 the cells it reaches. What is evaluated at a point (sampling, scorers, held-out data) is fingerprinted
 separately (`elasticity.experiments.evaluate`), so changing an evaluation setting re-evaluates finished
 cells without training them again.
@@ -60,6 +60,9 @@ class Cell:
   seed: int = 0
   data: Mapping[str, Any] = dataclasses.field(default_factory=dict)   # sizes, for --dry_run
   needs: tuple[str, ...] = ()               # other cells whose outputs this one reads (run first)
+  # values outside the training config that decide the outcome, e.g. how a file it reads from a
+  # `needs`/parent cell is made when that is an evaluation setting of the other cell
+  inputs: Mapping[str, Any] = dataclasses.field(default_factory=dict)
 
   def __post_init__(self):
     if self.train is None and not self.points:
@@ -109,12 +112,15 @@ def identity(cell: Cell, parent_id: str | None, needs_ids: Mapping[str, str] | N
       train["model"] = dict(train["model"], path=f"{parent_id}:{cell.parent_model}")
     train["export"] = dict(train["export"], snapshot_dir="")   # where they go is the runner's
     train = record.defining_keys(train)
-  return digest({"train": train, "parent": parent_id, "parent_model": cell.parent_model,
-                 "needs": sorted(needs_ids.items()) if needs_ids else [],
-                 "start": cell.start_path, "start_tokenizer": cell.start_tokenizer,
-                 "points": [dataclasses.asdict(p) for p in cell.points],
-                 # an evaluation-only cell's seed labels its rows and decides nothing
-                 "seed": cell.seed if cell.train is not None else None})
+  key = {"train": train, "parent": parent_id, "parent_model": cell.parent_model,
+         "needs": sorted(needs_ids.items()) if needs_ids else [],
+         "start": cell.start_path, "start_tokenizer": cell.start_tokenizer,
+         "points": [dataclasses.asdict(p) for p in cell.points],
+         # an evaluation-only cell's seed labels its rows and decides nothing
+         "seed": cell.seed if cell.train is not None else None}
+  if cell.inputs:                 # absent when empty: the ids of cells without inputs stay as they were
+    key["inputs"] = dict(cell.inputs)
+  return digest(key)
 
 
 def order(cells: Sequence[Cell]) -> list[Cell]:

@@ -19,7 +19,9 @@ Cells, per seed (``configs/experiments/resistance.py``): ``s<seed>/base`` (the S
   the base cell reads in order, so the snapshot after k·n/batch steps has seen exactly D_1..D_k);
 - ``generated``: D_k is θ_k's responses to n held-out prompts P_k (disjoint from the training data
   and from each other; sampling in ``config.generate``), written at the base cell's point
-  ``theta<k>`` as ``dk.jsonl`` and read by the pair cells. θ_l has not been trained on these, so a
+  ``theta<k>`` as ``dk.jsonl`` and read by the pair cells. ``dk.json`` beside it records the
+  sampling it was made with: a file made otherwise is generated again, and the pair cells carry the
+  sampling settings in their identity (`Cell.inputs`), so they are retrained on the new D_k. θ_l has not been trained on these, so a
   lower inverse loss cannot be memorisation of the training data.
 
 **Recorded per pair cell** (its one point ``final``):
@@ -99,6 +101,12 @@ def dk_source(c, seed: int, k: int) -> tuple[str, tuple[int, int]]:
 # -- checks before anything is loaded ----------------------------------------------------------------
 
 
+def dk_inputs(c) -> dict:
+  """What decides a pair cell's D_k beyond its parent: in the generated design, the sampling of θ_k's
+  responses (an evaluation setting of the base cell, so not in the parent's identity)."""
+  return {"dk_generate": c.generate.to_dict()} if c.dk == "generated" else {}
+
+
 def validate(c) -> None:
   if c.dataset not in DATASETS:
     raise ValueError(f"config.dataset: {c.dataset!r} is not one of {DATASETS}")
@@ -165,7 +173,8 @@ def plan(c) -> list[Cell]:
                                       start=start, target=target),
                         train=_train(c, seed, path, sl, bool(c.data.shuffle)), parent=base,
                         parent_model=f"theta{start}" if start < 3 else "final",
-                        points=(Point("final", "final"),), seed=seed, data={"n": n}))
+                        points=(Point("final", "final"),), seed=seed, data={"n": n},
+                        inputs=dk_inputs(c)))
   return out
 
 
@@ -357,6 +366,16 @@ class ResistanceEvaluator:
     data = [{"prompt": p["prompt"], "response": r["completion"].strip() or "."}
             for p, r in zip(prompts, rows)]
     atomic.write_jsonl(point_dir / "dk.jsonl", data)
+    atomic.write_json(point_dir / "dk.json", self._dk_record(cell, k))
+
+  def _dk_record(self, cell, k: int) -> dict:
+    """What θ_k's dk.jsonl was made with; a file made otherwise is generated again."""
+    return {"generate": self.c.generate.to_dict(), "seed": cell.seed, "k": k, "n": int(self.c.n)}
+
+  def _dk_current(self, cell, k: int, point_dir: Path) -> bool:
+    rec = point_dir / "dk.json"
+    return ((point_dir / "dk.jsonl").exists() and rec.exists()
+            and json.loads(rec.read_text(encoding="utf-8")) == self._dk_record(cell, k))
 
   # -- one point ---------------------------------------------------------------------------------
   def __call__(self, model_path: str, tokenizer_path: str, point_dir, context=None) -> dict[str, float]:
@@ -368,7 +387,7 @@ class ResistanceEvaluator:
     if cell.parent is None:        # a θ_k of the base cell
       k = int(context.point.coords["k"])
       model, tok = self.load(model_path, tokenizer_path)
-      if self.c.dk == "generated" and not (point_dir / "dk.jsonl").exists():
+      if self.c.dk == "generated" and not self._dk_current(cell, k, point_dir):
         self.generate_dk(model, tok, cell, k, point_dir)
       sets = self.d_sets(cell)
       metrics = self._cached(model_path, tokenizer_path, sets, (model, tok))
