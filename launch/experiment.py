@@ -49,19 +49,19 @@ def main(argv):
   cfg = _CONFIG.value
   from elasticity.experiments import runner
   try:
-    runner.experiment_module(cfg.experiment).validate(cfg)
+    runner.validate(cfg.experiment, cfg, dry_run=_DRY_RUN.value)
     shard = runner.parse_shard(_SHARD.value)
   except ValueError as e:
     raise app.UsageError(str(e)) from None
   import jax
   jax.config.update("jax_threefry_partitionable", True)
   if _DRY_RUN.value:
-    runner.run(cfg.experiment, cfg, _WORKDIR.value, dry_run=True, shard=shard)
+    runner.run(cfg.experiment, cfg, _WORKDIR.value, dry_run=True, shard=shard, validated=True)
     return
   from elasticity.train.signals import StopOnSignal
   with StopOnSignal() as stop:
     summary = runner.run(cfg.experiment, cfg, _WORKDIR.value, stop=lambda: stop.requested,
-                         shard=shard)
+                         shard=shard, validated=True)
   logging.info("%s: %d cells (%d run now); results in %s", summary.status, summary.cells, summary.ran,
                os.path.join(summary.workdir, "results.jsonl"))
   if summary.status == "preempted":

@@ -33,6 +33,17 @@ def get(variant: str, **overrides):
 # -- the grid, without running anything ----------------------------------------------------------
 
 
+def test_a_dry_run_warns_about_a_missing_scorer_and_a_real_run_refuses(tmp_path, capsys):
+  from elasticity.eval import ScorerConfigError
+  c = get("llama2-7b,imdb", **{"eval.scorer.path": str(tmp_path / "no-classifier")})
+  summary = runner.run("rebound", c, tmp_path / "w", dry_run=True)
+  assert summary.status == "dry_run" and summary.cells == len(rebound.plan(c))
+  assert "s42/pos1000" in capsys.readouterr().out and not (tmp_path / "w").exists()
+  with pytest.raises(ScorerConfigError, match=r"config\.eval\.scorer\.path=.*no-classifier"):
+    runner.run("rebound", c, tmp_path / "w")
+  assert not (tmp_path / "w").exists()
+
+
 def test_dry_run_of_the_paper_preset_lists_the_grid_without_loading_a_model(monkeypatch, capsys):
   import elasticity.models as models
 

@@ -71,7 +71,8 @@ def validate(c) -> None:
   if c.reverse != "sft" and max(n_pos) + max(n_neg) > pos_pool:
     raise ValueError(f"config.n_neg: {c.reverse} pairs need {max(n_neg)} rejected (positive) responses "
                      f"beyond the {max(n_pos)} of stage 1, but the pool holds {pos_pool}")
-  scorer = str(c.eval.scorer.path)
+  cells_lib.validate_training(plan(c), c.model.path)
+  scorer = str(c.eval.scorer.path)     # last: a dry run reports a missing scorer and goes on
   if not scorer:
     from elasticity.eval import ScorerConfigError
     raise ScorerConfigError(
@@ -83,7 +84,6 @@ def validate(c) -> None:
   if scorer != "none":
     from elasticity.eval import require_scorer
     require_scorer(c.eval.scorer, "config.eval.scorer.path")   # reads only its config.json
-  cells_lib.validate_training(plan(c), c.model.path)
 
 
 # -- the grid ---------------------------------------------------------------------------------------

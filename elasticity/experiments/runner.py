@@ -64,6 +64,7 @@ from absl import logging
 
 from elasticity import atomic
 from elasticity.experiments import cells as cells_lib
+from elasticity.eval.scorers import ScorerConfigError
 from elasticity.experiments.cells import Cell
 
 EXPERIMENTS = {"rebound": "elasticity.experiments.rebound",
@@ -364,17 +365,34 @@ def _wait_for(grid: _Grid, cell: Cell, stop: Callable[[], bool] | None, timeout_
       time.sleep(poll_s)
 
 
+def validate(experiment: str, config, *, dry_run: bool = False) -> None:
+  """The experiment's own checks (a clear ``ValueError`` naming the key, before anything is loaded).
+
+  A dry run only warns about a missing or unusable scorer: it lists the grid, which needs none, so
+  the paper's grids can be inspected on a machine where no classifier or cost model is installed.
+  """
+  try:
+    experiment_module(experiment).validate(config)
+  except ScorerConfigError as e:
+    if not dry_run:
+      raise
+    logging.warning("dry run: %s (a real run stops here)", e)
+
+
 def run(experiment: str, config, workdir: str | os.PathLike, *, dry_run: bool = False,
         stop: Callable[[], bool] | None = None, report: bool = True,
-        shard: tuple[int, int] | None = None, poll_s: float = 2.0) -> Summary:
+        shard: tuple[int, int] | None = None, poll_s: float = 2.0, validated: bool = False
+        ) -> Summary:
   """Run (or continue) the experiment ``config`` describes in ``workdir`` (module docstring);
-  ``shard=(i, n)`` runs only the i-th of n disjoint parts of the grid."""
+  ``shard=(i, n)`` runs only the i-th of n disjoint parts of the grid; ``validated``: the caller has
+  already run `validate` on this config."""
   if shard is not None and (shard[1] < 1 or not 0 <= shard[0] < shard[1]):
     raise ValueError(f"shard: want (i, n) with 0 <= i < n, got {shard}")
   if shard is not None and shard[1] == 1:
     shard = None
   exp = experiment_module(experiment)
-  exp.validate(config)
+  if not validated:
+    validate(experiment, config, dry_run=dry_run)
   workdir = Path(os.path.abspath(os.fspath(workdir)))
   grid = _Grid(workdir)
   grid.add(exp.plan(config))

@@ -142,8 +142,8 @@ def validate(c) -> None:
       raise ValueError(f"config.models.{name}.path: the model's checkpoint is required")
     try:
       rebound.validate(model_config(c, name))
-    except ValueError as e:
-      raise ValueError(f"config.models.{name}: {e}") from None
+    except ValueError as e:           # the same type: a dry run tolerates a missing scorer
+      raise type(e)(f"config.models.{name}: {e}") from None
 
 
 def plan(c) -> list[Cell]:
