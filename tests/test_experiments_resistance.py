@@ -278,6 +278,26 @@ def test_sigkill_in_a_cell_then_rerun_gives_the_same_results(uninterrupted, tmp_
 
 
 @pytest.mark.slow
+def test_an_empty_generated_response_is_kept_and_trains_on_the_end_of_sequence(tmp_path, shared):
+  from elasticity.data import load_dataset
+  from elasticity.data.tokenize import tokenize
+  from elasticity.tokenizers import load_tokenizer
+  c = get("tiny,alpaca,generated")
+  pair = next(x for x in resistance.plan(c) if x.name == "s42/inv21")
+  dk = tmp_path / "dk.jsonl"
+  atomic.write_jsonl(dk, [{"prompt": "Name a colour.", "response": ""},
+                          {"prompt": "Name a fruit.", "response": "A pear."}])
+  kwargs = dict(pair.train.data.load_kwargs.to_dict(), path=str(dk))
+  assert kwargs["allow_empty"] is True
+  rows = load_dataset("jsonl", **kwargs)
+  assert [r["response"] for r in rows] == ["", "A pear."]
+  tok = load_tokenizer(c.model.tokenizer or c.model.path)
+  ex = tokenize(rows, tok, template="plain", add_eos=True)[0]
+  assert int(ex.loss_mask.sum()) == 1 and int(ex.input_ids[-1]) == tok.eos_id   # EOS alone is scored
+  slices = next(x for x in resistance.plan(get("tiny,alpaca,slices")) if x.name == "s42/inv21")
+  assert "allow_empty" not in slices.train.data.load_kwargs
+
+
 def test_generated_pair_cells_change_identity_with_the_sampling_and_slices_ones_do_not():
   from elasticity.experiments import cells as cells_lib
   for dk in ("slices", "generated"):

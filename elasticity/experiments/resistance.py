@@ -132,7 +132,10 @@ def validate(c) -> None:
 
 def _data(c, path: str, sl: tuple[int, int], seed: int, shuffle: bool):
   from elasticity.train.config import data_section
-  return data_section(name="jsonl", split="", load_kwargs=dict(path=path, kind="sft"), n=0,
+  kwargs = dict(path=path, kind="sft")
+  if c.dk == "generated" and "/dk.jsonl" in path:
+    kwargs["allow_empty"] = True      # θ_k's response may be empty: it ended at once (EOS is scored)
+  return data_section(name="jsonl", split="", load_kwargs=kwargs, n=0,
                       slice=tuple(sl), shuffle=shuffle, seed=seed, template="plain",
                       max_length=int(c.data.max_length), policy="truncate_prompt_left")
 
@@ -363,14 +366,17 @@ class ResistanceEvaluator:
                                     temperature=float(g.temperature), top_p=float(g.top_p),
                                     seed=int(g.seed) + 1000 * cell.seed + k,
                                     batch_size=int(g.batch_size))
-    data = [{"prompt": p["prompt"], "response": r["completion"].strip() or "."}
-            for p, r in zip(prompts, rows)]
+    # The completion as θ_k wrote it; an empty one (θ_k ended at once) stays empty, and training on
+    # it scores the end-of-sequence token alone. (Writing "." instead gave sequences θ_k never
+    # produced, at ~10 nats/token.)
+    data = [{"prompt": p["prompt"], "response": r["completion"].strip()} for p, r in zip(prompts, rows)]
     atomic.write_jsonl(point_dir / "dk.jsonl", data)
     atomic.write_json(point_dir / "dk.json", self._dk_record(cell, k))
 
   def _dk_record(self, cell, k: int) -> dict:
     """What θ_k's dk.jsonl was made with; a file made otherwise is generated again."""
-    return {"generate": self.c.generate.to_dict(), "seed": cell.seed, "k": k, "n": int(self.c.n)}
+    return {"generate": self.c.generate.to_dict(), "seed": cell.seed, "k": k, "n": int(self.c.n),
+            "empty": "kept"}
 
   def _dk_current(self, cell, k: int, point_dir: Path) -> bool:
     rec = point_dir / "dk.json"
