@@ -183,6 +183,41 @@ def test_imdb_folder_and_tarball(tmp_path):
   assert len(data.load_dataset("imdb", split="test", path=tar)) == 2
 
 
+def test_imdb_tarball_is_cached_on_disk_and_read_back_without_the_tarball(tmp_path, monkeypatch):
+  from elasticity.data import imdb
+  _write_imdb_tree(tmp_path)
+  tar = tmp_path / "t" / "aclImdb_labeled_train_test.tar.gz"
+  tar.parent.mkdir()
+  with tarfile.open(tar, "w:gz") as t:
+    t.add(tmp_path / "aclImdb", arcname="aclImdb")
+  monkeypatch.setenv("ELASTICITY_DATA_CACHE", str(tmp_path / "cache"))
+  imdb._read_tar.cache_clear()
+  parsed = imdb.read_reviews(tar)
+  st = tar.resolve().stat()
+  file = imdb.cache_file(str(tar.resolve()), st.st_size, st.st_mtime_ns)
+  assert file.exists() and file.parent == tmp_path / "cache"
+
+  def no_tar(*a, **k):
+    raise AssertionError("the tarball was parsed again")
+  imdb._read_tar.cache_clear()                        # a new process: only the disk cache is left
+  monkeypatch.setattr(imdb, "_parse_tar", no_tar)
+  assert imdb.read_reviews(tar) == parsed
+  monkeypatch.undo()
+
+  monkeypatch.setenv("ELASTICITY_DATA_CACHE", str(tmp_path / "cache"))
+  file.write_bytes(b"not a zip")                      # unreadable: parsed again and rewritten
+  imdb._read_tar.cache_clear()
+  assert imdb.read_reviews(tar) == parsed
+  imdb._read_tar.cache_clear()
+  monkeypatch.setattr(imdb, "_parse_tar", no_tar)
+  assert imdb.read_reviews(tar) == parsed
+  monkeypatch.undo()
+
+  monkeypatch.setenv("ELASTICITY_DATA_CACHE", "off")
+  assert imdb.cache_file(str(tar), 1, 2) is None
+  imdb._read_tar.cache_clear()
+
+
 def test_imdb_bad_bytes_named(tmp_path):
   _write_imdb_tree(tmp_path, bad=True)
   with pytest.raises(DataError) as e:
