@@ -172,19 +172,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
                                          ("order", ORDERS, "pos_first"),
                                          ("mesh", mesh_presets.PRESETS, "")])
   task, reverse, order, mesh = v["task"], v["reverse"], v["order"], v["mesh"]
-  if rest or (model in ("tiny", "smollm2") and mesh):
-    raise ValueError(f"configs/experiments/rebound.py: variant {arg!r} is not "
-                     "<model>[,imdb|safety][,sft|dpo|simpo|kto][,pos_first|neg_first][,<mesh preset>] "
-                     f"(models: tiny, smollm2, {', '.join(model_presets.MODELS)})")
-  if model == "tiny":
-    c = tiny()
-  elif model == "smollm2":
-    c = smollm2()
-  elif model in model_presets.MODELS:
-    c = paper_preset(model, mesh)
-  else:
-    raise ValueError(f"configs/experiments/rebound.py: unknown model {model!r}; known: tiny, smollm2, "
-                     + ", ".join(model_presets.MODELS))
+  c = variants.base_config("configs/experiments/rebound.py", arg, model, mesh, rest,
+                           "<model>[,imdb|safety][,sft|dpo|simpo|kto][,pos_first|neg_first][,<mesh preset>]",
+                           {"tiny": tiny, "smollm2": smollm2}, paper_preset)
   c.variant, c.task, c.reverse, c.order = arg, task, reverse, order
   if task == "safety":
     c.eval.scorer.path, c.eval.scorer.sign = ("none" if model == "tiny" else ""), -1.0

@@ -120,20 +120,11 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   model, v, rest = variants.parse(arg, [("dataset", DATASETS, "alpaca"), ("dk", DESIGNS, "slices"),
                                          ("mesh", mesh_presets.PRESETS, "")])
   dataset, dk, mesh = v["dataset"], v["dk"], v["mesh"]
-  if rest or (model in ("tiny", "smollm2") and mesh):
-    raise ValueError(f"configs/experiments/resistance.py: variant {arg!r} is not "
-                     "<model>[,alpaca|truthfulqa|beavertails][,slices|generated][,<mesh preset>] "
-                     f"(models: tiny, smollm2, {', '.join(model_presets.MODELS)})")
-  if model == "tiny":
-    c = tiny()
-  elif model == "smollm2":
-    c = smollm2()
-  elif model in model_presets.MODELS:
-    c = paper_preset(model, mesh)
+  c = variants.base_config("configs/experiments/resistance.py", arg, model, mesh, rest,
+                           "<model>[,alpaca|truthfulqa|beavertails][,slices|generated][,<mesh preset>]",
+                           {"tiny": tiny, "smollm2": smollm2}, paper_preset)
+  if model in model_presets.MODELS:
     c.n = PAPER_N[dataset]
-  else:
-    raise ValueError(f"configs/experiments/resistance.py: unknown model {model!r}; known: tiny, "
-                     "smollm2, " + ", ".join(model_presets.MODELS))
   c.variant, c.dataset, c.dk = arg, dataset, dk
   c.data.load_kwargs = ml_collections.ConfigDict(LOAD_KWARGS[dataset])
   if dataset == "beavertails" and model in ("tiny", "smollm2"):
