@@ -90,7 +90,8 @@ def worker_ours(workdir: str, checkpoint_every: int) -> dict:
   t_imports = time.perf_counter()
   import jax
   from jax import monitoring
-  from elasticity.experiments import rebound, runner
+  from elasticity.experiments.core import runner
+  from elasticity.experiments.rebound import EXPERIMENT as rebound
   from elasticity.train import loop
   jax.config.update("jax_threefry_partitionable", True)
   t_imported = time.perf_counter()
@@ -184,7 +185,7 @@ def torch_plan(cfg, tmp: Path) -> list[dict]:
   stage 1's model; each with the batches our loop would train that cell on, saved to an .npz."""
   import numpy as np
 
-  from elasticity.experiments import rebound
+  from elasticity.experiments.rebound import grid as rebound
   from elasticity.models import load_pretrained, save_pretrained
   from elasticity.tokenizers import load_tokenizer
   from elasticity.train.data import BatchStream, load_examples

@@ -47,7 +47,7 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   cfg = _CONFIG.value
-  from elasticity.experiments import runner
+  from elasticity.experiments.core import runner
   try:
     runner.validate(cfg.experiment, cfg, dry_run=_DRY_RUN.value)
     shard = runner.parse_shard(_SHARD.value)

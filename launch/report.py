@@ -23,8 +23,9 @@ _RESCORE = flags.DEFINE_string("rescore", None,
 def main(argv: list[str]) -> None:
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
-  from elasticity.report import ResultsError, build_report
-  from elasticity.experiments.runner import merge_shards
+  from elasticity.experiments import build_report
+  from elasticity.experiments.core.shards import merge_shards
+  from elasticity.report import ResultsError
   try:
     merged = merge_shards(_WORKDIR.value)
   except (FileNotFoundError, ValueError) as e:
@@ -32,7 +33,7 @@ def main(argv: list[str]) -> None:
   if merged is not None:
     logging.info("merged the shards' rows into %s", merged)
   if _RESCORE.value:
-    from elasticity.experiments.rescore import rescore
+    from elasticity.experiments.rebound.rescore import rescore
     logging.info("re-scoring %s with %s", _WORKDIR.value, _RESCORE.value)
     rescore(_WORKDIR.value, _RESCORE.value)
   try:

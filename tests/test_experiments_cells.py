@@ -6,9 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from elasticity.experiments import cells as cells_lib
-from elasticity.experiments import runner
-from elasticity.experiments.cells import Cell, Point
+from elasticity.experiments.core import cells as cells_lib
+from elasticity.experiments.core import grid as grid_lib
+from elasticity.experiments.core.cells import Cell, Point
 from elasticity.train.config import data_section, default_config
 
 
@@ -70,10 +70,10 @@ def test_placeholders_resolve_to_folders_and_only_for_known_cells(tmp_path):
   c = Cell("c", {}, train=_train(), parent="a", parent_model="start")
   b = Cell("b", {}, train=_train("{cell:c}/gen.jsonl"), parent="a", parent_model="start", needs=("c",))
   e = Cell("e", {}, train=_train("{experiment_dir}/data/{cell:c}.jsonl"), parent="a")
-  grid = runner._Grid(Path(tmp_path))
+  grid = grid_lib.Grid(Path(tmp_path))
   grid.add([a, c, b, e])
-  cfg = runner.resolve_placeholders(b.train, b, grid)
+  cfg = grid_lib.resolve_placeholders(b.train, b, grid)
   assert cfg.data.load_kwargs.path == f"{tmp_path}/cells/{grid.ids['c']}/gen.jsonl"
   assert b.train.data.load_kwargs.path == "{cell:c}/gen.jsonl"      # the cell's own config is untouched
   with pytest.raises(ValueError, match=r"\{cell:c\} names a cell that is neither its parent"):
-    runner.resolve_placeholders(e.train, e, grid)
+    grid_lib.resolve_placeholders(e.train, e, grid)

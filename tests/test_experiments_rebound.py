@@ -19,8 +19,9 @@ import pytest
 
 from elasticity import atomic
 from experiment_configs import preset
-from elasticity.experiments import cells as cells_lib
-from elasticity.experiments import rebound, runner
+from elasticity.experiments import rebound
+from elasticity.experiments.core import cells as cells_lib
+from elasticity.experiments.core import runner
 
 ROOT = Path(__file__).resolve().parent.parent
 CONFIG = "configs/experiments/rebound.py"
@@ -295,7 +296,7 @@ def test_rescore_replaces_only_the_scores_from_saved_generations(uninterrupted, 
   from elasticity.eval import load_scorer
   from elasticity.eval import generations as gen_lib
   from elasticity.eval.sentiment import TrainConfig, fit
-  from elasticity.experiments.rescore import rescore
+  from elasticity.experiments.rebound.rescore import rescore
   reference, _, _ = uninterrupted
   workdir = tmp_path / "copy"
   shutil.copytree(reference, workdir)

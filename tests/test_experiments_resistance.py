@@ -20,7 +20,8 @@ import pytest
 
 from elasticity import atomic
 from experiment_configs import preset
-from elasticity.experiments import resistance, runner
+from elasticity.experiments import resistance
+from elasticity.experiments.core import runner
 
 ROOT = Path(__file__).resolve().parent.parent
 CONFIG = "configs/experiments/resistance.py"
@@ -152,7 +153,7 @@ def test_bad_input_is_refused_before_anything_is_loaded(override, message):
 
 
 def test_dry_run_of_the_paper_presets_lists_cells_without_loading(capsys, monkeypatch):
-  monkeypatch.setattr(resistance, "prepare", lambda *a, **k: pytest.fail("prepare called"))
+  monkeypatch.setattr(resistance.EXPERIMENT, "prepare", lambda *a, **k: pytest.fail("prepare called"))
   for variant in ("llama2-7b,alpaca", "llama3-8b,truthfulqa,generated", "llama2-13b,beavertails"):
     c = get(variant)
     s = runner.run("resistance", c, "/nonexistent/dir", dry_run=True)
@@ -219,7 +220,7 @@ def test_tiny_grid_records_the_losses_kl_and_compression(uninterrupted, shared):
 
 def test_kl_matches_a_numpy_reference(uninterrupted, shared):
   """kl_start_end of one cell, recomputed from both models' full-vocabulary log-probs in float64."""
-  from elasticity.experiments.evaluate import PointEvaluator
+  from elasticity.experiments.rebound.evaluate import PointEvaluator
   from elasticity.data.tokenize import tokenize
   import jax.numpy as jnp
   workdir = uninterrupted
@@ -299,7 +300,7 @@ def test_an_empty_generated_response_is_kept_and_trains_on_the_end_of_sequence(t
 
 
 def test_generated_pair_cells_change_identity_with_the_sampling_and_slices_ones_do_not():
-  from elasticity.experiments import cells as cells_lib
+  from elasticity.experiments.core import cells as cells_lib
   for dk in ("slices", "generated"):
     a = cells_lib.identities(resistance.plan(get(f"tiny,alpaca,{dk}")))
     b = cells_lib.identities(resistance.plan(get(f"tiny,alpaca,{dk}", **{"generate.temperature": 0.3})))

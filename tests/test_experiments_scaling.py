@@ -12,7 +12,8 @@ from pathlib import Path
 import pytest
 
 from elasticity import atomic
-from elasticity.experiments import runner, scaling
+from elasticity.experiments import scaling
+from elasticity.experiments.core import runner
 
 ROOT = Path(__file__).resolve().parent.parent
 

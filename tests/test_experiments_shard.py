@@ -19,8 +19,8 @@ import ml_collections
 import pytest
 
 from elasticity import atomic
-from elasticity.experiments import runner
-from elasticity.experiments.cells import Cell, Point
+from elasticity.experiments.core import runner, shards
+from elasticity.experiments.core.cells import Cell, Point
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -49,7 +49,7 @@ def stub_module(evaluator):
     out.append(Cell("x/y", {"k": 4}, parent="x", parent_model="start", points=(Point("p", "start"),)))
     return out
   return types.SimpleNamespace(validate=lambda c: None, plan=plan,
-                               prepare=lambda c, w: evaluator)
+                               prepare=lambda c, w: evaluator, refines=False)
 
 
 def stub_config(timeout: float = 60.0):
@@ -61,17 +61,16 @@ def stub_config(timeout: float = 60.0):
 @pytest.fixture
 def stub(monkeypatch):
   def install(evaluator):
-    monkeypatch.setitem(runner.EXPERIMENTS, "stub", "stub_experiment_module")
-    monkeypatch.setitem(sys.modules, "stub_experiment_module", stub_module(evaluator))
+    monkeypatch.setitem(runner.EXPERIMENTS, "stub", stub_module(evaluator))
   return install
 
 
 def test_parse_shard():
-  assert runner.parse_shard("") is None
-  assert runner.parse_shard("1/3") == (1, 3)
+  assert shards.parse_shard("") is None
+  assert shards.parse_shard("1/3") == (1, 3)
   for bad in ("3/3", "-1/2", "1", "a/b", "0/0"):
     with pytest.raises(ValueError, match="--shard"):
-      runner.parse_shard(bad)
+      shards.parse_shard(bad)
 
 
 def test_two_shards_in_threads_equal_one_process(stub, tmp_path):
@@ -105,7 +104,7 @@ def test_two_shards_in_threads_equal_one_process(stub, tmp_path):
   assert order.index("a") < order.index("a/b") < order.index("a/b/c")
   assert order.index("x") < order.index("x/y")
   assert not (work / "results.jsonl").exists()
-  merged = runner.merge_shards(work)
+  merged = shards.merge_shards(work)
   assert merged.read_bytes() == (tmp_path / "single" / "results.jsonl").read_bytes()
 
 
@@ -119,11 +118,11 @@ def test_a_cell_waiting_for_a_missing_shard_times_out_with_a_clear_message(stub,
 
 
 def test_merge_refuses_rows_of_an_unknown_cell(tmp_path):
-  atomic.write_json(tmp_path / runner.GRID_FILE, {"cells": ["c1"]})
-  atomic.write_jsonl(runner.shard_file(tmp_path, (0, 2)), [{"cell": "c9", "point": "p"}])
+  atomic.write_json(tmp_path / shards.GRID_FILE, {"cells": ["c1"]})
+  atomic.write_jsonl(shards.shard_file(tmp_path, (0, 2)), [{"cell": "c9", "point": "p"}])
   with pytest.raises(ValueError, match=r"results.0-of-2.jsonl, row 1: cell 'c9'"):
-    runner.merge_shards(tmp_path)
-  assert runner.merge_shards(tmp_path / "empty") is None
+    shards.merge_shards(tmp_path)
+  assert shards.merge_shards(tmp_path / "empty") is None
 
 
 # -- two real processes on the tiny resistance grid ------------------------------------------------------

@@ -12,8 +12,9 @@ import re
 import numpy as np
 import pytest
 
-from elasticity.report import REPORTS, ResultsError, build_report, load_rows
-from elasticity.report import rebound
+from elasticity.experiments import REPORTS, build_report
+from elasticity.experiments.rebound import report as rebound
+from elasticity.report import ResultsError, load_rows
 from elasticity.report.document import Context
 
 PANEL = {"model": "tiny", "task": "imdb", "reverse": "sft", "order": "pos_first"}

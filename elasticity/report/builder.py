@@ -1,11 +1,13 @@
 """An experiment folder's report, regenerated from its results alone.
 
-    from elasticity.report import build_report
-    build_report("runs/rebound")     # -> runs/rebound/report.md, plots/*.png, results.csv
+    from elasticity.report.builder import build_report
+    build_report("runs/rebound", {"rebound": build_rebound})   # -> report.md, plots/*.png, results.csv
+
+(`elasticity.experiments.build_report` calls it with every registered experiment's builder.)
 
 Reads ``DIR/results.jsonl`` (and any ``DIR/results.*.jsonl``, e.g. shards of one grid written on
 several machines, merged) and ``DIR/experiment.json`` if present. Rows are grouped by their
-``experiment`` field and each group goes to its builder in `REPORTS` (``build(rows, ctx) ->
+``experiment`` field and each group goes to its builder in ``reports`` (``build(rows, ctx) ->
 [Section]``, see `elasticity.report.document`); an experiment without one gets `build_generic`, a
 table of every row. Rows without metrics are skipped (and logged) before any builder sees them;
 ``results.csv`` still lists every row.
@@ -18,16 +20,14 @@ an earlier report do not linger), then ``report.md`` is written; every file goes
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 from absl import logging
 
 from elasticity import atomic
 from elasticity.report.document import Builder, Context, Section, render
-from elasticity.report.rebound import build_rebound
-from elasticity.report.resistance import build_resistance
-from elasticity.report.scaling import build_scaling
 from elasticity.report.results import ResultsError, Row, load_rows, read_experiment, with_metrics
 from elasticity.report.tables import markdown_table, write_csv
 
@@ -40,15 +40,6 @@ def build_generic(rows: Sequence[Row], ctx: Context) -> list[Section]:
   return [Section("All rows", markdown_table([r.flat() for r in rows]))]
 
 
-def _theory_lab(rows, ctx):
-  from elasticity.theory import lab_report
-  return [s for b in lab_report.BUILDERS for s in b(rows, ctx)]
-
-
-REPORTS: dict[str, Builder] = {"rebound": build_rebound, "resistance": build_resistance,
-                               "scaling": build_scaling, "theory_lab": _theory_lab}
-
-
 def results_files(workdir: str | os.PathLike) -> list[Path]:
   """``results.jsonl`` then any ``results.*.jsonl`` shards, sorted; the first must exist."""
   workdir = Path(workdir)
@@ -58,8 +49,30 @@ def results_files(workdir: str | os.PathLike) -> list[Path]:
   return [p for p in [main] if p.is_file()] + sorted(workdir.glob("results.*.jsonl"))
 
 
-def build_report(workdir: str | os.PathLike, *, title: str | None = None) -> Path:
-  """Regenerate ``report.md``, ``plots/`` and ``results.csv`` in ``workdir``; returns report.md."""
+# The lines under the title: (rows read, rows with metrics, files read, experiment.json) -> lines.
+Preamble = Callable[[Sequence[Row], Sequence[Row], Sequence[Path], Mapping[str, Any]], list[str]]
+
+
+def default_preamble(rows: Sequence[Row], measured: Sequence[Row], files: Sequence[Path],
+                     experiment: Mapping[str, Any]) -> list[str]:
+  """The experiment, its variant, how many rows, cells and seeds, the files and the git commit."""
+  groups = list(dict.fromkeys(r.experiment for r in measured))
+  name = experiment.get("name") or ", ".join(groups) or "experiment"
+  variant = experiment.get("variant")
+  preamble = [f"- experiment: `{name}`" + (f", variant `{variant}`" if variant else ""),
+              f"- rows: {len(rows)} ({len(rows) - len(measured)} without metrics skipped), cells: "
+              f"{len({r.cell for r in rows})}, seeds: "
+              f"{', '.join(str(s) for s in sorted({r.seed for r in rows if r.seed is not None}))}",
+              f"- from: {', '.join(f'`{p.name}`' for p in files)}; all rows in `results.csv`"]
+  if experiment.get("git_commit"):
+    preamble.append(f"- git commit: `{experiment['git_commit']}`")
+  return preamble
+
+
+def build_report(workdir: str | os.PathLike, reports: Mapping[str, Builder], *,
+                 title: str | None = None, preamble: Preamble = default_preamble) -> Path:
+  """Regenerate ``report.md``, ``plots/`` and ``results.csv`` in ``workdir``, each experiment's rows
+  by its builder in ``reports``; returns report.md."""
   workdir = Path(workdir)
   files = results_files(workdir)
   rows = load_rows(files)
@@ -78,7 +91,7 @@ def build_report(workdir: str | os.PathLike, *, title: str | None = None) -> Pat
   with atomic.directory(workdir / "plots") as tmp:
     ctx = Context(workdir=workdir, plots_dir=tmp, experiment=experiment, experiment_file=exp_file)
     for name, group in groups.items():
-      builder = REPORTS.get(name, build_generic)
+      builder = reports.get(name, build_generic)
       if builder is build_generic:
         logging.warning("no report builder for experiment %r; writing a table of its rows", name)
       built = builder(group, ctx)
@@ -91,14 +104,8 @@ def build_report(workdir: str | os.PathLike, *, title: str | None = None) -> Pat
 
   name = experiment.get("name") or ", ".join(groups) or "experiment"
   variant = experiment.get("variant")
-  preamble = [f"- experiment: `{name}`" + (f", variant `{variant}`" if variant else ""),
-              f"- rows: {len(rows)} ({len(rows) - len(measured)} without metrics skipped), cells: "
-              f"{len({r.cell for r in rows})}, seeds: "
-              f"{', '.join(str(s) for s in sorted({r.seed for r in rows if r.seed is not None}))}",
-              f"- from: {', '.join(f'`{p.name}`' for p in files)}; all rows in `results.csv`"]
-  if experiment.get("git_commit"):
-    preamble.append(f"- git commit: `{experiment['git_commit']}`")
-  text = render(title or f"{name}" + (f" — {variant}" if variant else ""), preamble, sections)
+  text = render(title or f"{name}" + (f" — {variant}" if variant else ""),
+                preamble(rows, measured, files, experiment), sections)
   path = atomic.write_text(workdir / "report.md", text)
   logging.info("wrote %s (%d sections, %d plots)", path, len(sections), len(ctx.plots))
   return path

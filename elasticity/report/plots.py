@@ -1,5 +1,8 @@
 """Report figures (matplotlib, Agg canvas, no pyplot state): curves with error bars and heatmaps.
 
+matplotlib is imported when a figure is drawn, not with this module (it reads its config and font
+cache on import), so a report package that only makes tables stays light.
+
 Each function renders one PNG and writes it through `elasticity.atomic`, so a reader never sees half
 an image. Values come in as `Stat` (mean, s.d., n) from `elasticity.report.results`; an s.d. of
 ``None`` (a single seed) draws no error bar.
@@ -18,8 +21,6 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
-from matplotlib.backends.backend_agg import FigureCanvasAgg
-from matplotlib.figure import Figure
 
 from elasticity import atomic
 from elasticity.report.results import Stat
@@ -27,8 +28,9 @@ from elasticity.report.results import Stat
 DPI = 110
 
 
-def save(fig: Figure, path: str | os.PathLike) -> Path:
-  """Render ``fig`` as PNG into ``path`` atomically."""
+def save(fig, path: str | os.PathLike) -> Path:
+  """Render ``fig`` (a matplotlib ``Figure``) as PNG into ``path`` atomically."""
+  from matplotlib.backends.backend_agg import FigureCanvasAgg
   FigureCanvasAgg(fig)
   buf = io.BytesIO()
   fig.savefig(buf, format="png", dpi=DPI, metadata={"Software": None})
@@ -67,6 +69,7 @@ def curves(path: str | os.PathLike, series: Mapping[str, Sequence[tuple[float, S
     raise ValueError(f"xscale must be 'count' or 'linear', got {xscale!r}")
   if not any(series.values()):
     raise ValueError(f"{path}: no points to plot")
+  from matplotlib.figure import Figure
   fig = Figure(figsize=(6.4, 4.2))
   ax = fig.subplots()
   xs_all: list[float] = []
@@ -109,6 +112,7 @@ def heatmap(path: str | os.PathLike, values: Mapping[tuple[float, float], Stat],
   grid = np.full((len(ys), len(xs)), np.nan)
   for (y, x), stat in values.items():
     grid[ys.index(y), xs.index(x)] = stat.mean
+  from matplotlib.figure import Figure
   fig = Figure(figsize=(1.2 + 0.9 * len(xs), 1.4 + 0.6 * len(ys)))
   ax = fig.subplots()
   finite = grid[np.isfinite(grid)]

@@ -35,14 +35,15 @@ from typing import Any
 
 import numpy as np
 from absl import logging
+from tqdm import tqdm
 
 from elasticity import atomic
 from elasticity.theory import exact
+from elasticity.theory.lab_report import EXPERIMENT, write_report
 from elasticity.theory.mixture import mixture_rates
 from elasticity.theory.network import NetConfig, Network, param_count
 from elasticity.theory.worlds import NAMES, WorldConfig, make_world
 
-EXPERIMENT = "theory_lab"
 PARTS = ("law", "resistance", "rebound", "scaling", "rounds")
 
 
@@ -345,12 +346,10 @@ def planned_steps(cfg) -> int:
 def run_lab(cfg, workdir: str | Path, *, progress: bool = True) -> dict[str, Any]:
   """Run the lab of ``cfg`` into ``workdir``: results.jsonl, experiment.json, report.md, plots/.
   Returns {"report": path, "rows": n, "seconds": wall, "cpu_seconds": process CPU time}."""
-  from elasticity.theory.lab_report import write_report
   workdir = Path(workdir)
   t0, c0 = time.perf_counter(), time.process_time()
   bar = None
   if progress:
-    from tqdm import tqdm
     bar = tqdm(total=planned_steps(cfg), desc="theory lab (train steps)", unit="step",
                mininterval=2.0)
   lab = Lab(cfg, progress=bar.update if bar else None)

@@ -6,21 +6,25 @@ Sections: the exact γ of D_p and D_a against l for each k; the law measured on 
 ratio of the slopes dγ_a/dl ÷ dγ_p/dl under joint training and under fine-tuning on D_t, mean ± s.d.
 over seeds, against −k and the exact ratio of the same world); resistance; rebound; scaling;
 several rounds. Built from the report kit (`elasticity.report`: rows, `mean_sd`, `plots.curves`,
-`Section`, `render`); every file is written atomically.
+`Section`) and written by its generic builder, as every experiment's report; `build` is registered
+for experiment ``theory_lab`` (`elasticity.experiments`), so ``launch.report`` regenerates it too.
 """
 
 from __future__ import annotations
 
 import math
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
-from elasticity import atomic
-from elasticity.report import plots
-from elasticity.report.document import Context, Section, image, render
-from elasticity.report.results import Row, Stat, fmt, load_rows, mean_sd, read_experiment
-from elasticity.report.tables import markdown_table, write_csv
+from elasticity.report import builder, plots
+from elasticity.report.document import Context, Section, image
+from elasticity.report.results import Row, Stat, fmt, mean_sd
+from elasticity.report.tables import markdown_table
+
+EXPERIMENT = "theory_lab"      # the rows' ``experiment`` (`elasticity.theory.lab`)
+TITLE = "Theory lab: the elasticity law on trained networks"
 
 
 def _part(rows: Sequence[Row], part: str, **coords) -> list[Row]:
@@ -229,25 +233,26 @@ BUILDERS = (exact_section, law_section, resistance_section, rebound_section, sca
             rounds_section)
 
 
-def write_report(workdir: str | os.PathLike) -> Path:
-  """Regenerate ``report.md``, ``plots/`` and ``results.csv`` in ``workdir`` from its results."""
-  workdir = Path(workdir)
-  rows = load_rows(workdir / "results.jsonl")
-  experiment = read_experiment(workdir / "experiment.json")
-  write_csv(workdir / "results.csv", [r.flat() for r in rows])
-  sections: list[Section] = []
-  with atomic.directory(workdir / "plots") as tmp:
-    ctx = Context(workdir=workdir, plots_dir=tmp, experiment=experiment,
-                  experiment_file=workdir / "experiment.json")
-    for build in BUILDERS:
-      sections += build(rows, ctx)
+def build(rows: Sequence[Row], ctx: Context) -> list[Section]:
+  """Every section of the lab's report (the builder registered for experiment ``theory_lab``)."""
+  return [s for b in BUILDERS for s in b(rows, ctx)]
+
+
+def preamble(rows: Sequence[Row], measured: Sequence[Row], files: Sequence[Path],
+             experiment: Mapping[str, Any]) -> list[str]:
+  """The lab's lines under the title: variant, rows, seeds, world, network, the lab's time."""
+  del measured, files
   seeds = sorted({r.seed for r in rows if r.seed is not None})
-  pre = [f"- experiment: `{experiment.get('name', 'theory_lab')}`, variant "
-         f"`{experiment.get('variant', '?')}`; {len(rows)} rows; seeds {seeds}",
-         f"- world: {experiment.get('world')}",
-         f"- network: {experiment.get('net')}; {experiment.get('params')} parameters",
-         f"- lab time: {experiment.get('seconds_lab', math.nan):.1f} s wall, "
-         f"{experiment.get('cpu_seconds_lab', math.nan):.1f} s CPU (this process)",
-         "- every number below is read from `results.jsonl` (all rows also in `results.csv`)"]
-  text = render("Theory lab: the elasticity law on trained networks", pre, sections)
-  return atomic.write_text(workdir / "report.md", text)
+  return [f"- experiment: `{experiment.get('name', 'theory_lab')}`, variant "
+          f"`{experiment.get('variant', '?')}`; {len(rows)} rows; seeds {seeds}",
+          f"- world: {experiment.get('world')}",
+          f"- network: {experiment.get('net')}; {experiment.get('params')} parameters",
+          f"- lab time: {experiment.get('seconds_lab', math.nan):.1f} s wall, "
+          f"{experiment.get('cpu_seconds_lab', math.nan):.1f} s CPU (this process)",
+          "- every number below is read from `results.jsonl` (all rows also in `results.csv`)"]
+
+
+def write_report(workdir: str | os.PathLike) -> Path:
+  """Regenerate ``report.md``, ``plots/`` and ``results.csv`` in ``workdir`` from its results, by
+  the same path as every experiment's report (`elasticity.report.builder.build_report`)."""
+  return builder.build_report(workdir, {EXPERIMENT: build}, title=TITLE, preamble=preamble)

@@ -39,9 +39,14 @@ from flax import nnx
 from scipy.special import log_ndtr
 from scipy.stats import spearmanr
 
+from elasticity import paths
 from elasticity.logprobs import token_logprobs
+from elasticity.models import load_pretrained
 from elasticity.theory.pareto import Fit, _ks, fit_all
+from elasticity.theory.pareto_real import depth_rows, load_texts
+from elasticity.theory.pareto_real import to_markdown as emp_md
 from elasticity.theory.tree import TokenTree
+from elasticity.tokenizers import load_tokenizer
 
 
 # --------------------------------------------------------------------------------------------------
@@ -262,10 +267,6 @@ def model_depth_rows(seqs, lp, depths, tail_min_n: int) -> list[dict[str, Any]]:
 
 def run_pareto_model(cfg) -> dict[str, Any]:
   """The ``pareto_model`` variant of configs/theory.py (see its keys there)."""
-  from elasticity import paths
-  from elasticity.models import load_pretrained
-  from elasticity.theory.pareto_real import depth_rows, load_texts
-  from elasticity.tokenizers import load_tokenizer
   t0 = time.perf_counter()
   depths = [int(x) for x in str(cfg.depths).split(",") if x.strip()]
   if not depths or min(depths) < 1:
@@ -332,7 +333,6 @@ def to_markdown(res: dict[str, Any]) -> str:
             f"{f['best_aic']} |")
     lines += ["", f"#### {block['dataset']}: empirical counts of the same nodes (binned fits, "
               "`pareto_real.depth_rows`)", ""]
-    from elasticity.theory.pareto_real import to_markdown as emp_md
     emp = emp_md({"fits": [{"dataset": block["dataset"], "tokenizer": "model's", "texts": block["texts"],
                             "rows": block["empirical_rows"]}], "seconds": 0.0})
     lines += [x for x in emp.splitlines()[2:] if not x.startswith("####") and not x.startswith("computed")]

@@ -18,9 +18,10 @@ from typing import Any
 import numpy as np
 from absl import logging
 
-from elasticity import paths
+from elasticity import data, paths
 from elasticity.theory.pareto import fit_counts, vuong_z
 from elasticity.theory.tree import TokenTree
+from elasticity.tokenizers import load_tokenizer
 
 TOKENIZERS = {"llama2": ("tokenizers", "llama2", "tokenizer.model"), "gpt2": ("tokenizers", "gpt2"),
               "llama3": ("tokenizers", "llama3", "tokenizer_llama3.tiktoken"),
@@ -30,7 +31,6 @@ TEXTS = {"alpaca": ("alpaca", None, "response"), "imdb": ("imdb", "train", "text
 
 def load_texts(name: str, limit: int = 0) -> list[str]:
   """The response texts of ``alpaca`` or the review texts of ``imdb`` (train split)."""
-  from elasticity import data
   if name not in TEXTS:
     raise ValueError(f"config.datasets: {name!r} is not one of {tuple(TEXTS)}")
   ds, split, field = TEXTS[name]
@@ -40,7 +40,6 @@ def load_texts(name: str, limit: int = 0) -> list[str]:
 
 
 def load_named_tokenizer(name: str):
-  from elasticity.tokenizers import load_tokenizer
   if name not in TOKENIZERS:
     raise ValueError(f"config.tokenizers: {name!r} is not one of {tuple(TOKENIZERS)}")
   kw = {"flavor": name} if name in ("llama3", "qwen") else {}

@@ -31,6 +31,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from elasticity.theory.law import rates_and_slopes
 from elasticity.theory.tree import TokenTree
 
 NAMES = ("p", "a", "t")
@@ -172,7 +173,6 @@ class World:
                 normalization: str = "own"):
     """Theorem 4.2's exact row (`elasticity.theory.law.LawRow`) for this world's distributions with
     sizes (k, 1, l) (default: the config's): the prediction a network trained on samples is held to."""
-    from elasticity.theory.law import rates_and_slopes
     _, masses = self.union_masses()
     k = self.config.k if k is None else k
     l = self.config.l if l is None else l

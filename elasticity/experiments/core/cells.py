@@ -19,12 +19,13 @@ moved to another slice, or to code that adds such a key, keeps its finished cell
 replaced by the parent's identity and model name, so a path on disk never enters it), its root model
 path, its points, its ``inputs`` (when it has any) and its parent's identity. Changing one value re-runs only
 the cells it reaches. What is evaluated at a point (sampling, scorers, held-out data) is fingerprinted
-separately (`elasticity.experiments.evaluate`), so changing an evaluation setting re-evaluates finished
-cells without training them again.
+separately (the experiment's evaluator, e.g. `elasticity.experiments.rebound.evaluate`), so changing
+an evaluation setting re-evaluates finished cells without training them again.
 """
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import hashlib
 import json
@@ -33,6 +34,7 @@ from typing import Any
 
 import ml_collections
 
+from elasticity.train import config as config_lib
 from elasticity.train import record
 
 ID_LENGTH = 12
@@ -162,9 +164,6 @@ def identities(cells: Sequence[Cell]) -> dict[str, str]:
 def validate_training(cells: Sequence[Cell], model_path: str) -> None:
   """`elasticity.train.config.validate` on every cell's training config (the runner fills in
   ``model.path``; ``model_path`` stands in for it), naming the cell in the error."""
-  import copy
-
-  from elasticity.train import config as config_lib
   for cell in cells:
     if cell.train is None:
       continue

@@ -33,7 +33,8 @@ from typing import Any
 from absl import logging
 
 from elasticity import atomic
-from elasticity.data import subsets
+from elasticity.data import load_dataset, subsets
+from elasticity.data.imdb import split_prompt
 
 TASKS = ("imdb", "safety")
 
@@ -49,13 +50,11 @@ class TaskData:
 
 
 def _imdb_records(split: str, label: str | None) -> list[dict]:
-  from elasticity.data import load_dataset
   return list(load_dataset("imdb", split, label=label))
 
 
 def _prefix(text: str, k: int, tokenizer) -> str:
   """The first ``k`` tokens of ``text`` as an exact text prefix (the whole text if shorter)."""
-  from elasticity.data.imdb import split_prompt
   try:
     return split_prompt(text, k, tokenizer)[0]
   except ValueError:
@@ -70,7 +69,6 @@ def pool_sizes(task: str, heldout: int) -> dict[str, int]:
   """How many training examples each pool holds (for the n⁺/n⁻ checks), without a tokenizer."""
   if task == "imdb":
     return {"positive": len(_imdb_records("train", "pos")), "negative": len(_imdb_records("train", "neg"))}
-  from elasticity.data import load_dataset
   hh = len(load_dataset("hh_rlhf", "test", on_error="skip"))
   bt = len(load_dataset("beavertails"))
   return {"positive": hh - heldout, "negative": bt + hh - heldout}
@@ -103,7 +101,6 @@ def build(task: str, *, order: str, seed: int, eval_seed: int, tokenizer, num_pr
       return out
     data = TaskData(pos, neg, prompts, held(hpos), held(hneg), "text")
   else:
-    from elasticity.data import load_dataset
     hh = _seeded(list(load_dataset("hh_rlhf", "test", on_error="skip")), eval_seed)
     bt = _seeded(list(load_dataset("beavertails")), eval_seed)
     safe = [{"prompt": r["prompt"], "response": r["chosen"]} for r in hh]

@@ -1,11 +1,11 @@
-"""What an evaluation point measures: generations, a scorer's verdict, Δγ and the KL to the base model.
+"""What a rebound evaluation point measures: generations, a scorer's verdict, Δγ and the KL to the base model.
 
 At each point the runner hands `PointEvaluator` a model checkpoint and the point's folder:
 
 1. **Generations**: continuations of the held-out prompts (`elasticity.eval.generations`, sampling
    settings and seed from ``config.eval.sampling``), saved as ``generations.jsonl`` in the point's
    folder and reused while the sampling settings are unchanged, so any scorer can re-score a finished
-   experiment (`elasticity.experiments.rescore`).
+   experiment (`elasticity.experiments.rebound.rescore`).
 2. **Score** (when a scorer is configured): the scorer's value of each continuation (``score_text``:
    the continuation alone, or prompt + continuation). A classifier giving P(positive) yields ``score``
    = the share of continuations it calls positive (P > 0.5) and ``p_positive`` = the mean probability;
@@ -30,8 +30,12 @@ from typing import Any
 import numpy as np
 from absl import logging
 
-from elasticity import atomic
-from elasticity.experiments import cells as cells_lib
+from elasticity import atomic, compression
+from elasticity.eval import generations as gen_lib
+from elasticity.eval.kl import kl_to_reference
+from elasticity.eval.preference import compression_preference
+from elasticity.experiments.core import cells as cells_lib
+from elasticity.experiments.core import checkpoints
 
 
 def scorer_kind(scorer) -> str:
@@ -77,12 +81,7 @@ class PointEvaluator:
         "kl": bool(ev.kl), "base": [base_path, base_tokenizer]})
 
   # -- models -----------------------------------------------------------------------------------
-  @staticmethod
-  def load(path: str, tokenizer: str):
-    from elasticity.models import load_pretrained
-    from elasticity.tokenizers import load_tokenizer
-    model = load_pretrained(path, tokenizer=tokenizer or None)
-    return model, load_tokenizer(tokenizer or path)
+  load = staticmethod(checkpoints.load)
 
   def base(self):
     if self._base is None:
@@ -91,7 +90,6 @@ class PointEvaluator:
 
   # -- one point --------------------------------------------------------------------------------
   def generations(self, model, tokenizer, point_dir: Path) -> list[dict]:
-    from elasticity.eval import generations as gen_lib
     path = point_dir / "generations.jsonl"
     if path.exists():
       rows, meta = gen_lib.load(path)
@@ -117,8 +115,6 @@ class PointEvaluator:
     rows = self.generations(model, tokenizer, point_dir)
     metrics: dict[str, float] = {}
     metrics.update(self.score(rows))
-    from elasticity import compression
-    from elasticity.eval.preference import compression_preference
     try:
       if self._compression is None:
         raise ValueError("no scorer yet")
@@ -129,7 +125,6 @@ class PointEvaluator:
                                   max_length=int(self.ev.max_length), batch_size=int(self.ev.batch_size))
     metrics.update({k: float(pref[k]) for k in ("bpb_pos", "bpb_neg", "delta_gamma")})
     if self.ev.kl:
-      from elasticity.eval.kl import kl_to_reference
       seqs = [list(r["prompt_ids"]) + list(r["completion_ids"]) for r in rows]
       starts = [len(r["prompt_ids"]) for r in rows]
       rep = kl_to_reference(model, self.base(), seqs, starts, batch_size=int(self.ev.batch_size))

@@ -1,8 +1,8 @@
-"""The rebound experiment (paper §5.2, App. B.2, Table 3) as cells for the runner.
+"""The rebound experiment's grid (paper §5.2, App. B.2, Table 3): its checks, cells and bisection.
 
 Stage 1: the base model → SFT on n⁺ positive examples. Stage 2: → the reverse step on n⁻ negative
 examples (SFT, or DPO / SimPO / KTO on pairs with the negative response chosen). Evaluated at the base,
-after stage 1 (n⁻ = 0) and at every n⁻ > 0 (`elasticity.experiments.evaluate`: generations, the
+after stage 1 (n⁻ = 0) and at every n⁻ > 0 (`elasticity.experiments.rebound.evaluate`: generations, the
 scorer's score, Δγ, KL to the base).
 
 Cells, for each seed and n⁺ (``configs/experiments/rebound.py``):
@@ -27,13 +27,14 @@ so the report's "smallest n⁻ under the threshold" is known to within the final
 from __future__ import annotations
 
 import copy
-import os
 
 from absl import logging
 
-from elasticity.experiments import cells as cells_lib
-from elasticity.experiments import tasks
-from elasticity.experiments.cells import Cell, Point
+from elasticity.eval import ScorerConfigError, require_scorer
+from elasticity.experiments.core import cells as cells_lib
+from elasticity.experiments.core.cells import Cell, Point
+from elasticity.experiments.rebound import data as tasks
+from elasticity.train.config import data_section
 
 REVERSES = ("sft", "dpo", "simpo", "kto")
 ORDERS = ("pos_first", "neg_first")
@@ -74,7 +75,6 @@ def validate(c) -> None:
   cells_lib.validate_training(plan(c), c.model.path)
   scorer = str(c.eval.scorer.path)     # last: a dry run reports a missing scorer and goes on
   if not scorer:
-    from elasticity.eval import ScorerConfigError
     raise ScorerConfigError(
         f"config.eval.scorer.path: the {c.task} task scores continuations with "
         + ("a sentiment classifier (train one: python -m launch.sentiment --workdir=DIR)"
@@ -82,7 +82,6 @@ def validate(c) -> None:
            "directory, e.g. a converted beaver-7b-v1.0-cost)")
         + "; set it, or set it to 'none' to measure only Δγ and the KL")
   if scorer != "none":
-    from elasticity.eval import require_scorer
     require_scorer(c.eval.scorer, "config.eval.scorer.path")   # reads only its config.json
 
 
@@ -110,7 +109,6 @@ def pool_file(c, role: str, seed: int) -> str:
 
 
 def _data(c, stage: int, n: int, seed: int):
-  from elasticity.train.config import data_section
   base = dict(max_length=int(c.data.max_length), seed=seed, template=c.data.template)
   if stage == 2 and c.reverse != "sft":
     return data_section(name="jsonl", split="", load_kwargs=dict(path=pairs_file(c, seed),
@@ -222,53 +220,3 @@ def refine(c, rows: list[dict]) -> list[Cell]:
         x.name = f"s{seed}/pos{n_pos}/{c.reverse}-neg{mid}"
       out.extend(cell)
   return out
-
-
-# -- what the runner needs before the first cell ---------------------------------------------------
-
-
-def prepare(c, workdir):
-  """Write the data files the cells read and build the point evaluator."""
-  from elasticity.experiments.evaluate import PointEvaluator
-  from elasticity.tokenizers import load_tokenizer
-  import jax
-  tokenizer = load_tokenizer(c.model.tokenizer or c.model.path)
-  ev = c.eval
-  n_pos_max, n_neg_max = max(int(n) for n in c.n_pos), max(int(n) for n in c.n_neg)
-  scorer, scorer_id = None, ""
-  if str(ev.scorer.path) != "none":
-    from elasticity.eval import scorer_from_config
-    scorer = scorer_from_config(ev.scorer, "config.eval.scorer")
-    scorer_id = cells_lib.digest(ev.scorer.to_dict()) + ":" + _tree_digest(ev.scorer.path)
-  data = None
-  for seed in (int(s) for s in c.seeds):
-    data = tasks.build(c.task, order=c.order, seed=seed, eval_seed=int(ev.data_seed),
-                       tokenizer=tokenizer, num_prompts=int(ev.num_prompts),
-                       prompt_tokens=int(c.prompt_tokens), heldout=int(ev.heldout),
-                       heldout_tokens=int(ev.heldout_tokens))
-    if jax.process_index() != 0:
-      continue
-    resolve = lambda p: p.replace(EXPERIMENT_DIR, os.fspath(workdir))
-    if c.task != "imdb":
-      tasks.write_pool(resolve(pool_file(c, "positive", seed)), data.positive[:n_pos_max],
-                       ("prompt", "response"))
-      tasks.write_pool(resolve(pool_file(c, "negative", seed)), data.negative[:n_neg_max],
-                       ("prompt", "response"))
-    if c.reverse != "sft":
-      tasks.write_pool(resolve(pairs_file(c, seed)),
-                       tasks.pairs(data, n_neg_max, n_pos_max, int(c.prompt_tokens), tokenizer),
-                       ("prompt", "chosen", "rejected"))
-  # prompts and held-out data are the same for every seed (tasks.build)
-  return PointEvaluator(ev, base_path=c.model.path, base_tokenizer=c.model.tokenizer,
-                        prompts=data.prompts if data is not None else [], heldout_pos=data.heldout_pos,
-                        heldout_neg=data.heldout_neg, scorer=scorer, scorer_id=scorer_id)
-
-
-def _tree_digest(path) -> str:
-  """A digest of a folder's file names, sizes and modification times (a scorer's identity)."""
-  entries = []
-  for root, _, files in os.walk(os.fspath(path)):
-    for f in sorted(files):
-      st = os.stat(os.path.join(root, f))
-      entries.append((os.path.relpath(os.path.join(root, f), path), st.st_size, st.st_mtime_ns))
-  return cells_lib.digest(sorted(entries))

@@ -1,7 +1,7 @@
 """Re-score a finished experiment's saved generations with another scorer, without generating again.
 
     python -m launch.report --workdir=DIR --rescore=SCORER_DIR
-    from elasticity.experiments.rescore import rescore; rescore(DIR, SCORER_DIR)
+    from elasticity.experiments.rebound.rescore import rescore; rescore(DIR, SCORER_DIR)
 
 Every evaluation point keeps its continuations in ``cells/<id>/points/<point>/generations.jsonl``; this
 replaces the score metrics (``score``, ``p_positive`` or ``score_sd``) of each row of ``results.jsonl``
@@ -18,7 +18,9 @@ from pathlib import Path
 from absl import logging
 
 from elasticity import atomic
-from elasticity.experiments.evaluate import rescore_rows
+from elasticity.eval import generations as gen_lib
+from elasticity.eval import load_scorer
+from elasticity.experiments.rebound.evaluate import rescore_rows
 
 SCORE_KEYS = ("score", "p_positive", "score_sd")
 
@@ -26,8 +28,6 @@ SCORE_KEYS = ("score", "p_positive", "score_sd")
 def rescore(workdir: str | os.PathLike, scorer_dir: str | os.PathLike, *, score_text: str | None = None,
             **scorer_options) -> list[dict]:
   """Re-score every row; returns the new rows (also written to ``results.jsonl``)."""
-  from elasticity.eval import generations as gen_lib
-  from elasticity.eval import load_scorer
   workdir = Path(workdir)
   meta = atomic.read_json(workdir / "experiment.json")
   score_text = score_text or meta.get("config", {}).get("eval", {}).get("score_text", "completion")

@@ -1,4 +1,4 @@
-"""The resistance experiment (paper §5.1, Tables 1–2) as cells for the runner.
+"""The resistance experiment's point evaluator (paper §5.1, Tables 1–2), and the experiment it measures.
 
 A pretrained model is fine-tuned for one epoch on 3·n examples visited **in order** (no shuffle), and
 the model after each third is exported: θ1 has seen exactly D_1, θ2 exactly D_1 + D_2, θ3 all three.
@@ -45,196 +45,20 @@ The base cell's points record the same compression numbers of θ_k (``gamma_D<j>
 
 from __future__ import annotations
 
-import copy
 import json
 import os
 from pathlib import Path
 
 from absl import logging
 
-from elasticity import atomic
-from elasticity.experiments import cells as cells_lib
-from elasticity.experiments.cells import Cell, Point
-
-DATASETS = ("alpaca", "truthfulqa", "beavertails")
-DESIGNS = ("slices", "generated")
-PAIRS = ((1, 2), (1, 3), (2, 3))
-EXPERIMENT_DIR = "{experiment_dir}"
-
-
-# -- files -------------------------------------------------------------------------------------------
-
-
-def _key(c, **spec) -> str:
-  return cells_lib.digest({"dataset": c.dataset, "n": int(c.n), "heldout": int(c.heldout),
-                           "max_length": int(c.data.max_length),
-                           "tokenizer": c.model.tokenizer or c.model.path,
-                           "load_kwargs": c.data.load_kwargs.to_dict(), **spec})
-
-
-def train_file(c, seed: int) -> str:
-  """The 3·n records of seed ``seed``, in the order the base cell visits them (D_1, D_2, D_3)."""
-  return f"{EXPERIMENT_DIR}/data/{c.dataset}-train-s{seed}-{_key(c, seed=seed)}.jsonl"
-
-
-def prompts_file(c, seed: int) -> str:
-  """The 3·n held-out prompts P_1, P_2, P_3 of the generated design."""
-  return f"{EXPERIMENT_DIR}/data/{c.dataset}-prompts-s{seed}-{_key(c, seed=seed)}.jsonl"
-
-
-def heldout_file(c) -> str:
-  return f"{EXPERIMENT_DIR}/data/{c.dataset}-heldout-{_key(c)}.jsonl"
-
-
-def base_name(seed: int) -> str:
-  return f"s{seed}/base"
-
-
-def dk_source(c, seed: int, k: int) -> tuple[str, tuple[int, int]]:
-  """(file, slice) of D_k for seed ``seed``."""
-  n = int(c.n)
-  if c.dk == "slices":
-    return train_file(c, seed), ((k - 1) * n, k * n)
-  return f"{{cell:{base_name(seed)}}}/points/theta{k}/dk.jsonl", (0, n)
-
-
-# -- checks before anything is loaded ----------------------------------------------------------------
-
-
-def dk_inputs(c) -> dict:
-  """What decides a pair cell's D_k beyond its parent: in the generated design, the sampling of θ_k's
-  responses (an evaluation setting of the base cell, so not in the parent's identity)."""
-  return {"dk_generate": c.generate.to_dict()} if c.dk == "generated" else {}
-
-
-def validate(c) -> None:
-  if c.dataset not in DATASETS:
-    raise ValueError(f"config.dataset: {c.dataset!r} is not one of {DATASETS}")
-  if c.dk not in DESIGNS:
-    raise ValueError(f"config.dk: {c.dk!r} is not one of {DESIGNS}")
-  if not c.seeds or len(set(int(s) for s in c.seeds)) != len(c.seeds):
-    raise ValueError(f"config.seeds: want distinct seeds, got {list(c.seeds)}")
-  batch = int(c.train.train.global_batch_size)
-  if int(c.n) < 1 or int(c.n) % batch:
-    raise ValueError(f"config.n: D_k's size must be a positive multiple of the global batch {batch} "
-                     f"(θ_k is the snapshot after k·n/batch steps), got {c.n}")
-  if int(c.heldout) < 1:
-    raise ValueError(f"config.heldout: want >= 1 held-out examples, got {c.heldout}")
-  if int(c.loss.last_steps) < 1:
-    raise ValueError(f"config.loss.last_steps: want >= 1, got {c.loss.last_steps}")
-  if not c.model.path:
-    raise ValueError("config.model.path: the pretrained model's checkpoint is required")
-  cells_lib.validate_training(plan(c), c.model.path)
-
-
-# -- the grid ------------------------------------------------------------------------------------------
-
-
-def _data(c, path: str, sl: tuple[int, int], seed: int, shuffle: bool):
-  from elasticity.train.config import data_section
-  kwargs = dict(path=path, kind="sft")
-  if c.dk == "generated" and "/dk.jsonl" in path:
-    kwargs["allow_empty"] = True      # θ_k's response may be empty: it ended at once (EOS is scored)
-  return data_section(name="jsonl", split="", load_kwargs=kwargs, n=0,
-                      slice=tuple(sl), shuffle=shuffle, seed=seed, template="plain",
-                      max_length=int(c.data.max_length), policy="truncate_prompt_left")
-
-
-def _train(c, seed: int, path: str, sl: tuple[int, int], shuffle: bool, snapshots: str = ""):
-  t = copy.deepcopy(c.train)
-  t.unlock()
-  t.seed = seed
-  t.model.path, t.model.tokenizer = "", ""
-  t.data = _data(c, path, sl, seed, shuffle)
-  t.train.num_epochs, t.train.num_steps = 1, 0
-  t.export.snapshots = snapshots
-  t.lock()
-  return t
-
-
-def _coords(c, **kw):
-  return {"model": c.model.name, "dataset": c.dataset, "dk": c.dk, **kw}
-
-
-def plan(c) -> list[Cell]:
-  n, batch = int(c.n), int(c.train.train.global_batch_size)
-  per = n // batch
-  out = []
-  for seed in (int(s) for s in c.seeds):
-    base = base_name(seed)
-    snaps = ",".join(f"theta{k}={k * per}" for k in (1, 2))   # θ3 is the final export
-    points = tuple(Point(f"theta{k}", f"theta{k}" if k < 3 else "final", {"k": k}) for k in (1, 2, 3))
-    out.append(Cell(base, _coords(c, role="base"), start_path=c.model.path,
-                    start_tokenizer=c.model.tokenizer, seed=seed, points=points,
-                    train=_train(c, seed, train_file(c, seed), (0, 3 * n), False, snaps),
-                    data={"n": 3 * n}))
-    for k, l in PAIRS:
-      for direction, start, target in (("forward", k, l), ("inverse", l, k)):
-        path, sl = dk_source(c, seed, target)
-        name = f"s{seed}/{'fwd' if direction == 'forward' else 'inv'}{start}{target}"
-        out.append(Cell(name, _coords(c, role="pair", pair=f"{k}-{l}", direction=direction,
-                                      start=start, target=target),
-                        train=_train(c, seed, path, sl, bool(c.data.shuffle)), parent=base,
-                        parent_model=f"theta{start}" if start < 3 else "final",
-                        points=(Point("final", "final"),), seed=seed, data={"n": n},
-                        inputs=dk_inputs(c)))
-  return out
-
-
-# -- what the runner needs before the first cell -------------------------------------------------------
-
-
-def _source_records(c, tokenizer) -> list[dict]:
-  """The dataset's records as ``{"prompt", "response"}`` (prompt formatted by ``data.template``), in
-  source order, keeping only those whose formatted text fits ``data.max_length`` whole."""
-  from elasticity.data import load_dataset
-  from elasticity.data.formats import format_example
-  records = load_dataset(c.dataset, None, **c.data.load_kwargs.to_dict())
-  out = []
-  limit = int(c.data.max_length) - 2          # BOS and EOS
-  for i, r in enumerate(records):
-    f = format_example(r, c.data.template, tokenizer, position=i)
-    prompt, response = f.prompt, f.response
-    if len(tokenizer.encode(prompt + response)) <= limit:
-      out.append({"prompt": prompt, "response": response})
-  return out
-
-
-def build_files(c, tokenizer) -> dict:
-  """The records of every data file (module docstring): the held-out set is the last ``heldout``
-  fitting records in source order; each seed's 3·n training records (and 3·n generation prompts)
-  come from the rest in the seed's order."""
-  from elasticity.data.subsets import order
-  recs = _source_records(c, tokenizer)
-  n, h = int(c.n), int(c.heldout)
-  need = 3 * n * (2 if c.dk == "generated" else 1)
-  if len(recs) < need + h:
-    raise ValueError(f"config.n: {c.dataset} has {len(recs)} records that fit max_length "
-                     f"{c.data.max_length}; 3·n={3 * n} training records"
-                     + (" + 3·n generation prompts" if c.dk == "generated" else "")
-                     + f" + {h} held-out need {need + h}")
-  heldout, pool = recs[len(recs) - h:], recs[:len(recs) - h]
-  files = {heldout_file(c): heldout}
-  for seed in (int(s) for s in c.seeds):
-    idx = order(len(pool), seed)
-    files[train_file(c, seed)] = [pool[int(i)] for i in idx[:3 * n]]
-    if c.dk == "generated":
-      files[prompts_file(c, seed)] = [pool[int(i)] for i in idx[3 * n:6 * n]]
-  return files
-
-
-def prepare(c, workdir):
-  from elasticity.tokenizers import load_tokenizer
-  tokenizer = load_tokenizer(c.model.tokenizer or c.model.path)
-  files = build_files(c, tokenizer)
-  resolve = lambda p: Path(p.replace(EXPERIMENT_DIR, os.fspath(workdir)))
-  import jax
-  if jax.process_index() == 0:
-    for path, rows in files.items():
-      if not resolve(path).exists():
-        atomic.write_jsonl(resolve(path), rows)
-        logging.info("wrote %d records to %s", len(rows), resolve(path))
-  return ResistanceEvaluator(c, {resolve(p): rows for p, rows in files.items()}, workdir)
+from elasticity import atomic, compression
+from elasticity.data.tokenize import tokenize
+from elasticity.eval import generations as gen_lib
+from elasticity.eval.kl import kl_to_reference
+from elasticity.experiments.core import cells as cells_lib
+from elasticity.experiments.core import checkpoints
+from elasticity.experiments.resistance.grid import (EXPERIMENT_DIR, base_name, prompts_file,
+                                                    train_file)
 
 
 def read_curve(train_dir: Path) -> list[tuple[int, float]]:
@@ -305,13 +129,9 @@ class ResistanceEvaluator:
     return self._ids[base_name(cell.seed)]
 
   # -- models and measurement ---------------------------------------------------------------------
-  def load(self, path: str, tokenizer: str):
-    from elasticity.models import load_pretrained
-    from elasticity.tokenizers import load_tokenizer
-    return load_pretrained(path, tokenizer=tokenizer or None), load_tokenizer(tokenizer or path)
+  load = staticmethod(checkpoints.load)
 
   def scorer(self, model):
-    from elasticity import compression
     try:
       if self._scorer is None:
         raise ValueError("none yet")
@@ -321,7 +141,6 @@ class ResistanceEvaluator:
     return self._scorer
 
   def measure(self, model, tokenizer, sets: dict[str, list[dict]]) -> dict[str, float]:
-    from elasticity import compression
     sc = self.scorer(model)
     out = {}
     for name, rows in sets.items():
@@ -344,8 +163,6 @@ class ResistanceEvaluator:
     return out
 
   def kl(self, policy, reference, tokenizer, rows: list[dict]) -> float:
-    from elasticity.data.tokenize import tokenize
-    from elasticity.eval.kl import kl_to_reference
     ds = tokenize(rows, tokenizer, template="plain", max_length=int(self.c.data.max_length),
                   add_eos=True)
     seqs, starts = [], []
@@ -357,7 +174,6 @@ class ResistanceEvaluator:
                                  batch_size=int(self.c.eval.batch_size)).mean)
 
   def generate_dk(self, model, tokenizer, cell, k: int, point_dir: Path) -> None:
-    from elasticity.eval import generations as gen_lib
     n = int(self.c.n)
     prompts = self._rows(prompts_file(self.c, cell.seed), cell.seed)[(k - 1) * n:k * n]
     g = self.c.generate

@@ -13,6 +13,7 @@ import json
 from collections.abc import Sequence
 from pathlib import Path
 
+from elasticity.report import plots
 from elasticity.report.document import Context, Section, image
 from elasticity.report.results import Row, fmt, mean_sd
 from elasticity.report.tables import markdown_table
@@ -74,8 +75,6 @@ def _totals(t: list[dict]) -> tuple[int, int]:
 def _curves(rows: Sequence[Row], ctx: Context) -> list[str]:
   """One PNG per (group, pair): the mean training loss per step, forward and inverse overlaid."""
   from matplotlib.figure import Figure
-
-  from elasticity.report import plots
   lines = []
   for key, seeds in _pairs(rows).items():
     fig = Figure(figsize=(6, 3.6))

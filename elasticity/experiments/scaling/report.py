@@ -1,5 +1,5 @@
 """The scaling report (paper §5.3): each model's rebound speed against its parameters or pre-training
-tokens, one point per model and one line per n⁺ (`elasticity.experiments.scaling.rebound_speed`).
+tokens, one point per model and one line per n⁺ (`elasticity.experiments.scaling.speed`).
 
 The x values come from ``experiment.json`` (``config.models.<name>.params`` / ``.tokens``; the axis
 from ``config.speed.axis``); the rebound grid's own plots are in the rebound report of each model.
@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+from elasticity.experiments.scaling.speed import rebound_speed
+from elasticity.report import plots
 from elasticity.report.document import Context, Section, image
 from elasticity.report.results import Row, Stat
 from elasticity.report.tables import markdown_table
@@ -21,8 +23,6 @@ def _fmt(s) -> str:
 
 
 def build_scaling(rows: Sequence[Row], ctx: Context) -> list[Section]:
-  from elasticity.experiments.scaling import rebound_speed
-  from elasticity.report import plots
   cfg = dict(ctx.experiment.get("config") or {})
   speed_cfg = dict(cfg.get("speed") or {})
   metric = str(speed_cfg.get("metric", "delta_gamma"))
@@ -33,7 +33,7 @@ def build_scaling(rows: Sequence[Row], ctx: Context) -> list[Section]:
   table = [{"model": e["model"], "n⁺": e["n_pos"], axis: models.get(e["model"], {}).get(axis, ""),
             "speed": _fmt(e["speed"]), "half n⁻": _fmt(e["half_n"]),
             "seeds reaching ½": f"{e['half_n_reached']}/{len(e['per_seed'])}"} for e in summary]
-  body = [f"Rebound speed on `{metric}` (definition: `elasticity/experiments/scaling.py`).", "",
+  body = [f"Rebound speed on `{metric}` (definition: `elasticity/experiments/scaling/speed.py`).", "",
           markdown_table(table) if table else "(no model has a base, stage-1 and stage-2 row yet)"]
   series: dict[str, list[tuple[float, Stat]]] = {}
   for e in summary:
