@@ -1,4 +1,4 @@
-"""What a rebound evaluation point measures: generations, a scorer's verdict, Δγ and the KL to the base model.
+"""What a rebound point measures: generations, a scorer's verdict, Δγ and the KL to the base model.
 
 At each point the runner hands `PointEvaluator` a model checkpoint and the point's folder:
 
