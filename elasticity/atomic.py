@@ -9,8 +9,14 @@ Every result, report, table, export and cache the project writes goes through he
     with atomic.directory(out_dir) as tmp:        # fill ``tmp``; it becomes ``out_dir`` on success
       ...
 
-A failure (an exception, Ctrl-C) removes the temporary and leaves what was there before intact. For a
-folder that already exists, the old one is moved aside, the new one renamed in, then the old one is
+A failure (an exception, Ctrl-C) removes the temporary and leaves what was there before intact.
+
+No writer deletes what it did not write: every folder `directory` writes carries a marker file
+(``MARKER``), and an existing folder is replaced only when it carries that marker (an earlier output
+of ours), is empty, or its writer recognises it as its own (``ours``), or with ``overwrite=True`` — and
+never, even then, when it is a training run's workdir (``checkpoints/``, ``DONE.json``,
+``metrics.jsonl``). Anything else is refused with `ExistingFolderError`, naming the folder. For a
+folder that is replaced, the old one is moved aside, the new one renamed in, then the old one is
 deleted; if the process dies between the two renames, `directory` finds the ``.<name>.old`` sibling
 the next time and restores it before writing, so the previous version is never lost.
 """
@@ -114,6 +120,39 @@ def append_jsonl(path: str | os.PathLike, rows: Iterable[Mapping[str, Any]]) -> 
   return write_jsonl(path, [*read_jsonl(path), *rows])
 
 
+MARKER = ".elasticity-output"
+_TRAINING = ("checkpoints", "DONE.json", "metrics.jsonl")
+
+
+class ExistingFolderError(FileExistsError):
+  """An output folder exists and holds something this writer did not write."""
+
+
+def training_workdir(path: str | os.PathLike) -> bool:
+  """True if ``path`` holds a training run (its checkpoints, metrics or DONE record)."""
+  return any((Path(path) / name).exists() for name in _TRAINING)
+
+
+def check_replaceable(out_dir: str | os.PathLike, *, overwrite: bool = False,
+                      ours: Callable[[Path], bool] | None = None) -> None:
+  """Raise `ExistingFolderError` unless writing ``out_dir`` would lose nothing we did not write."""
+  out_dir = Path(out_dir)
+  if not out_dir.exists():
+    return
+  if not out_dir.is_dir():
+    raise ExistingFolderError(f"{out_dir}: exists and is not a folder; choose another output path")
+  if training_workdir(out_dir):
+    raise ExistingFolderError(f"{out_dir}: is a training run's workdir (it holds "
+                              f"{', '.join(n for n in _TRAINING if (out_dir / n).exists())}); "
+                              "it is never replaced, not even with --overwrite: choose another folder")
+  if (out_dir / MARKER).exists() or not any(out_dir.iterdir()) or overwrite:
+    return
+  if ours is not None and ours(out_dir):
+    return
+  raise ExistingFolderError(f"{out_dir}: exists and holds files this command did not write; choose a "
+                            "new or empty folder, or pass --overwrite to replace it")
+
+
 def _recover(out_dir: Path) -> None:
   old = out_dir.with_name(f".{out_dir.name}.old")
   if old.exists() and not out_dir.exists():
@@ -123,15 +162,26 @@ def _recover(out_dir: Path) -> None:
 
 
 @contextlib.contextmanager
-def directory(out_dir: str | os.PathLike) -> Iterator[Path]:
-  """A temporary sibling folder to fill; renamed to ``out_dir`` when the block exits cleanly."""
+def directory(out_dir: str | os.PathLike, *, overwrite: bool = False,
+              ours: Callable[[Path], bool] | None = None) -> Iterator[Path]:
+  """A temporary sibling folder to fill; renamed to ``out_dir`` when the block exits cleanly.
+
+  An existing ``out_dir`` is replaced only as `check_replaceable` allows (checked before and again
+  just before the rename).
+  """
   out_dir = Path(out_dir)
   out_dir.parent.mkdir(parents=True, exist_ok=True)
   _recover(out_dir)
+  check_replaceable(out_dir, overwrite=overwrite, ours=ours)
   tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", suffix=".tmp", dir=out_dir.parent))
   os.chmod(tmp, 0o777 & ~_umask())
   try:
     yield tmp
+    (tmp / MARKER).write_text("written by elasticity; a later output may replace this folder\n")
+    for f in tmp.rglob("*"):     # writers that create 0600 files (safetensors) get a plain open's mode
+      if f.is_file() and not f.is_symlink() and f.stat().st_mode & 0o077 == 0:
+        os.chmod(f, 0o666 & ~_umask())
+    check_replaceable(out_dir, overwrite=overwrite, ours=ours)
     if out_dir.exists():
       old = out_dir.with_name(f".{out_dir.name}.old")
       out_dir.rename(old)

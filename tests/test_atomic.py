@@ -46,10 +46,10 @@ def test_directory_replaces_whole_and_keeps_old_on_error(tmp_path):
     with atomic.directory(out) as tmp:
       (tmp / "b").write_text("2")
       raise KeyError("x")
-  assert sorted(os.listdir(out)) == ["a"]
+  assert sorted(os.listdir(out)) == [atomic.MARKER, "a"]
   with atomic.directory(out) as tmp:
     (tmp / "c").write_text("3")
-  assert sorted(os.listdir(out)) == ["c"]
+  assert sorted(os.listdir(out)) == [atomic.MARKER, "c"]
   assert sorted(os.listdir(tmp_path)) == ["export"]
 
 
@@ -58,6 +58,7 @@ def test_directory_restores_the_old_version_after_a_crash_between_renames(tmp_pa
   old = tmp_path / ".export.old"
   old.mkdir()
   (old / "a").write_text("1")          # what a crash after the first rename leaves
+  (old / atomic.MARKER).write_text("")
   with pytest.raises(RuntimeError):
     with atomic.directory(out):
       raise RuntimeError("crash")
@@ -74,3 +75,57 @@ def test_written_files_and_folders_get_the_umask_permissions_not_mkstemps(tmp_pa
     os.umask(old)
   assert f.stat().st_mode & 0o777 == 0o644
   assert (tmp_path / "d").stat().st_mode & 0o777 == 0o755
+
+
+def test_directory_never_replaces_what_it_did_not_write(tmp_path):
+  mine = tmp_path / "mine"
+  mine.mkdir()
+  (mine / "notes.txt").write_text("keep me")
+  with pytest.raises(atomic.ExistingFolderError, match=r"mine: exists and holds files this command "
+                                                       r"did not write.*--overwrite"):
+    with atomic.directory(mine) as tmp:
+      (tmp / "a").write_text("1")
+  assert os.listdir(mine) == ["notes.txt"] and sorted(os.listdir(tmp_path)) == ["mine"]
+  with atomic.directory(mine, ours=lambda d: (d / "notes.txt").exists()) as tmp:   # its writer's own
+    (tmp / "a").write_text("1")
+  assert sorted(os.listdir(mine)) == [atomic.MARKER, "a"]
+  empty = tmp_path / "empty"
+  empty.mkdir()
+  with atomic.directory(empty) as tmp:
+    (tmp / "b").write_text("2")
+  other = tmp_path / "other"
+  other.mkdir()
+  (other / "x").write_text("x")
+  with atomic.directory(other, overwrite=True) as tmp:
+    (tmp / "c").write_text("3")
+  assert sorted(os.listdir(other)) == [atomic.MARKER, "c"]
+  afile = tmp_path / "afile"
+  afile.write_text("x")
+  with pytest.raises(atomic.ExistingFolderError, match="afile: exists and is not a folder"):
+    with atomic.directory(afile):
+      pass
+  assert afile.read_text() == "x"
+
+
+@pytest.mark.parametrize("what", ["checkpoints", "DONE.json", "metrics.jsonl"])
+def test_a_training_workdir_is_never_replaced_even_with_overwrite(tmp_path, what):
+  run = tmp_path / "run"
+  run.mkdir()
+  (run / atomic.MARKER).write_text("")     # even one that also holds an export of ours
+  (run / what).mkdir() if what == "checkpoints" else (run / what).write_text("{}")
+  for overwrite in (False, True):
+    with pytest.raises(atomic.ExistingFolderError, match=r"run: is a training run's workdir"):
+      with atomic.directory(run, overwrite=overwrite) as tmp:
+        (tmp / "a").write_text("1")
+  assert sorted(os.listdir(run)) == sorted([atomic.MARKER, what])
+
+
+def test_private_files_of_a_writer_get_a_plain_opens_mode(tmp_path):
+  old = os.umask(0o022)
+  try:
+    with atomic.directory(tmp_path / "d") as tmp:
+      (tmp / "w.bin").write_bytes(b"x")
+      os.chmod(tmp / "w.bin", 0o600)       # what safetensors' save_file leaves
+  finally:
+    os.umask(old)
+  assert (tmp_path / "d" / "w.bin").stat().st_mode & 0o777 == 0o644

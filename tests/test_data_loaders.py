@@ -405,3 +405,21 @@ def test_hf_rows_use_the_same_mapping(monkeypatch):
   i = data.load_dataset("imdb", source="hf", on_error="skip")
   assert [(r["text"], r["label"]) for r in i] == [("good", "pos")] and i.n_skipped == 1
   assert "row 2" in str(i.skipped[0]) and "'text'" in str(i.skipped[0])
+
+
+@pytest.mark.parametrize("cut", [0.5, 0.98, 30])
+def test_a_truncated_imdb_tarball_is_named(tmp_path, monkeypatch, cut):
+  from elasticity.data import imdb
+  _write_imdb_tree(tmp_path)
+  tar = tmp_path / "t" / "aclImdb_labeled_train_test.tar.gz"
+  tar.parent.mkdir()
+  with tarfile.open(tar, "w:gz") as t:
+    t.add(tmp_path / "aclImdb", arcname="aclImdb")
+  blob = tar.read_bytes()
+  tar.write_bytes(blob[:cut] if isinstance(cut, int) else blob[:int(len(blob) * cut)])
+  monkeypatch.setenv("ELASTICITY_DATA_CACHE", "off")
+  imdb._read_tar.cache_clear()
+  with pytest.raises(DataError, match=r"aclImdb_labeled_train_test\.tar\.gz, member .*truncated or "
+                                      r"damaged tarball.*download it again"):
+    data.load_dataset("imdb", split="train", path=tar)
+  imdb._read_tar.cache_clear()

@@ -25,6 +25,7 @@ import os
 import re
 import tarfile
 import zipfile
+import zlib
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -137,15 +138,25 @@ def _read_tar(path: str, size: int, mtime_ns: int) -> _Parsed:
 
 
 def _parse_tar(path: str) -> _Parsed:
-  rows = []
-  with tarfile.open(path, mode="r|*") as tar:  # stream: one sequential pass
-    for member in tar:
-      if not member.isfile():
-        continue
-      f = tar.extractfile(member)
-      parsed = _parse_member(path, member.name, f.read() if f else b"")
-      if parsed is not None:
-        rows.append(parsed)
+  rows, name = [], "(the archive's header)"
+  try:
+    with tarfile.open(path, mode="r|*") as tar:  # stream: one sequential pass
+      for member in tar:
+        name = f"after {member.name}"
+        if not member.isfile():
+          continue
+        f = tar.extractfile(member)
+        parsed = _parse_member(path, member.name, f.read() if f else b"")
+        if parsed is not None:
+          rows.append(parsed)
+      name = "(the archive's end)"
+      while tar.fileobj.read(1 << 20):   # to the compressed stream's end, which must be there
+        pass
+      if not getattr(getattr(tar.fileobj, "cmp", None), "eof", True):
+        raise EOFError("the compressed stream ends before its end marker")
+  except (tarfile.TarError, EOFError, zlib.error, OSError) as e:   # truncated or damaged download
+    raise DataError(path, name, None, f"truncated or damaged tarball ({type(e).__name__}: {e}); "
+                    "download it again", unit="member") from None
   return _sort(rows)
 
 

@@ -137,11 +137,16 @@ def read_rows(path: str | os.PathLike) -> list[Row]:
   if not path.is_file():
     raise ResultsError(f"{path}: no such results file")
   rows = []
-  with open(path, encoding="utf-8") as f:
-    for i, line in enumerate(f, 1):
+  with open(path, "rb") as f:
+    for i, raw in enumerate(f, 1):
+      source = f"{path}: line {i}"
+      try:
+        line = raw.decode("utf-8")
+      except UnicodeDecodeError as e:
+        raise ResultsError(f"{source}: not UTF-8 (byte {raw[e.start]:#04x} at column {e.start + 1})"
+                           ) from None
       if not line.strip():
         continue
-      source = f"{path}: line {i}"
       try:
         obj = json.loads(line)
       except json.JSONDecodeError as e:

@@ -11,6 +11,13 @@ killed mid-save leaves the previous checkpoint intact. Restoring takes abstract 
 (`jax.ShapeDtypeStruct` with a `NamedSharding`), so a checkpoint written on one mesh restores onto
 another; each host reads only its own shards.
 
+Integrity: Orbax keeps no checksums, so every finished checkpoint is sealed with a manifest
+(``<step>/manifest.sha256.json``: each file's size and SHA-256), written last, in a background thread
+once Orbax has finalised the step. `latest_step` and `restore` trust only a step whose files match its
+manifest: a damaged step (a flipped byte, a truncated file, a missing manifest) is reported naming the
+step and the file, moved aside to ``<checkpoints>.damaged/<step>`` (never deleted), and the run falls
+back to the newest intact step; with none intact, `restore` refuses (`CheckpointIntegrityError`).
+
 Layer layouts (`elasticity.models.scan`): a state saved with scanned layers restores into an unrolled
 run and vice versa. The checkpoint's layout is read from its metadata; the state is restored in that
 layout and restacked (params and every parameter-shaped optimizer moment), or, with
@@ -19,15 +26,70 @@ layout and restacked (params and every parameter-shaped optimizer moment), or, w
 
 from __future__ import annotations
 
+import concurrent.futures
+import hashlib
+import json
 import os
+import shutil
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 import jax
 import orbax.checkpoint as ocp
 from absl import logging
 
+from elasticity import atomic
 from elasticity.models import scan
+
+MANIFEST = "manifest.sha256.json"
+
+
+class CheckpointIntegrityError(RuntimeError):
+  """No checkpoint of a run verifies against its manifest."""
+
+
+def _digest(path: Path) -> str:
+  h = hashlib.sha256()
+  with open(path, "rb") as f:
+    for block in iter(lambda: f.read(1 << 22), b""):
+      h.update(block)
+  return h.hexdigest()
+
+
+def _files(step_dir: Path) -> list[Path]:
+  return sorted(p for p in step_dir.rglob("*") if p.is_file() and p.name != MANIFEST)
+
+
+def seal(step_dir: str | os.PathLike) -> Path:
+  """Write ``step_dir``'s manifest: every file's size and SHA-256 (relative paths, sorted)."""
+  step_dir = Path(step_dir)
+  files = {str(p.relative_to(step_dir)): {"bytes": p.stat().st_size, "sha256": _digest(p)}
+           for p in _files(step_dir)}
+  return atomic.write_json(step_dir / MANIFEST, {"version": 1, "files": files})
+
+
+def damage(step_dir: str | os.PathLike) -> str | None:
+  """None when ``step_dir`` matches its manifest, else what is wrong, naming the file."""
+  step_dir = Path(step_dir)
+  try:
+    want = json.loads((step_dir / MANIFEST).read_text())["files"]
+  except FileNotFoundError:
+    return f"{step_dir / MANIFEST}: no manifest (the step was never sealed)"
+  except (ValueError, KeyError, TypeError, UnicodeDecodeError):
+    return f"{step_dir / MANIFEST}: damaged manifest"
+  have = {str(p.relative_to(step_dir)) for p in _files(step_dir)}
+  for rel in sorted(set(want) | have):
+    path = step_dir / rel
+    if rel not in want:
+      return f"{path}: a file the manifest does not list"
+    if rel not in have:
+      return f"{path}: missing"
+    if path.stat().st_size != want[rel]["bytes"]:
+      return f"{path}: {path.stat().st_size} bytes, the manifest says {want[rel]['bytes']}"
+    if _digest(path) != want[rel]["sha256"]:
+      return f"{path}: SHA-256 differs from the manifest"
+  return None
 
 
 class Checkpointer:
@@ -52,9 +114,61 @@ class Checkpointer:
       registry.add(item, save)
       registry.add(item, restore)
     self.manager = ocp.CheckpointManager(self.directory, options=options, handler_registry=registry)
+    self._sealer = concurrent.futures.ThreadPoolExecutor(max_workers=1)
+    self._sealing: list[concurrent.futures.Future] = []
+    self._pending: list[int] = []       # saved, not yet sealed
+    self._verified: set[int] = set()    # sealed by this process or checked against their manifest
+
+  def _step_dir(self, step: int) -> Path:
+    return Path(self.directory) / str(step)
+
+  def _seal_pending(self) -> None:
+    """Seal (in the background) the steps Orbax has finished writing; call after it has waited.
+    Process 0 writes the manifest (the folder is shared by every host of a multi-host run)."""
+    for step in self._pending:
+      if self._step_dir(step).is_dir() and jax.process_index() == 0:
+        self._sealing.append(self._sealer.submit(seal, self._step_dir(step)))
+        self._verified.add(step)
+    self._pending = []
+
+  def _join_sealing(self) -> None:
+    for f in self._sealing:
+      f.result()
+    self._sealing = []
+
+  def verify(self, step: int) -> str | None:
+    """None if ``step`` is intact (its files match its manifest), else what is wrong with it."""
+    if step in self._verified:
+      return None
+    problem = damage(self._step_dir(step))
+    if problem is None:
+      self._verified.add(step)
+    return problem
+
+  def _quarantine(self, step: int, problem: str) -> None:
+    """Move a damaged step out of Orbax's sight (``<checkpoints>.damaged/<step>``); never delete it."""
+    if jax.process_index() != 0:
+      logging.warning("checkpoint: step %d is damaged (%s); process 0 moves it aside", step, problem)
+      return
+    dest = Path(f"{self.directory}.damaged") / str(step)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    if dest.exists():
+      dest = dest.with_name(f"{step}.{len(list(dest.parent.iterdir()))}")
+    shutil.move(str(self._step_dir(step)), str(dest))
+    logging.warning("checkpoint: step %d is damaged (%s); moved to %s", step, problem, dest)
+    self.manager.reload()
 
   def latest_step(self) -> int | None:
-    return self.manager.latest_step()
+    """The newest intact step (damaged newer ones are reported and moved aside), or None."""
+    self.manager.wait_until_finished()
+    self._seal_pending()
+    self._join_sealing()
+    for step in sorted(self.manager.all_steps(), reverse=True):
+      problem = self.verify(step)
+      if problem is None:
+        return step
+      self._quarantine(step, problem)
+    return None
 
   def all_steps(self) -> list[int]:
     return list(self.manager.all_steps())
@@ -67,12 +181,15 @@ class Checkpointer:
     """Save (asynchronously unless ``wait``); a checkpoint of the same step is not rewritten."""
     if step in self.manager.all_steps():
       return
+    self.manager.wait_until_finished()
+    self._seal_pending()
     self.manager.save(step, args=ocp.args.Composite(
         state=ocp.args.StandardSave(state), data=ocp.args.JsonSave(dict(data_state)),
         meta=ocp.args.JsonSave(dict(meta))), force=True)
     logging.info("checkpoint: saving step %d to %s", step, self.directory)
+    self._pending.append(step)
     if wait:
-      self.manager.wait_until_finished()
+      self.wait()
 
   def saved_layout(self, step: int) -> str | None:
     """"scanned" | "unrolled" | None (no parameter tree found) of the state saved at ``step``."""
@@ -88,7 +205,15 @@ class Checkpointer:
 
     A checkpoint of the other layer layout is converted (``convert_layout``) or refused.
     """
-    step = self.latest_step() if step is None else step
+    if step is None:
+      had = self.all_steps()
+      step = self.latest_step()
+      if step is None and had:
+        raise CheckpointIntegrityError(
+            f"{self.directory}: no intact checkpoint (steps {had} were damaged and moved to "
+            f"{self.directory}.damaged); start the run in a new workdir")
+    elif (problem := self.verify(step)) is not None:
+      raise CheckpointIntegrityError(f"checkpoint step {step} is damaged: {problem}")
     if step is None:
       raise FileNotFoundError(f"{self.directory}: no checkpoint to restore")
     want, saved = scan.tree_layout(abstract_state), self.saved_layout(step)
@@ -120,11 +245,15 @@ class Checkpointer:
       return False
 
   def wait(self) -> None:
+    """Block until every save is written and sealed."""
     self.manager.wait_until_finished()
+    self._seal_pending()
+    self._join_sealing()
 
   def close(self) -> None:
-    self.manager.wait_until_finished()
+    self.wait()
     self.manager.close()
+    self._sealer.shutdown()
 
 
 def _as_dicts(tree):
