@@ -32,7 +32,7 @@ def answer_bits(model, prompt_ids: list[int], answer_ids: list[int]) -> tuple[fl
 
 def run_chat(cfg) -> None:
   """Answer ``cfg.prompt`` with the model of configs/demo.py and print its bits/byte."""
-  from elasticity.models import load_pretrained
+  from elasticity.convert import load_pretrained
   from elasticity.models.generate import generate
   from elasticity.tokenizers import load_tokenizer
 

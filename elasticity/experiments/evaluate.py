@@ -79,7 +79,7 @@ class PointEvaluator:
   # -- models -----------------------------------------------------------------------------------
   @staticmethod
   def load(path: str, tokenizer: str):
-    from elasticity.models import load_pretrained
+    from elasticity.convert import load_pretrained
     from elasticity.tokenizers import load_tokenizer
     model = load_pretrained(path, tokenizer=tokenizer or None)
     return model, load_tokenizer(tokenizer or path)

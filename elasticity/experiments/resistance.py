@@ -306,7 +306,7 @@ class ResistanceEvaluator:
 
   # -- models and measurement ---------------------------------------------------------------------
   def load(self, path: str, tokenizer: str):
-    from elasticity.models import load_pretrained
+    from elasticity.convert import load_pretrained
     from elasticity.tokenizers import load_tokenizer
     return load_pretrained(path, tokenizer=tokenizer or None), load_tokenizer(tokenizer or path)
 

@@ -263,7 +263,7 @@ def model_depth_rows(seqs, lp, depths, tail_min_n: int) -> list[dict[str, Any]]:
 def run_pareto_model(cfg) -> dict[str, Any]:
   """The ``pareto_model`` variant of configs/theory.py (see its keys there)."""
   from elasticity import paths
-  from elasticity.models import load_pretrained
+  from elasticity.convert import load_pretrained
   from elasticity.theory.pareto_real import depth_rows, load_texts
   from elasticity.tokenizers import load_tokenizer
   t0 = time.perf_counter()
