@@ -12,7 +12,12 @@ writes the report. A bad results row stops with a message naming the file, the l
 
 from __future__ import annotations
 
-from absl import app, flags, logging
+from absl import flags, logging
+
+from elasticity.experiments.rescore import rescore
+from elasticity.experiments.runner import merge_shards
+from elasticity.report import ResultsError, build_report
+from launch import app
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "Experiment folder (holds results.jsonl).",
                                required=True)
@@ -23,8 +28,6 @@ _RESCORE = flags.DEFINE_string("rescore", None,
 def main(argv: list[str]) -> None:
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
-  from elasticity.report import ResultsError, build_report
-  from elasticity.experiments.runner import merge_shards
   try:
     merged = merge_shards(_WORKDIR.value)
   except (FileNotFoundError, ValueError) as e:
@@ -32,7 +35,6 @@ def main(argv: list[str]) -> None:
   if merged is not None:
     logging.info("merged the shards' rows into %s", merged)
   if _RESCORE.value:
-    from elasticity.experiments.rescore import rescore
     logging.info("re-scoring %s with %s", _WORKDIR.value, _RESCORE.value)
     rescore(_WORKDIR.value, _RESCORE.value)
   try:
@@ -43,4 +45,4 @@ def main(argv: list[str]) -> None:
 
 
 if __name__ == "__main__":
-  app.run(main)
+  app.run(main, cache=False, orbax=False)
