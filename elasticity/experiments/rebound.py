@@ -237,7 +237,7 @@ def prepare(c, workdir):
   n_pos_max, n_neg_max = max(int(n) for n in c.n_pos), max(int(n) for n in c.n_neg)
   scorer, scorer_id = None, ""
   if str(ev.scorer.path) != "none":
-    from elasticity.eval import scorer_from_config
+    from elasticity.eval.scorers import scorer_from_config
     scorer = scorer_from_config(ev.scorer, "config.eval.scorer")
     scorer_id = cells_lib.digest(ev.scorer.to_dict()) + ":" + _tree_digest(ev.scorer.path)
   data = None

@@ -27,7 +27,7 @@ def rescore(workdir: str | os.PathLike, scorer_dir: str | os.PathLike, *, score_
             **scorer_options) -> list[dict]:
   """Re-score every row; returns the new rows (also written to ``results.jsonl``)."""
   from elasticity.eval import generations as gen_lib
-  from elasticity.eval import load_scorer
+  from elasticity.eval.scorers import load_scorer
   workdir = Path(workdir)
   meta = atomic.read_json(workdir / "experiment.json")
   score_text = score_text or meta.get("config", {}).get("eval", {}).get("score_text", "completion")
