@@ -45,7 +45,8 @@ from bench.common import environment, gemm_rates, print_table, ratio, record  # 
 from elasticity import compression  # noqa: E402
 from elasticity.compression import LN2, Scorer, code_lengths, default_mesh, measure  # noqa: E402
 from elasticity.data import load_dataset  # noqa: E402
-from elasticity.models import ModelConfig, abstract_model, load_pretrained  # noqa: E402
+from elasticity.convert import load_pretrained  # noqa: E402
+from elasticity.models import ModelConfig, abstract_model  # noqa: E402
 from elasticity.paths import smollm2_gguf  # noqa: E402
 from elasticity.tokenizers import load_tokenizer  # noqa: E402
 

@@ -35,7 +35,7 @@ from flax import nnx  # noqa: E402
 
 from bench.common import environment, print_table, ratio, record  # noqa: E402
 from elasticity import paths  # noqa: E402
-from elasticity.models import load_pretrained  # noqa: E402
+from elasticity.convert import load_pretrained  # noqa: E402
 
 _REPEATS = flags.DEFINE_integer("repeats", 9, "Timed runs per side (alternating).")
 

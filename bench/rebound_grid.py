@@ -13,7 +13,7 @@ of every cell and snapshot), unless ``--ours_checkpoint_every`` changes ``train.
 
 **the authors' way**: one fresh Python process per cell, as their shell scripts launch one SFT run
 per cell: import torch and `transformers`, `AutoModelForCausalLM.from_pretrained(start)` (the base:
-an HF export of the base model made once with `elasticity.models.save_pretrained`; stage 2: stage 1's
+an HF export of the base model made once with `elasticity.convert.save_pretrained`; stage 2: stage 1's
 saved directory), a plain loop over padded batches (``model(input_ids, attention_mask, labels)``,
 ``backward``, ``clip_grad_norm_``, `torch.optim.AdamW` with the config's lr, betas, eps and weight
 decay), then ``save_pretrained``. Every n⁻ is its own run from stage 1's model (no snapshot
@@ -186,7 +186,7 @@ def torch_plan(cfg, tmp: Path) -> list[dict]:
   import numpy as np
 
   from elasticity.experiments.rebound import grid as rebound
-  from elasticity.models import load_pretrained, save_pretrained
+  from elasticity.convert import load_pretrained, save_pretrained
   from elasticity.tokenizers import load_tokenizer
   from elasticity.train.data import BatchStream, load_examples
   tokenizer = load_tokenizer(cfg.model.tokenizer or cfg.model.path)

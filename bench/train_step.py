@@ -79,7 +79,7 @@ def worker_ours(model_dir: str, b: int, t: int, steps: int) -> dict:
   import numpy as np
 
   from elasticity import sharding as shd
-  from elasticity.models import load_pretrained
+  from elasticity.convert import load_pretrained
   from elasticity.train.losses import Objective
   from elasticity.train.optimizer import make_optimizer
   from elasticity.train.step import (batch_shardings, init_train_state, make_train_step, split_params,
@@ -145,7 +145,7 @@ def prepare(case: str, tmp: str) -> str:
     model.float().save_pretrained(out)
   else:
     # GGUF → Flax port (dequantised) → HF float32 safetensors, which both sides then load.
-    from elasticity.models import load_pretrained, save_pretrained
+    from elasticity.convert import load_pretrained, save_pretrained
     from elasticity.paths import smollm2_gguf
     save_pretrained(load_pretrained(smollm2_gguf()), out, dtype="float32")
   return out

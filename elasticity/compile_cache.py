@@ -1,18 +1,15 @@
 """JAX's persistent compilation cache: a second run with the same shapes loads executables from disk.
 
-Every launcher turns it on before its first compilation:
+Every launcher turns it on before its first compilation (``launch/app.py`` defines the
+``--compilation_cache=DIR|off`` flag and calls ``enable`` with it); tests and benchmarks call
+``compile_cache.enable()`` themselves.
 
-    from elasticity import compile_cache
-    compile_cache.define_flags()          # at module level: --compilation_cache=DIR|off
-    ...
-    def main(argv):
-      compile_cache.enable_from_flags()   # first thing in main
-
-Where the cache lives, first match wins: ``--compilation_cache`` (or ``enable(cache_dir)``), then the
-environment variable ``ELASTICITY_COMPILATION_CACHE``, then ``$XDG_CACHE_HOME/elasticity/jax`` (default
-``~/.cache/elasticity/jax``). The value ``off`` (also ``none``, ``false``, ``0``) turns it off. Every
-compilation is cached, however short or small, so CPU runs and tests benefit too. Entries are keyed by
-JAX on the computation, the backend and the jax/jaxlib versions, so a shared folder is safe.
+Where the cache lives, first match wins: ``enable(cache_dir)`` (the flag's value), then the
+environment variable ``ELASTICITY_COMPILATION_CACHE``, then ``paths.cache_dir("jax")``
+(``$XDG_CACHE_HOME/elasticity/jax``, default ``~/.cache/elasticity/jax``). The value ``off`` (also
+``none``, ``false``, ``0``) turns it off. Every compilation is cached, however short or small, so CPU
+runs and tests benefit too. Entries are keyed by JAX on the computation, the backend and the
+jax/jaxlib versions, so a shared folder is safe.
 """
 
 from __future__ import annotations
@@ -21,17 +18,17 @@ import os
 from pathlib import Path
 
 import jax
-from absl import flags, logging
+from absl import logging
+
+from elasticity import paths
 
 ENV = "ELASTICITY_COMPILATION_CACHE"
-FLAG = "compilation_cache"
 _OFF = frozenset({"off", "none", "false", "0", "no"})
 
 
 def default_dir() -> Path:
   """``$XDG_CACHE_HOME/elasticity/jax``, or ``~/.cache/elasticity/jax``."""
-  base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-  return Path(base) / "elasticity" / "jax"
+  return paths.cache_dir("jax")
 
 
 def resolve(cache_dir: str | os.PathLike | None = None) -> Path | None:
@@ -62,16 +59,3 @@ def enable(cache_dir: str | os.PathLike | None = None) -> Path | None:
   logging.info("persistent compilation cache: %s", path)
   return path
 
-
-def define_flags(flag_values: flags.FlagValues = flags.FLAGS) -> None:
-  """Define ``--compilation_cache=DIR|off`` (idempotent: launchers that share a process may all call it)."""
-  if FLAG in flag_values:
-    return
-  flags.DEFINE_string(
-      FLAG, None, f"Persistent JAX compilation cache folder, or 'off' (default: ${ENV}, else "
-      f"{default_dir()}).", flag_values=flag_values)
-
-
-def enable_from_flags(flag_values: flags.FlagValues = flags.FLAGS) -> Path | None:
-  """`enable` with the value of ``--compilation_cache`` (`define_flags` must have run)."""
-  return enable(flag_values[FLAG].value)

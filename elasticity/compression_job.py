@@ -119,7 +119,7 @@ def run(cfg, names: list[str] | None = None) -> JobResult:
   import jax.numpy as jnp
 
   from elasticity import compression, sharding
-  from elasticity.models import load_pretrained
+  from elasticity.convert import load_pretrained
   from elasticity.tokenizers import load_tokenizer
 
   names = dataset_names(cfg) if names is None else names

@@ -3,15 +3,13 @@ created, barriers, finalize threads) are dropped, so a run's log shows its own p
 
 Orbax logs through absl like everything else, to the ``absl`` logger; `quiet_orbax` adds a filter
 there that drops records from files under an ``orbax`` package below ``WARNING``. Its warnings and
-errors pass. ``--orbax_info`` (`define_flags`) keeps everything.
+errors pass. The launchers' ``--orbax_info`` flag (``launch/app.py``) keeps everything.
 """
 
 from __future__ import annotations
 
 import logging
 import os
-
-from absl import flags
 
 _ORBAX = f"{os.sep}orbax{os.sep}"
 
@@ -31,11 +29,3 @@ def quiet_orbax(enable: bool = True) -> None:
   if enable:
     logger.addFilter(_FILTER)
 
-
-def define_flags() -> None:
-  if "orbax_info" not in flags.FLAGS:
-    flags.DEFINE_bool("orbax_info", False, "Keep Orbax's INFO log records (dropped by default).")
-
-
-def apply_flags() -> None:
-  quiet_orbax(not flags.FLAGS.orbax_info)

@@ -9,6 +9,8 @@ it is called (never at import time, so a test or a runner may set the variable l
   paper's checkpoints (configs/models.py).
 * `runs_dir`: ``$ELASTICITY_RUNS``, else ``~/elasticity_runs``: where the paper presets of
   configs/sft.py put a base run (``<runs_dir>/<model>-<dataset>``) and look for its θ exports.
+* `cache_dir(kind)`: ``$XDG_CACHE_HOME/elasticity/<kind>``, else ``~/.cache/elasticity/<kind>``: the
+  default home of the caches (``jax``: the compilation cache; ``data``: parsed datasets).
 """
 
 from __future__ import annotations
@@ -42,6 +44,12 @@ def models_dir() -> Path:
 def runs_dir() -> Path:
   """``$ELASTICITY_RUNS`` (default ``~/elasticity_runs``): the root of the paper presets' base runs."""
   return _env_dir("ELASTICITY_RUNS", "~/elasticity_runs")
+
+
+def cache_dir(kind: str) -> Path:
+  """``$XDG_CACHE_HOME/elasticity/<kind>``, else ``~/.cache/elasticity/<kind>`` (may not exist)."""
+  base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+  return Path(base) / "elasticity" / kind
 
 
 def shared_path(*parts: str) -> Path:

@@ -29,8 +29,10 @@ from typing import Any
 
 import jax
 import numpy as np
+import optax
 from absl import logging
 from flax import nnx
+from jax.experimental import mesh_utils, multihost_utils
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec as P
 
 MESH_AXES = ("data", "fsdp", "tensor")
@@ -138,7 +140,6 @@ def make_mesh(data: int = 1, fsdp: int = -1, tensor: int = 1, *, dcn_data: int =
   types = (AXIS_TYPES[axis_types],) * 3
   dcn = (int(dcn_data), int(dcn_fsdp), int(dcn_tensor))
   if math.prod(dcn) > 1:
-    from jax.experimental import mesh_utils
     for name, s, d in zip(MESH_AXES, sizes, dcn):
       if s % d:
         raise ValueError(f"mesh.dcn_{name}={d} does not divide mesh.{name}={s}")
@@ -232,7 +233,6 @@ def param_shardings(abstract_state, mesh: Mesh, rules: Rules = DEFAULT_RULES):
 
 def optimizer_shardings(tx, abstract_opt_state, params_shardings, mesh: Mesh):
   """Shardings of an optax state: parameter-shaped leaves follow their parameter, the rest replicate."""
-  import optax
   replicated = NamedSharding(mesh, P())
   return optax.tree_map_params(
       tx, lambda _, s: s, abstract_opt_state, params_shardings,
@@ -326,5 +326,4 @@ def gather_to_host(tree):
   """Full numpy values of (possibly multi-host sharded) arrays, on every process."""
   if jax.process_count() == 1:
     return jax.device_get(tree)
-  from jax.experimental import multihost_utils
   return multihost_utils.process_allgather(tree, tiled=True)

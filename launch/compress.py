@@ -12,50 +12,27 @@ is loaded or compiled. The work is done by `elasticity.compression_job`; this is
 
 from __future__ import annotations
 
-import os
+import jax
+from absl import flags, logging
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+from configs.compress import get_config
+from elasticity import compression_job, paths, sharding
+from launch import app
 
-from absl import app, flags, logging  # noqa: E402
-from ml_collections import config_flags  # noqa: E402
-
-from elasticity import compile_cache  # noqa: E402
-from launch import overrides  # noqa: E402
-
-from elasticity import compression_job, paths  # noqa: E402
-
-_CONFIG = config_flags.DEFINE_config_file(
+_CONFIG = app.config_file(
     "config", str(paths.PROJECT_ROOT / "configs" / "compress.py"),
-    "Measurement configuration (configs/compress.py).", lock_config=True)
+    "Measurement configuration (configs/compress.py).",
+    keys=lambda: app.flat_keys(get_config()))   # overrides checked against configs/compress.py
 _WORKDIR = flags.DEFINE_string("workdir", None, "Folder for results.json/.csv/.md.", required=True)
-compile_cache.define_flags()
-
-
-def _defaults():
-  from configs.compress import get_config
-  return get_config()
-
-
-def parse_flags(argv: list[str]) -> list[str]:
-  """absl flag parsing, with ``--config.<key>`` overrides checked against configs/compress.py first
-  (ml_collections would otherwise fail with a bare ``AttributeError``)."""
-  overrides.check(argv, compression_job.flat_keys(_defaults()))
-  return flags.FLAGS(argv)
 
 
 def main(argv):
-  compile_cache.enable_from_flags()
   del argv
   cfg = _CONFIG.value
   try:
-    names = compression_job.validate(cfg, _defaults())   # before any model is read or compiled
+    names = compression_job.validate(cfg, get_config())   # before any model is read or compiled
   except ValueError as e:
     raise app.UsageError(str(e)) from None
-
-  import jax
-
-  from elasticity import sharding
   sharding.initialize_distributed()
   result = compression_job.run(cfg, names)
   if jax.process_index() == 0:
@@ -64,4 +41,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main, flags_parser=parse_flags)
+  app.run(main, orbax=False)

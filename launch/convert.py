@@ -10,14 +10,13 @@ there is one, so `load_tokenizer(dst)` works on it.
 
 from __future__ import annotations
 
-import os
+import jax.numpy as jnp
+from absl import flags, logging
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-
-import jax.numpy as jnp  # noqa: E402
-from absl import app, flags, logging  # noqa: E402
-
-from elasticity import compile_cache  # noqa: E402
+from elasticity.convert import load_pretrained, save_pretrained
+from elasticity.convert.orbax_model import save_orbax
+from elasticity.tokenizers import load_tokenizer
+from launch import app
 
 _SRC = flags.DEFINE_string("src", None, "Source: HF directory, .gguf file, or llama2.c .bin.", required=True)
 _DST = flags.DEFINE_string("dst", None, "Destination directory (written atomically).", required=True)
@@ -25,12 +24,10 @@ _TO = flags.DEFINE_enum("to", "hf", ["hf", "orbax"], "Destination format.")
 _DTYPE = flags.DEFINE_enum("dtype", None, ["float32", "bfloat16", "float16"],
                            "Parameter dtype of the output (default: float32).")
 _TOKENIZER = flags.DEFINE_string("tokenizer", None, "llama2.c tokenizer.bin (checked against the vocab).")
-compile_cache.define_flags()
 
 
 def _source_tokenizer():
   """The source's tokenizer (--tokenizer, else the source itself), or None if it has none."""
-  from elasticity.tokenizers import load_tokenizer
   path = _TOKENIZER.value or _SRC.value
   if not _TOKENIZER.value and _SRC.value.endswith(".bin"):   # a llama2.c checkpoint, not a tokenizer
     logging.warning("no --tokenizer for the llama2.c checkpoint: the export holds the model only")
@@ -44,18 +41,15 @@ def _source_tokenizer():
 
 def main(argv):
   del argv
-  compile_cache.enable_from_flags()
-  from elasticity.convert import load_pretrained, save_pretrained
   dtype = jnp.dtype(_DTYPE.value or "float32")
   model = load_pretrained(_SRC.value, dtype=dtype, tokenizer=_TOKENIZER.value)
   if _TO.value == "hf":
     out = save_pretrained(model, _DST.value, tokenizer=_source_tokenizer())
   else:
-    from elasticity.convert.orbax_model import save_orbax
     out = save_orbax(model, _DST.value)
   logging.info("wrote %s (%s, %s)", out, model.config.family, dtype.name)
   print(out)
 
 
 if __name__ == "__main__":
-  app.run(main)
+  app.run(main, orbax=False)

@@ -10,20 +10,20 @@ from __future__ import annotations
 import os
 import time
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+import jax
+import jax.numpy as jnp
+import numpy as np
+from absl import logging
 
-import jax  # noqa: E402
-import jax.numpy as jnp  # noqa: E402
-import numpy as np  # noqa: E402
-from absl import logging  # noqa: E402
-
-from elasticity import paths  # noqa: E402
+from elasticity import paths
+from elasticity.convert import load_pretrained
+from elasticity.logprobs import token_logprobs
+from elasticity.models.generate import generate
+from elasticity.tokenizers import load_tokenizer
 
 
 def answer_bits(model, prompt_ids: list[int], answer_ids: list[int]) -> tuple[float, int]:
   """(total bits of the answer tokens given the prompt, number of answer tokens)."""
-  from elasticity.logprobs import token_logprobs
   ids = jnp.asarray([prompt_ids + answer_ids], jnp.int32)
   lp, _ = token_logprobs(model, ids)
   nats = -float(jnp.sum(lp[0, len(prompt_ids):]))
@@ -32,10 +32,6 @@ def answer_bits(model, prompt_ids: list[int], answer_ids: list[int]) -> tuple[fl
 
 def run_chat(cfg) -> None:
   """Answer ``cfg.prompt`` with the model of configs/demo.py and print its bits/byte."""
-  from elasticity.models import load_pretrained
-  from elasticity.models.generate import generate
-  from elasticity.tokenizers import load_tokenizer
-
   model_path = cfg.model or str(paths.smollm2_gguf())
   tok_path = cfg.tokenizer or model_path
   t0 = time.time()

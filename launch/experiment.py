@@ -19,46 +19,36 @@ from __future__ import annotations
 import os
 import sys
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+from absl import flags, logging
 
-from absl import app, flags, logging  # noqa: E402
-from ml_collections import config_flags  # noqa: E402
+from elasticity.experiments.core import runner
+from elasticity.train.signals import StopOnSignal
+from launch import app
 
-from elasticity import compile_cache, logs  # noqa: E402
-
-_CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config "
-                                          "(configs/experiments/<name>.py:<variant>).", lock_config=True)
+_CONFIG = app.config_file("config", None, "Experiment config "
+                          "(configs/experiments/<name>.py:<variant>).")
 _WORKDIR = flags.DEFINE_string("workdir", None, "The experiment's directory (results, cells, report).")
 _DRY_RUN = flags.DEFINE_bool("dry_run", False, "Print the cell table and exit; nothing is loaded.")
 _SHARD = flags.DEFINE_string("shard", "", "i/n (0 <= i < n): run only the i-th of n disjoint parts of "
                              "the grid; n processes sharing --workdir run it together (merge with "
                              "python -m launch.report --workdir=DIR).")
 flags.mark_flags_as_required(["config", "workdir"])
-compile_cache.define_flags()
-logs.define_flags()
 
 PREEMPTED_EXIT = 3
 
 
 def main(argv):
-  compile_cache.enable_from_flags()
-  logs.apply_flags()
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   cfg = _CONFIG.value
-  from elasticity.experiments.core import runner
   try:
     runner.validate(cfg.experiment, cfg, dry_run=_DRY_RUN.value)
     shard = runner.parse_shard(_SHARD.value)
   except ValueError as e:
     raise app.UsageError(str(e)) from None
-  import jax
-  jax.config.update("jax_threefry_partitionable", True)
   if _DRY_RUN.value:
     runner.run(cfg.experiment, cfg, _WORKDIR.value, dry_run=True, shard=shard, validated=True)
     return
-  from elasticity.train.signals import StopOnSignal
   with StopOnSignal() as stop:
     summary = runner.run(cfg.experiment, cfg, _WORKDIR.value, stop=lambda: stop.requested,
                          shard=shard, validated=True)
@@ -74,5 +64,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  from launch import overrides
-  app.run(main, flags_parser=overrides.parse)
+  app.run(main, threefry=True)

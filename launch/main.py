@@ -11,40 +11,31 @@ rebound, scaling and several rounds; writes ``runs/<name>/report.md`` with its p
 
 from __future__ import annotations
 
-import os
 import time
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+from absl import flags, logging
 
-from absl import app, flags, logging  # noqa: E402
-from ml_collections import config_flags  # noqa: E402
-
-from elasticity import compile_cache, logs, paths  # noqa: E402
+from elasticity import paths
+from elasticity.theory.lab import run_lab
+from launch import app
+from launch.demo_chat import run_chat
 
 _DEMO = flags.DEFINE_enum("demo", "lab", ["lab", "chat"], "lab: the theory lab (default); chat: the "
                           "SmolLM2 chat demo (launch/demo_chat.py).")
-_CONFIG = config_flags.DEFINE_config_file(
+_CONFIG = app.config_file(
     "config", str(paths.PROJECT_ROOT / "configs" / "theory.py") + ":lab",
-    "Theory lab configuration (configs/theory.py:lab).", lock_config=True)
-_CHAT = config_flags.DEFINE_config_file(
-    "chat_config", str(paths.PROJECT_ROOT / "configs" / "demo.py"), "Chat demo configuration.",
-    lock_config=True)
+    "Theory lab configuration (configs/theory.py:lab).")
+_CHAT = app.config_file(
+    "chat_config", str(paths.PROJECT_ROOT / "configs" / "demo.py"), "Chat demo configuration.")
 _WORKDIR = flags.DEFINE_string("workdir", None, "Output folder (default: runs/<config.name>).")
 _PROGRESS = flags.DEFINE_bool("progress", True, "Show a progress bar.")
-compile_cache.define_flags()
-logs.define_flags()
 
 
 def main(argv: list[str]) -> None:
   del argv
-  compile_cache.enable_from_flags()
-  logs.apply_flags()
   if _DEMO.value == "chat":
-    from launch.demo_chat import run_chat
     run_chat(_CHAT.value)
     return
-  from elasticity.theory.lab import run_lab
   cfg = _CONFIG.value
   if "law" not in cfg:
     raise app.UsageError(f"--config: {cfg.get('variant')!r} is not a lab config; use "
@@ -58,5 +49,4 @@ def main(argv: list[str]) -> None:
 
 
 if __name__ == "__main__":
-  from launch import overrides
-  app.run(main, flags_parser=overrides.parse)
+  app.run(main)

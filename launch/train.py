@@ -10,46 +10,34 @@ run whose workdir already holds checkpoints continues from the latest one (the s
 the keys `elasticity.train.record.RESUMABLE_KEYS` lists); a finished one is left as it is.
 
 The launcher owns what is process-wide: ``jax_threefry_partitionable`` (random numbers that do not
-depend on the sharding) and the SIGTERM/SIGINT handlers (`elasticity.train.signals.StopOnSignal`:
-a preemption notice or Ctrl-C saves a checkpoint after the current step and exits with status 0
-and "preempted" in the log; run the same command again to continue).
+depend on the sharding; set by `launch.app.run`) and the SIGTERM/SIGINT handlers
+(`elasticity.train.signals.StopOnSignal`: a preemption notice or Ctrl-C saves a checkpoint after the
+current step and exits with status 0 and "preempted" in the log; run the same command again to
+continue).
 """
 
 from __future__ import annotations
 
-import os
+from absl import flags, logging
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+from elasticity.train import config as config_lib
+from elasticity.train.loop import train
+from elasticity.train.signals import StopOnSignal
+from launch import app
 
-from absl import app, flags, logging  # noqa: E402
-from ml_collections import config_flags  # noqa: E402
-
-from elasticity import compile_cache, logs  # noqa: E402
-
-_CONFIG = config_flags.DEFINE_config_file("config", None, "Training config file (configs/<x>.py:<variant>).",
-                                          lock_config=True)
+_CONFIG = app.config_file("config", None, "Training config file (configs/<x>.py:<variant>).")
 _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics and the HF export.")
 flags.mark_flags_as_required(["config", "workdir"])
-compile_cache.define_flags()
-logs.define_flags()
 
 
 def main(argv):
-  compile_cache.enable_from_flags()
-  logs.apply_flags()
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-  from elasticity.train import config as config_lib
   cfg = _CONFIG.value
   try:
     config_lib.validate(cfg)
   except ValueError as e:
     raise app.UsageError(str(e)) from None
-  import jax
-  jax.config.update("jax_threefry_partitionable", True)
-  from elasticity.train.loop import train
-  from elasticity.train.signals import StopOnSignal
   logging.info("config:\n%s", cfg)
   with StopOnSignal() as stop:
     result = train(cfg, _WORKDIR.value, stop=stop)
@@ -58,5 +46,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  from launch import overrides
-  app.run(main, flags_parser=overrides.parse)
+  app.run(main, threefry=True)

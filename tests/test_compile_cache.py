@@ -11,6 +11,7 @@ from pathlib import Path
 from absl import flags
 
 from elasticity import compile_cache, paths
+from launch import app as launch_app
 
 # A child process: enable the cache (from the env), compile a tiny function, report JAX's cache events.
 _CHILD = r"""
@@ -67,8 +68,8 @@ def test_where_the_cache_lives(monkeypatch, tmp_path):
 
 def test_flag_is_defined_once_and_read(tmp_path):
   fv = flags.FlagValues()
-  compile_cache.define_flags(fv)
-  compile_cache.define_flags(fv)   # idempotent
+  launch_app.define_flags(fv)
+  launch_app.define_flags(fv)   # idempotent
   fv([sys.argv[0], "--compilation_cache=off"])
-  assert fv[compile_cache.FLAG].value == "off"
-  assert compile_cache.enable_from_flags(fv) is None
+  assert fv[launch_app.CACHE_FLAG].value == "off"
+  assert launch_app.enable_from_flags(fv) is None

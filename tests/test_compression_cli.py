@@ -14,7 +14,8 @@ from conftest import require
 from elasticity import paths, report
 from elasticity.compression import measure
 from elasticity.data import load_dataset
-from elasticity.models import ModelConfig, create_model, load_pretrained, save_pretrained
+from elasticity.convert import load_pretrained, save_pretrained
+from elasticity.models import ModelConfig, create_model
 from elasticity.tokenizers import load_tokenizer
 
 ROOT = paths.PROJECT_ROOT

@@ -11,7 +11,7 @@ import pytest
 from safetensors.numpy import load_file, save_file
 
 from elasticity import paths
-from elasticity.models import load_pretrained, save_pretrained
+from elasticity.convert import load_pretrained, save_pretrained
 
 from conftest import require
 from hf_reference import tiny_hf_model
@@ -34,7 +34,7 @@ def test_llama2c_to_hf_to_orbax_keeps_logits(shared, tmp_path):
   np.testing.assert_array_equal(np.asarray(load_pretrained(tmp_path / "hf")(ids)), want)
   np.testing.assert_array_equal(np.asarray(load_pretrained(tmp_path / "orbax")(ids)), want)
   # load_config reads the same config from every format without building the model
-  from elasticity.models import load_config
+  from elasticity.convert import load_config
   for src in (ckpt, tmp_path / "hf", tmp_path / "orbax"):
     assert load_config(src) == load_pretrained(src).config, src
   # the HF export carries the tokenizer given with --tokenizer

@@ -9,7 +9,7 @@ import pytest
 from elasticity.eval import generations as gen
 from elasticity.eval.kl import kl_on_generations
 from elasticity.models import generate as generate_module
-from elasticity.models import load_pretrained
+from elasticity.convert import load_pretrained
 from elasticity.models.generate import generate
 from elasticity.tokenizers import load_tokenizer
 

@@ -11,7 +11,8 @@ import pytest
 from flax import nnx
 
 from elasticity.eval.kl import KLReport, kl_on_generations, kl_to_reference
-from elasticity.models import ModelConfig, abstract_model, load_pretrained
+from elasticity.convert import load_pretrained
+from elasticity.models import ModelConfig, abstract_model
 from elasticity.models.config import FULL, SLIDING
 
 # Gemma 2 pieces (sliding window, attention and final soft-caps) so the soft-cap path is covered.

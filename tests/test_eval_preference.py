@@ -12,7 +12,7 @@ from flax import nnx
 from elasticity import compression, data
 from elasticity.data.imdb import split_prompt
 from elasticity.eval.preference import compression_preference
-from elasticity.models import load_pretrained
+from elasticity.convert import load_pretrained
 from elasticity.tokenizers import load_tokenizer
 
 from conftest import require

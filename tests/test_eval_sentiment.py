@@ -12,7 +12,7 @@ import sys
 import numpy as np
 import pytest
 
-from elasticity.eval import load_scorer
+from elasticity.eval.scorers import load_scorer
 from elasticity.eval import sentiment as S
 from elasticity.eval import sentiment_features as sf
 

@@ -46,7 +46,7 @@ def test_a_dry_run_warns_about_a_missing_scorer_and_a_real_run_refuses(tmp_path,
 
 
 def test_dry_run_of_the_paper_preset_lists_the_grid_without_loading_a_model(monkeypatch, capsys):
-  import elasticity.models as models
+  import elasticity.convert as models
 
   def no(*a, **k):
     raise AssertionError("a dry run must not load a model")
@@ -104,7 +104,7 @@ def test_identity_changes_only_for_the_cells_a_value_reaches():
     ({"train.optimizer.lr": -1.0}, "config.train"),
 ])
 def test_bad_input_is_refused_before_anything_is_loaded(monkeypatch, tmp_path, override, message):
-  import elasticity.models as models
+  import elasticity.convert as models
   monkeypatch.setattr(models, "load_pretrained", lambda *a, **k: pytest.fail("loaded a model"))
   c = get("tiny", **override)
   with pytest.raises(ValueError, match=message.replace("(", r"\(").replace(")", r"\)")):
@@ -293,7 +293,7 @@ def test_an_unknown_override_key_is_named_without_a_traceback(tmp_path):
 def test_rescore_replaces_only_the_scores_from_saved_generations(uninterrupted, tmp_path):
   import shutil
   from elasticity.data import load_dataset
-  from elasticity.eval import load_scorer
+  from elasticity.eval.scorers import load_scorer
   from elasticity.eval import generations as gen_lib
   from elasticity.eval.sentiment import TrainConfig, fit
   from elasticity.experiments.rebound.rescore import rescore

@@ -81,7 +81,7 @@ def test_scaling_grid_is_the_rebound_grid_per_model():
 def test_tiny_scaling_with_two_local_models_end_to_end(tmp_path, shared):
   """stories260K and a random-init model of the same config: rows, speed summary and plot."""
   from configs.experiments.scaling import get_config, model_entry
-  from elasticity.models import load_pretrained
+  from elasticity.convert import load_pretrained
   from elasticity.train.loop import save_export
   from configs import models as model_presets
   path, tok = model_presets.model_path("stories260K")

@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from elasticity.models import ModelConfig, create_model, load_pretrained
+from elasticity.convert import load_pretrained
+from elasticity.models import ModelConfig, create_model
 from elasticity.models.config import FULL, SLIDING
 from elasticity.models.generate import generate, left_pad
 

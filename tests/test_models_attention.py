@@ -6,7 +6,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from elasticity.models import layers, load_pretrained
+from elasticity.convert import load_pretrained
+from elasticity.models import layers
 
 from hf_reference import tiny_hf_model, valid_logit_error
 

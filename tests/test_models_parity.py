@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from safetensors.numpy import load_file
 
-from elasticity.models import load_pretrained, save_pretrained
+from elasticity.convert import load_pretrained, save_pretrained
 
 from hf_reference import VARIANTS, ragged_batch, tiny_hf_model, torch_logits, valid_logit_error
 

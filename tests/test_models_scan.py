@@ -17,7 +17,8 @@ import pytest
 from flax import nnx
 
 from elasticity.convert.orbax_model import load_orbax, save_orbax
-from elasticity.models import create_model, load_pretrained, save_pretrained
+from elasticity.convert import load_pretrained, save_pretrained
+from elasticity.models import create_model
 from elasticity.models import scan
 from elasticity.models.config import FULL, SLIDING, ModelConfig
 from elasticity.models.generate import generate

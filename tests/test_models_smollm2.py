@@ -48,5 +48,5 @@ def test_greedy_continuation_matches_transformers(pair):
 
 
 def test_load_config_reads_the_gguf_metadata_only(smollm2_gguf, smollm2_pair):
-  from elasticity.models import load_config
+  from elasticity.convert import load_config
   assert load_config(smollm2_gguf) == smollm2_pair[0].config

@@ -32,7 +32,7 @@ TEXTS = ["Once upon a time there was a little dog.", "Once upon a time, a girl",
 @pytest.fixture(scope="module")
 def tiny():
   from elasticity import paths
-  from elasticity.models import load_pretrained
+  from elasticity.convert import load_pretrained
   from elasticity.tokenizers import load_tokenizer
   root = require(paths.shared_dir() / "models" / "stories260K")
   tok = load_tokenizer(require(root / "tok512.bin"))

@@ -88,7 +88,7 @@ def test_launched_tiny_run_learns_and_exports_a_transformers_model(stories, tmp_
   # the export loads in transformers and gives the Flax model's logits
   import torch
   import transformers
-  from elasticity.models import load_pretrained
+  from elasticity.convert import load_pretrained
   hf = transformers.AutoModelForCausalLM.from_pretrained(workdir / "hf", attn_implementation="eager").eval()
   ours = load_pretrained(workdir / "hf")
   ids = np.random.default_rng(0).integers(3, 512, (2, 33))
@@ -109,7 +109,7 @@ def test_launched_tiny_run_learns_and_exports_a_transformers_model(stories, tmp_
 
 def test_snapshots_export_the_model_at_the_named_steps(stories, tmp_path, monkeypatch):
   """export.snapshots: HF directories of the model at the named steps (the θ_k of a base run)."""
-  from elasticity.models import load_pretrained
+  from elasticity.convert import load_pretrained
   from elasticity.tokenizers import load_tokenizer
   c = small_config(num_steps=4)
   c.unlock()
@@ -254,7 +254,7 @@ def test_two_processes_reproduce_the_single_process_run(stories, tmp_path):
     assert rc == 0, err[-3000:]
   assert "RESULT 0 8 completed 4" in outs[0][0] and "RESULT 1 8 completed 4" in outs[1][0]
   np.testing.assert_allclose(losses(tmp_path / "multi"), losses(tmp_path / "single"), rtol=1e-5)
-  from elasticity.models import load_pretrained
+  from elasticity.convert import load_pretrained
   exported = load_pretrained(tmp_path / "multi" / "hf")
   _, state, _ = final_params(tmp_path / "single", small_config(num_steps=4))
   np.testing.assert_allclose(np.asarray(exported.embed[...]), state["params"]["embed"], rtol=1e-5,
@@ -293,7 +293,7 @@ def test_resume_reads_neither_the_pretrained_weights_nor_the_reference_again(sto
   model is made to fail), and equals 4 uninterrupted steps."""
   sys.path.insert(0, ROOT)
   from configs import dpo
-  import elasticity.models as models_lib
+  import elasticity.convert as models_lib
   from elasticity.train import reference
   full = tiny_with_reference(dpo, "precomputed", n=16, max_length=64, steps=4)
   assert train(full, tmp_path / "full").status == "completed"

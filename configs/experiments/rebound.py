@@ -35,6 +35,7 @@ from configs import models as model_presets
 from configs.experiments import variants
 from configs.sft import paper
 from elasticity import paths
+from elasticity.eval.scorer_config import scorer_section as eval_scorer_section
 from elasticity.train.config import default_config
 
 PAPER_N_POS = (1000, 2000, 5000, 10000)
@@ -45,12 +46,7 @@ ORDERS = ("pos_first", "neg_first")
 
 
 def scorer_section(path: str = "", sign: float = 1.0) -> ml_collections.ConfigDict:
-  try:
-    from elasticity.eval.scorers import scorer_section as section
-    s = section()
-  except ImportError:          # the eval package is optional at config time
-    s = ml_collections.ConfigDict(dict(path="", kind="auto", sign=1.0, positive_label="",
-                                       allow_pickle=False, batch_size=32, max_length=512))
+  s = eval_scorer_section()
   s.path, s.sign = path, sign
   return s
 

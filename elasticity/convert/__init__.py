@@ -7,7 +7,7 @@
 
 Readers: `hf` (safetensors directories), `gguf` (direct GGUF reader), `llama2c` (Karpathy's ``.bin``),
 `orbax_model` (orbax exports); `mapping` and `params` are the pure HF-name ↔ Flax-tree mapping they
-share. `elasticity.models` re-exports these four functions.
+share. The models (`elasticity.models`) never import this package: import these four from here.
 """
 
 from __future__ import annotations
@@ -17,6 +17,10 @@ from pathlib import Path
 
 import jax.numpy as jnp
 
+from elasticity.convert.gguf import load_gguf, read_gguf_config
+from elasticity.convert.hf import load_hf, read_config, save_hf
+from elasticity.convert.llama2c import load_llama2c, read_llama2c
+from elasticity.convert.orbax_model import load_orbax
 from elasticity.models.config import ModelConfig
 from elasticity.models.registry import config_from_hf
 from elasticity.models.transformer import CausalLM
@@ -52,15 +56,11 @@ def load_pretrained(path: str | os.PathLike, *, dtype=jnp.float32, param_dtype=N
   p = Path(path)
   kind = checkpoint_kind(p)
   if kind == "orbax":
-    from elasticity.convert.orbax_model import load_orbax
     return load_orbax(p, dtype=dtype, param_dtype=param_dtype)
   if kind == "hf":
-    from elasticity.convert.hf import load_hf
     return load_hf(p, dtype=dtype, param_dtype=param_dtype)
   if kind == "gguf":
-    from elasticity.convert.gguf import load_gguf
     return load_gguf(p, dtype=dtype, param_dtype=param_dtype)
-  from elasticity.convert.llama2c import load_llama2c
   return load_llama2c(p, tokenizer=tokenizer, dtype=dtype, param_dtype=param_dtype)
 
 
@@ -73,12 +73,9 @@ def load_config(path: str | os.PathLike) -> ModelConfig:
   p = Path(path)
   kind = checkpoint_kind(p)
   if kind in ("hf", "orbax"):
-    from elasticity.convert.hf import read_config
     return config_from_hf(read_config(p))
   if kind == "gguf":
-    from elasticity.convert.gguf import read_gguf_config
     return config_from_hf(read_gguf_config(p))
-  from elasticity.convert.llama2c import read_llama2c
   return read_llama2c(p)[0]
 
 
@@ -90,5 +87,4 @@ def save_pretrained(model: CausalLM, out_dir: str | os.PathLike, *, dtype: str |
   With ``tokenizer`` (an `elasticity.tokenizers.Tokenizer` or a transformers tokenizer) its files
   are written there too, in the same atomic write.
   """
-  from elasticity.convert.hf import save_hf
   return save_hf(model, out_dir, dtype=dtype, tokenizer=tokenizer)

@@ -19,6 +19,7 @@ from elasticity import atomic
 from elasticity.convert.params import model_from_tensors, tensors_from_model
 from elasticity.models.registry import config_from_hf, config_to_hf
 from elasticity.models.transformer import CausalLM
+from elasticity.tokenizers import as_tokenizer
 
 INDEX = "model.safetensors.index.json"
 EXPORT_DTYPES = ("float32", "bfloat16", "float16")
@@ -83,7 +84,6 @@ def save_hf(model: CausalLM, out_dir: str | os.PathLike, *, dtype: str | None = 
   if dtype is not None and dtype not in EXPORT_DTYPES:
     raise ValueError(f"dtype {dtype!r} is not one of {list(EXPORT_DTYPES)}")
   if tokenizer is not None:
-    from elasticity.tokenizers import as_tokenizer  # pylint: disable=import-outside-toplevel
     tokenizer = as_tokenizer(tokenizer)
   tensors = tensors_from_model(model, jnp.dtype(dtype) if dtype else None)
   cfg = config_to_hf(model.config)

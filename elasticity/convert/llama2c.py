@@ -21,6 +21,7 @@ import numpy as np
 from elasticity.convert.params import model_from_tensors
 from elasticity.models.config import ModelConfig, RopeConfig
 from elasticity.models.transformer import CausalLM
+from elasticity.tokenizers import load_tokenizer
 
 HEADER_INTS = 7
 
@@ -98,7 +99,6 @@ def load_llama2c(path: str | os.PathLike, *, tokenizer: str | os.PathLike | None
   """A Flax Llama from a llama2.c ``.bin``; ``tokenizer`` (its ``tokenizer.bin``) is checked for size."""
   cfg, tensors = read_llama2c(path)
   if tokenizer is not None:
-    from elasticity.tokenizers import load_tokenizer
     tok = load_tokenizer(tokenizer)
     if tok.vocab_size != cfg.vocab_size:
       raise ValueError(f"{tokenizer}: tokenizer has {tok.vocab_size} tokens but {path} has a "

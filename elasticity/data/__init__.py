@@ -14,6 +14,7 @@ Hugging Face and TFDS readers), ``records`` (schemas and checks), ``errors``, ``
 ``packing``, ``batches``.
 """
 
+from elasticity.data import builtin, imdb  # noqa: F401  (the built-in loaders register their names)
 from elasticity.data.batches import batches, labelled_batches, preference_batches
 from elasticity.data.errors import DataError
 from elasticity.data.formats import TEMPLATES, Formatted, alpaca_prompt, format_example

@@ -32,7 +32,7 @@ from pathlib import Path
 import numpy as np
 from absl import logging
 
-from elasticity import atomic
+from elasticity import atomic, paths
 
 from elasticity.data.errors import DataError
 from elasticity.data.records import Records, Row, collect, text_field
@@ -88,8 +88,7 @@ def cache_file(path: str, size: int, mtime_ns: int) -> Path | None:
   if root and root.lower() in _OFF:
     return None
   if not root:
-    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    root = os.path.join(base, "elasticity", "data")
+    root = paths.cache_dir("data")
   key = hashlib.sha256(f"{_CACHE_FORMAT}|{path}|{size}|{mtime_ns}".encode()).hexdigest()[:16]
   return Path(root) / f"imdb-{key}.npz"
 

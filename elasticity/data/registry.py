@@ -4,18 +4,20 @@ A loader is a function ``(*, split, data_dir, source, on_error, **kw) -> Records
 the folder holding the source's files (default: ``shared_path("data", <name>)``); ``source`` is
 ``None``/``"local"`` (files in their own format), ``"hf"`` (a Hugging Face ``datasets`` name) or
 ``"tfds"`` (a TFDS name), the last two only on a machine that is online.
+
+The built-in loaders (`elasticity.data.builtin`, `elasticity.data.imdb`) register themselves when
+imported; the package (``elasticity/data/__init__.py``, which Python runs before any of its modules,
+this one included) imports them, so every built-in name is registered whatever was imported first.
 """
 
 from __future__ import annotations
 
-import importlib
 from collections.abc import Callable
 
 from elasticity.data.records import Records
 
 Loader = Callable[..., Records]
 _LOADERS: dict[str, Loader] = {}
-_BUILTIN_MODULES = ("elasticity.data.builtin", "elasticity.data.imdb")
 SOURCES = (None, "local", "hf", "tfds")
 
 
@@ -29,14 +31,8 @@ def register(name: str) -> Callable[[Loader], Loader]:
   return deco
 
 
-def _ensure_builtins() -> None:
-  for mod in _BUILTIN_MODULES:
-    importlib.import_module(mod)
-
-
 def available() -> list[str]:
   """Names that ``load_dataset`` accepts."""
-  _ensure_builtins()
   return sorted(_LOADERS)
 
 
@@ -53,7 +49,6 @@ def load_dataset(name: str, split: str | None = None, *, data_dir=None, source: 
       are dropped; ``result.skipped`` holds their errors and a warning is logged).
     **kw: loader options (each built-in documents its own).
   """
-  _ensure_builtins()
   if name not in _LOADERS:
     raise KeyError(f"unknown dataset {name!r}; available: {', '.join(sorted(_LOADERS))}")
   if source not in SOURCES:

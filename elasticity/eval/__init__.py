@@ -1,35 +1,16 @@
 """Evaluators: scorers of generated text (the built-in IMDb sentiment classifier, any local Hugging
 Face classifier or reward/cost model), behind one interface::
 
-    from elasticity.eval import load_scorer
+    from elasticity.eval.scorers import load_scorer
     p = load_scorer(DIR).score(texts)        # np.ndarray, float64
 
-Importing this package loads neither jax nor torch; the names below are imported on first use.
+Importing this package loads neither jax nor torch: it re-exports only what names a scorer
+(`elasticity.eval.scorer_config`). Loading one (`scorers.load_scorer`, `scorers.scorer_from_config`)
+and the evaluations (`generations`, `kl`, `preference`) are imported from their modules.
 """
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from elasticity.eval.scorer_config import Scorer, ScorerConfigError, require_scorer, scorer_section
 
-_LAZY = {
-    "Scorer": "elasticity.eval.scorers",
-    "load_scorer": "elasticity.eval.scorers",
-    "scorer_section": "elasticity.eval.scorers",
-    "scorer_from_config": "elasticity.eval.scorers",
-    "require_scorer": "elasticity.eval.scorers",
-    "ScorerConfigError": "elasticity.eval.scorers",
-    "generations": None,          # submodules: elasticity.eval.generations, .kl, .preference
-    "kl": None,
-    "preference": None,
-}
-
-__all__ = sorted(_LAZY)
-
-
-def __getattr__(name: str) -> Any:
-  if name in _LAZY:
-    if _LAZY[name] is None:
-      return importlib.import_module(f"{__name__}.{name}")
-    return getattr(importlib.import_module(_LAZY[name]), name)
-  raise AttributeError(f"module 'elasticity.eval' has no attribute {name!r}")
+__all__ = ["Scorer", "ScorerConfigError", "require_scorer", "scorer_section"]

@@ -42,7 +42,7 @@ from flax import nnx
 
 from elasticity import atomic
 from elasticity.eval import sentiment_features as sf
-from elasticity.eval.scorers import SENTIMENT_FORMAT as FORMAT
+from elasticity.eval.scorer_config import SENTIMENT_FORMAT as FORMAT
 
 VERSION = 1
 NORMS = ("sqrt", "none")

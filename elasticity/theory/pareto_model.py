@@ -41,7 +41,7 @@ from scipy.stats import spearmanr
 
 from elasticity import paths
 from elasticity.logprobs import token_logprobs
-from elasticity.models import load_pretrained
+from elasticity.convert import load_pretrained
 from elasticity.theory.pareto import Fit, _ks, fit_all
 from elasticity.theory.pareto_real import depth_rows, load_texts
 from elasticity.theory.pareto_real import to_markdown as emp_md

@@ -110,7 +110,8 @@ def _load_model(cfg, tokenizer_path: str | None, weights: bool = True):
   ``weights=False`` reads only the checkpoint's config (the model is None): a resumed run takes its
   parameters from the train-state checkpoint.
   """
-  from elasticity.models import abstract_model, load_config, load_pretrained
+  from elasticity.convert import load_config, load_pretrained
+  from elasticity.models import abstract_model
   from elasticity.models.scan import to_layout
   dtype, pdtype = _dtypes(cfg)
   remat = None if cfg.model.remat == "none" else cfg.model.remat
@@ -406,7 +407,7 @@ def _reference(cfg, data: _Data, m: _Model, mesh, rules, workdir: str, ref: _Ref
   precomputed = objective.uses_reference and cfg.objective.reference == "precomputed"
   if objective.uses_reference and ref.table is None:
     if cfg.reference.path:
-      from elasticity.models import load_pretrained
+      from elasticity.convert import load_pretrained
       dtype, pdtype = _dtypes(cfg)
       with _on_host():
         from elasticity.models.scan import to_layout
@@ -654,7 +655,7 @@ def save_export(model, out_dir: str, dtype: str | None = None, tokenizer=None) -
   Face directory, with the run's tokenizer files when ``tokenizer`` is given."""
   if model is None:
     return None
-  from elasticity.models import save_pretrained
+  from elasticity.convert import save_pretrained
   return os.fspath(save_pretrained(model, out_dir, dtype=dtype, tokenizer=tokenizer))
 
 

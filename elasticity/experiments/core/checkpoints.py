@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from elasticity import models
+from elasticity import convert
 from elasticity.tokenizers import load_tokenizer
 
 
 def load(path: str, tokenizer: str = ""):
   """(model, tokenizer) of the checkpoint ``path``; ``tokenizer`` "" means the checkpoint's own."""
-  return models.load_pretrained(path, tokenizer=tokenizer or None), load_tokenizer(tokenizer or path)
+  return convert.load_pretrained(path, tokenizer=tokenizer or None), load_tokenizer(tokenizer or path)

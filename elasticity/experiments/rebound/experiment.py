@@ -10,7 +10,7 @@ from typing import Any
 
 import jax
 
-from elasticity.eval import scorer_from_config
+from elasticity.eval.scorers import scorer_from_config
 from elasticity.experiments.core import cells as cells_lib
 from elasticity.experiments.core.cells import Cell
 from elasticity.experiments.core.protocol import Experiment

@@ -19,7 +19,7 @@ from absl import logging
 
 from elasticity import atomic
 from elasticity.eval import generations as gen_lib
-from elasticity.eval import load_scorer
+from elasticity.eval.scorers import load_scorer
 from elasticity.experiments.rebound.evaluate import rescore_rows
 
 SCORE_KEYS = ("score", "p_positive", "score_sd")
