@@ -62,6 +62,7 @@ def test_cli_writes_results_equal_to_measure(checkpoints, tmp_path):
       got = rows[(name, role)]
       assert (got["examples"], got["tokens"], got["bytes"], got["skipped"]) == (
           want.examples, want.tokens, want.bytes, want.skipped)
+      # the job may batch and shard otherwise than this measure: test_compression's RTOL (1e-5) kept
       assert got["bits_per_token"] == pytest.approx(want.bits_per_token, rel=1e-5)
       assert got["bits_per_byte"] == pytest.approx(want.bits_per_byte, rel=1e-5)
       assert got["normalized"] == pytest.approx(want.bits_per_token - 9.0, rel=1e-5)

@@ -32,6 +32,7 @@ def test_value_and_grad_match_full_logits(chunk):
   mask = jnp.asarray(np.arange(17)[None, :] < np.array([[17], [9], [4]]))
   want = reference(model, ids, mask)
   got, valid = token_logprobs(model, ids, attention_mask=mask, chunk_size=chunk)
+  # Chunking reorders the head (32 terms) and log-sum-exp (131): 5·(√131 + 4·√32)·u = 1.0e-5 abs, |logit| ≤ 4 (measured 4.8e-7)
   np.testing.assert_allclose(got, want, atol=1e-5)
   assert int(valid.sum()) == 16 + 8 + 3
 
@@ -42,7 +43,7 @@ def test_value_and_grad_match_full_logits(chunk):
   g_ref = jax.grad(loss)(state, lambda m: reference(m, ids, mask))
   g_got = jax.grad(loss)(state, lambda m: token_logprobs(m, ids, attention_mask=mask, chunk_size=chunk)[0])
   for a, b in zip(jax.tree.leaves(g_ref), jax.tree.leaves(g_got)):
-    np.testing.assert_allclose(a, b, atol=1e-5, rtol=1e-4)
+    np.testing.assert_allclose(a, b, atol=1e-5, rtol=1e-4)   # backward sums over 48 tokens too; kept (measured 9.5e-7 abs)
 
 
 def test_packed_segments_do_not_predict_across_examples():
@@ -54,7 +55,7 @@ def test_packed_segments_do_not_predict_across_examples():
   assert valid.tolist() == [[False, True, True, True, False, True, True, False]]
   lp_a, _ = token_logprobs(model, jnp.asarray(a[None], jnp.int32))
   lp_b, _ = token_logprobs(model, jnp.asarray(b[None], jnp.int32))
-  np.testing.assert_allclose(lp[0, :4], lp_a[0], atol=1e-5)
+  np.testing.assert_allclose(lp[0, :4], lp_a[0], atol=1e-5)   # as above: another row layout, 1e-5 kept (measured 0)
   np.testing.assert_allclose(lp[0, 4:7], lp_b[0], atol=1e-5)
 
 
@@ -77,7 +78,7 @@ def test_fused_nll_value_and_grads_match_autodiff(chunk, cap, dtype, tol):
   want, want_g = jax.value_and_grad(ref, argnums=(0, 1, 2))(h, w, wt)
   got, got_g = jax.jit(jax.value_and_grad(fused, argnums=(0, 1, 2)))(h, w, wt)
   assert abs(float(got) - float(want)) <= tol * abs(float(want))
-  assert float(fused(h, w, wt)) == pytest.approx(float(got), rel=1e-6)   # primal without grad
+  assert float(fused(h, w, wt)) == pytest.approx(float(got), rel=1e-6)   # primal without grad; 2·√(24+101)·u = 1.3e-6 ≈ 1e-6 kept (measured 1.0e-7)
   for name, a, b in zip(("h", "w", "weights"), got_g, want_g):
     a, b = np.asarray(a, np.float32), np.asarray(b, np.float32)
     assert a.dtype == b.dtype
@@ -103,9 +104,9 @@ def test_weighted_nll_equals_token_logprobs_on_a_model():
 
   want, gw = jax.value_and_grad(via_logprobs)(params)
   got, gf = jax.value_and_grad(fused)(params)
-  assert float(got) == pytest.approx(float(want), rel=1e-5)
+  assert float(got) == pytest.approx(float(want), rel=1e-5)   # the loss: 2·√(131·21)·u = 6.3e-6 ⇒ 1e-5 kept (measured 8.2e-8)
   for a, b in zip(jax.tree.leaves(gf), jax.tree.leaves(gw)):
-    np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-4, atol=1e-6)   # gradients: atol covers near-zero entries; kept (7.2e-7 abs)
   _, count = weighted_nll(model, ids, loss_mask, attention_mask=mask)
   valid = np.asarray(mask[:, 1:] & mask[:, :-1], bool)
   assert float(count) == float(np.asarray(loss_mask)[:, 1:][valid].sum())

@@ -1,6 +1,7 @@
 """Scanned layers (one `lax.scan` over stacked parameters) against the unrolled stack.
 
-For every family in `hf_reference`: logits, SFT loss and gradients agree (1e-6 relative, float32),
+For every family in `hf_reference`: logits, SFT loss and gradients agree (float32; tolerances from
+`tolerances.f32_tol`),
 the scanned model matches `transformers` too, and the HF export is the same file from either layout.
 Generation, orbax exports and train-state checkpoints work across layouts.
 """
@@ -24,6 +25,7 @@ from elasticity.models.config import FULL, SLIDING, ModelConfig
 from elasticity.models.generate import generate
 
 from hf_reference import VARIANTS, ragged_batch, tiny_hf_model, valid_logit_error
+from tolerances import f32_tol, stack_depth
 
 
 def rel_err(got, want) -> float:
@@ -64,21 +66,30 @@ def test_logits_loss_and_gradients_agree(pair):
     results[name] = (np.asarray(logits), float(loss), grads)
   (lu, loss_u, gu), (ls, loss_s, gs) = results["unrolled"], results["scanned"]
   valid = np.asarray(mask)
-  assert rel_err(ls[valid], lu[valid]) < 1e-6, variant
-  assert abs(loss_s - loss_u) <= 1e-6 * abs(loss_u), (variant, loss_s, loss_u)
+  c = ref.config
+  width, depth = max(c.hidden_size, c.intermediate_size), stack_depth(c.num_hidden_layers)
+  # Same maths, other order (scan body vs unrolled code vectorise differently): 2·√(width·depth)·u;
+  # gemma3: 2·√(96·38)·u = 7.2e-6 (measured ≤ 4.7e-7 on Intel, 0 with --xla_cpu_max_isa=SSE4_2).
+  tol = f32_tol(width, depth)
+  assert rel_err(ls[valid], lu[valid]) < tol, variant
+  assert abs(loss_s - loss_u) <= tol * abs(loss_u), (variant, loss_s, loss_u)
   gu = scan.stack_params(gu)                           # the unrolled gradients, stacked by layer
   flat_u = dict(jax.tree_util.tree_flatten_with_path(gu)[0])
   flat_s = dict(jax.tree_util.tree_flatten_with_path(gs)[0])
   assert flat_u.keys() == flat_s.keys()
   for k in flat_u:
     assert flat_s[k].shape == flat_u[k].shape, (variant, k)
-    assert rel_err(flat_s[k], flat_u[k]) < 1e-6, (variant, jax.tree_util.keystr(k))
+    # Forward + backward + the sum over tokens: 2·√(width·(2·depth + 1))·u; gemma3 1.0e-5 (was 1e-6,
+    # which an AMD host broke at 1.03e-6 on k_norm's scale; Intel measures ≤ 1.07e-6 on q_norm's).
+    assert rel_err(flat_s[k], flat_u[k]) < f32_tol(width, 2 * depth + 1), (variant, jax.tree_util.keystr(k))
 
 
 def test_scanned_matches_transformers(pair):
   variant, ref, _, _, scanned = pair
-  err, _ = valid_logit_error(ref, scanned, [11, 7, 3], "left")
-  assert err < 1e-4, f"{variant}: max abs logit error {err:.2e}"
+  err, got = valid_logit_error(ref, scanned, [11, 7, 3], "left")
+  c = ref.config   # elementwise max against torch's own order: margin 6 (λ = 3 a side) × max |logit|
+  tol = f32_tol(max(c.hidden_size, c.intermediate_size), stack_depth(c.num_hidden_layers), margin=6)
+  assert err < tol * np.abs(got).max(), f"{variant}: max abs logit error {err:.2e}"   # ~5e-5 (was 1e-4)
 
 
 def test_hf_export_is_the_same_file(pair, tmp_path):
@@ -143,7 +154,8 @@ def test_stories260k_scanned(shared):
   ids = np.random.default_rng(0).integers(1, 512, (2, 40)).astype(np.int32)
   want = np.asarray(unrolled(ids))
   got = np.asarray(scan.stack_layers(unrolled)(ids))
-  assert rel_err(got, want) < 1e-6
+  c = unrolled.config   # 2·√(172·stack_depth(5))·u = 1.1e-5 (was 1e-6)
+  assert rel_err(got, want) < f32_tol(max(c.hidden_size, c.intermediate_size), stack_depth(c.num_layers))
 
 
 def test_orbax_export_is_layout_free(tmp_path):

@@ -13,6 +13,8 @@ from elasticity.models.config import FULL, SLIDING, ModelConfig
 from elasticity.models.scan import stack_layers
 from elasticity.models.transformer import REMAT_POLICIES
 
+from tolerances import f32_tol, stack_depth
+
 CFG = ModelConfig(family="gemma2", vocab_size=41, hidden_size=16, intermediate_size=24, num_layers=2,
                   num_heads=2, num_kv_heads=1, head_dim=8, norm_plus_one=True, embed_scale=True,
                   activation="gelu_tanh", sandwich_norms=True, sliding_window=3,
@@ -48,7 +50,8 @@ def test_remat_policies_give_the_same_gradients(scanned):
     for (path, a), b in zip(jax.tree_util.tree_flatten_with_path(got)[0], jax.tree.leaves(want)):
       a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
       err = np.linalg.norm(a - b) / max(np.linalg.norm(b), 1e-30)
-      assert err < 1e-6, f"{policy} ({'scanned' if scanned else 'unrolled'}) {jax.tree_util.keystr(path)}: {err:.2e}"
+      # Recomputed forward may fuse/vectorise differently: 2·√(24·(2·stack_depth(2)+1))·u = 3.7e-6
+      assert err < f32_tol(24, 2 * stack_depth(2) + 1), f"{policy} ({'scanned' if scanned else 'unrolled'}) {jax.tree_util.keystr(path)}: {err:.2e}"
   model.remat = "bogus"
   with pytest.raises(ValueError, match="remat policy 'bogus'"):
     grads_and_jaxpr(model, ids, mask)
