@@ -13,6 +13,7 @@ from elasticity.models import attention, create_model
 from elasticity.models.config import FULL, SLIDING, ModelConfig
 from elasticity.models.generate import generate
 from elasticity.models.scan import stack_layers
+from tolerances import f32_tol, stack_depth
 
 # Gemma 3 style: q/k norms, GQA, a sliding-window layer with its own RoPE base, no soft-capping.
 CFG = ModelConfig(family="gemma3", vocab_size=53, hidden_size=32, intermediate_size=40, num_layers=3,
@@ -48,7 +49,11 @@ def compare(model, impl, t):
                                  ("segments", None, seg, seg > 0)):
     want, got = np.asarray(want_fn(ids, mask, segs)), np.asarray(got_fn(ids, mask, segs))
     err = np.max(np.abs(got[real] - want[real]))
-    assert err < 2e-5, f"{impl} {what}: max abs logit difference {err:.2e}"
+    # Another attention core reorders the key and width reductions of every layer: elementwise max
+    # (margin 6) of 6·√(max(t, width)·depth)·u relative, times the logits' scale (was 2e-5 absolute).
+    tol = f32_tol(max(t, CFG.intermediate_size), stack_depth(CFG.num_layers), 6) * max(
+        1.0, float(np.max(np.abs(want[real]))))
+    assert err < tol, f"{impl} {what}: max abs logit difference {err:.2e} (tolerance {tol:.2e})"
   model.set_attention_impl("xla")
 
 

@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 
 from conftest import require
+from tolerances import f32_tol, stack_depth
 from elasticity import paths
 from elasticity.train.checkpoint import Checkpointer
 from elasticity.train.loop import NonFiniteLossError, train
@@ -253,11 +254,14 @@ def test_two_processes_reproduce_the_single_process_run(stories, tmp_path):
   for rc, _, err in results:
     assert rc == 0, err[-3000:]
   assert "RESULT 0 8 completed 4" in outs[0][0] and "RESULT 1 8 completed 4" in outs[1][0]
-  np.testing.assert_allclose(losses(tmp_path / "multi"), losses(tmp_path / "single"), rtol=1e-5)
+  # Two processes all-reduce the gradient in another order: stories260K's widest reduction is its
+  # 512-token vocabulary through 5 layers, 2·√(512·stack_depth(5))·u = 1.85e-5 (was 1e-5).
+  tol = f32_tol(512, stack_depth(5))
+  np.testing.assert_allclose(losses(tmp_path / "multi"), losses(tmp_path / "single"), rtol=tol)
   from elasticity.convert import load_pretrained
   exported = load_pretrained(tmp_path / "multi" / "hf")
   _, state, _ = final_params(tmp_path / "single", small_config(num_steps=4))
-  np.testing.assert_allclose(np.asarray(exported.embed[...]), state["params"]["embed"], rtol=1e-5,
+  np.testing.assert_allclose(np.asarray(exported.embed[...]), state["params"]["embed"], rtol=tol,
                              atol=1e-6)
 
 
