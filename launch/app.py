@@ -24,12 +24,19 @@
     ...
     if __name__ == "__main__":
       app.run(main, threefry=True)
+
+**Exit codes**, the same for every launcher (schedulers requeue on 3): `EXIT_DONE` 0, `EXIT_ERROR` 1
+(a user mistake: one ``FATAL: …`` line on stderr naming the file, record, field or config key, and no
+traceback — `USER_ERRORS`; a programming error still shows its traceback), `EXIT_PREEMPTED` 3 (SIGTERM
+or SIGINT: a checkpoint was saved; run the same command again to continue).
 """
 
 from __future__ import annotations
 
+import difflib
 import os
 import sys
+import traceback
 
 ENV_DEFAULTS = {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_VERBOSITY": "error"}
 for _name, _value in ENV_DEFAULTS.items():
@@ -45,7 +52,22 @@ from absl import flags  # noqa: E402
 from absl.app import UsageError  # noqa: E402,F401  (launchers raise app.UsageError)
 from ml_collections import config_flags  # noqa: E402
 
-from elasticity import compile_cache, logs  # noqa: E402
+from absl import logging  # noqa: E402
+
+from elasticity import atomic, compile_cache, logs  # noqa: E402
+from elasticity.data.errors import DataError  # noqa: E402
+from elasticity.eval.scorer_config import ScorerConfigError  # noqa: E402
+from elasticity.report.results import ResultsError  # noqa: E402
+from elasticity.train.checkpoint import CheckpointIntegrityError  # noqa: E402
+
+EXIT_DONE, EXIT_ERROR, EXIT_PREEMPTED = 0, 1, 3
+
+# Errors that mean the user's input is wrong (a file, a record, a folder, a key): one line, no traceback.
+USER_ERRORS = (DataError, ResultsError, ScorerConfigError, CheckpointIntegrityError,
+               atomic.ExistingFolderError, FileNotFoundError, NotADirectoryError, IsADirectoryError,
+               PermissionError)
+
+_CONFIG_FLAGS: dict[str, str | None] = {}     # name -> default of every flag `config_file` defined
 
 CACHE_FLAG = "compilation_cache"
 ORBAX_FLAG = "orbax_info"
@@ -106,21 +128,75 @@ def check_overrides(argv: Sequence[str], known: Iterable[str], flag: str = "conf
                        f"{', '.join(sorted(known))}")
 
 
-def _missing_key(error: AttributeError, argv: Sequence[str]) -> SystemExit:
-  """ml_collections' bare ``AttributeError`` for an override of a missing key, as a one-line exit."""
-  missing = str(error).strip("\"' ")
+def _config_keys(argv: Sequence[str], name: str) -> list[str]:
+  """Every leaf key of the config ``--<name>=…`` in ``argv`` names (loaded without the overrides), or
+  [] when it cannot be loaded."""
+  spec = next((a.split("=", 1)[1] for a in argv[1:] if a.startswith(f"--{name}=")),
+              _CONFIG_FLAGS.get(name))
+  if not spec:
+    return []
+  fv, saved = flags.FlagValues(), sys.argv
+  sys.argv = [argv[0], f"--{name}={spec}"]    # ml_collections reads its overrides from sys.argv
+  try:
+    holder = config_flags.DEFINE_config_file(name, None, "", flag_values=fv)
+    fv(sys.argv)
+    return flat_keys(holder.value)
+  except Exception:  # noqa: BLE001 — the config itself fails; that error is reported on its own
+    return []
+  finally:
+    sys.argv = saved
+
+
+def _nearest(key: str, known: Sequence[str]) -> str:
+  close = difflib.get_close_matches(key, known, n=1, cutoff=0.5)
+  if close:
+    return f"; did you mean {close[0]!r}?"
+  sections = sorted({k.split(".")[0] for k in known})
+  return f"; the config's top-level keys: {', '.join(sections)}" if sections else ""
+
+
+def _missing_key(error: Exception, argv: Sequence[str]) -> SystemExit:
+  """ml_collections' bare ``KeyError``/``AttributeError`` for an override of a missing key, as a
+  one-line exit naming the key and the nearest valid one."""
+  while error.args and isinstance(error.args[0], Exception):   # AttributeError(KeyError(...))
+    error = error.args[0]
+  missing = str(error.args[0] if error.args else error).split("\n")[0].strip("\"'\\ ")
   for arg, key in _overrides(argv):
     if missing in key.split("."):
-      return SystemExit(f"FATAL: {arg}: config key {key!r} does not exist")
+      name = arg[2:].split(".", 1)[0]
+      return SystemExit(f"FATAL: {arg}: config key {key!r} does not exist"
+                        f"{_nearest(key, _config_keys(argv, name))}")
   return SystemExit(f"FATAL: a config override names a key that does not exist ({missing!r})")
 
 
+def _bad_value(error: flags.IllegalFlagValueError) -> SystemExit:
+  """A flag value absl or ml_collections refused (a config override of the wrong type, a config file
+  whose ``get_config`` raised), as one line: the flag, its value, and what was wrong."""
+  text = str(error)
+  head = text.split("\n")[0]
+  if "Error whilst parsing config file" in text:
+    last = [ln for ln in text.strip().splitlines() if ln.strip()][-1].strip()
+    what = last.split(": ", 1)[1] if ": " in last and last.split(": ", 1)[0].isidentifier() else last
+    return SystemExit(f"FATAL: {head.removeprefix('flag ').split(': Error whilst')[0]}: {what}")
+  return SystemExit(f"FATAL: {head.removeprefix('flag ')}")
+
+
+def _config_load_error(error: OSError) -> str:
+  """ml_collections' multi-line "Failed loading config file" as one line: the path and the reason."""
+  lines = [ln.strip() for ln in str(error).splitlines() if ln.strip()]
+  paths = [ln for ln in lines if ln.endswith(".py") and not ln.startswith("Attempted")]
+  return f"{paths[0] if paths else 'config file'}: {lines[-1]}"
+
+
 def parse_flags(argv: Sequence[str]) -> list[str]:
-  """absl's flag parsing, with an unknown override key reported by name."""
+  """absl's flag parsing, with a user's mistake (an unknown key, a value of the wrong type, a config
+  variant its file refuses) reported in one line that names it."""
   try:
     return flags.FLAGS(list(argv))
-  except AttributeError as e:
+  except (AttributeError, KeyError) as e:
     raise _missing_key(e, argv) from None
+  except flags.IllegalFlagValueError as e:
+    raise _bad_value(e) from None
 
 
 def config_file(name: str, default: str | None, help_string: str, *,
@@ -128,12 +204,15 @@ def config_file(name: str, default: str | None, help_string: str, *,
   """``config_flags.DEFINE_config_file(name, default, help_string, lock_config=True)``, its
   ``--<name>.<key>`` overrides checked against ``keys()`` first when given (ml_collections reads
   ``sys.argv`` as the flag is defined, so the check is made on it now)."""
+  _CONFIG_FLAGS[name] = default
   if keys is not None:
     check_overrides(sys.argv, keys(), flag=name)
   try:
     return config_flags.DEFINE_config_file(name, default, help_string, lock_config=True)
-  except AttributeError as e:
+  except (AttributeError, KeyError) as e:
     raise _missing_key(e, sys.argv) from None
+  except flags.IllegalFlagValueError as e:
+    raise _bad_value(e) from None
 
 
 def run(main: Callable[[list[str]], Any], *, cache: bool = True, orbax: bool = True,
@@ -155,6 +234,16 @@ def run(main: Callable[[list[str]], Any], *, cache: bool = True, orbax: bool = T
       apply_flags()
     if threefry:
       jax.config.update("jax_threefry_partitionable", True)
-    return main(argv)
+    try:
+      return main(argv)
+    except USER_ERRORS as e:
+      logging.debug("%s", traceback.format_exc())
+      print(f"FATAL: {e}", file=sys.stderr, flush=True)
+      sys.exit(EXIT_ERROR)
+    except OSError as e:
+      if "Failed loading config file" not in str(e):    # ml_collections' deferred load error
+        raise
+      print(f"FATAL: {_config_load_error(e)}", file=sys.stderr, flush=True)
+      sys.exit(EXIT_ERROR)
 
   absl_app.run(process_main, flags_parser=parse_flags)

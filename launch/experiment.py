@@ -34,7 +34,7 @@ _SHARD = flags.DEFINE_string("shard", "", "i/n (0 <= i < n): run only the i-th o
                              "python -m launch.report --workdir=DIR).")
 flags.mark_flags_as_required(["config", "workdir"])
 
-PREEMPTED_EXIT = 3
+PREEMPTED_EXIT = app.EXIT_PREEMPTED
 
 
 def main(argv):

@@ -12,11 +12,14 @@ the keys `elasticity.train.record.RESUMABLE_KEYS` lists); a finished one is left
 The launcher owns what is process-wide: ``jax_threefry_partitionable`` (random numbers that do not
 depend on the sharding; set by `launch.app.run`) and the SIGTERM/SIGINT handlers
 (`elasticity.train.signals.StopOnSignal`: a preemption notice or Ctrl-C saves a checkpoint after the
-current step and exits with status 0 and "preempted" in the log; run the same command again to
+current step and exits with status 3 (`launch.app.EXIT_PREEMPTED`) and "preempted" in the log; run
+the same command again to
 continue).
 """
 
 from __future__ import annotations
+
+import sys
 
 from absl import flags, logging
 
@@ -38,11 +41,16 @@ def main(argv):
     config_lib.validate(cfg)
   except ValueError as e:
     raise app.UsageError(str(e)) from None
-  logging.info("config:\n%s", cfg)
+  logging.info("config: %s of %s, %s steps (the whole config: %s/config.json)",
+               cfg.objective.name, cfg.model.path or "a random model", cfg.train.num_steps,
+               _WORKDIR.value)
+  logging.debug("config:\n%s", cfg)
   with StopOnSignal() as stop:
     result = train(cfg, _WORKDIR.value, stop=stop)
   logging.info("%s at step %d/%d; export: %s", result.status, result.step, result.total_steps,
                result.export_dir)
+  if result.status == "preempted":
+    sys.exit(app.EXIT_PREEMPTED)
 
 
 if __name__ == "__main__":
