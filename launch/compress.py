@@ -7,7 +7,8 @@ Writes ``results.json``, ``results.csv`` and ``results.md`` under ``--workdir`` 
 with a progress bar per dataset (examples, tokens/s, ETA). With ``--config.baseline=PATH`` the
 baseline checkpoint is measured on the same data and Δγ = model − baseline is reported too.
 The config is checked (unknown keys, bad values, unknown datasets, missing files) before any model
-is loaded or compiled. The work is done by `elasticity.compression_job`; this is its absl app.
+is loaded or compiled. The work is done by `elasticity.compression.job`; this is its absl app, and it
+writes ``results.md``.
 """
 
 from __future__ import annotations
@@ -23,7 +24,8 @@ from ml_collections import config_flags  # noqa: E402
 from elasticity import compile_cache  # noqa: E402
 from launch import overrides  # noqa: E402
 
-from elasticity import compression_job, paths  # noqa: E402
+from elasticity import paths, report  # noqa: E402
+from elasticity.compression import job as compression_job  # noqa: E402
 
 _CONFIG = config_flags.DEFINE_config_file(
     "config", str(paths.PROJECT_ROOT / "configs" / "compress.py"),
@@ -44,6 +46,22 @@ def parse_flags(argv: list[str]) -> list[str]:
   return flags.FLAGS(argv)
 
 
+TABLE_COLUMNS = ("dataset", "checkpoint", "examples", "tokens", "bytes", "nats_per_token",
+                 "bits_per_token", "bits_per_byte", "normalized", "skipped", "truncated")
+
+
+def write_markdown(workdir: str, cfg, result: compression_job.JobResult) -> None:
+  """results.md: the rates table (and Δγ with a baseline), atomically (`elasticity.report`)."""
+  sections = [("Compression rates", "\n".join(
+      ["Checkpoints: " + ", ".join(f"{k} = `{v}`" for k, v in result.checkpoints.items()) + ".",
+       f"Template `{cfg.template}`, max_length {cfg.max_length}; normalized = bits/token − log₂ V.",
+       "", report.markdown_table([{c: r[c] for c in TABLE_COLUMNS}
+                                  for r in result.rows])]))]
+  if result.deltas:
+    sections.append(("Δγ (model − baseline)", report.markdown_table(result.deltas)))
+  report.write_markdown(os.path.join(os.path.expanduser(workdir), "results.md"), sections)
+
+
 def main(argv):
   compile_cache.enable_from_flags()
   del argv
@@ -60,6 +78,7 @@ def main(argv):
   result = compression_job.run(cfg, names)
   if jax.process_index() == 0:
     compression_job.write_results(_WORKDIR.value, cfg, result)
+    write_markdown(_WORKDIR.value, cfg, result)
   logging.info("results in %s", _WORKDIR.value)
 
 

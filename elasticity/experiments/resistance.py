@@ -312,12 +312,7 @@ class ResistanceEvaluator:
 
   def scorer(self, model):
     from elasticity import compression
-    try:
-      if self._scorer is None:
-        raise ValueError("none yet")
-      self._scorer.update(model)
-    except ValueError:
-      self._scorer = compression.Scorer(model)
+    self._scorer = compression.Scorer.reuse(self._scorer, model)
     return self._scorer
 
   def measure(self, model, tokenizer, sets: dict[str, list[dict]]) -> dict[str, float]:
