@@ -6,9 +6,9 @@ counted (never half-scored: its bytes could not be coded by the scored tokens); 
 response token has no context (empty prompt, no BOS) is an error, since its code length is undefined.
 
 `plan` groups the tokenized examples into batches of ``batch_size`` rows, sorted by length inside
-windows (deterministic), either one example per row padded to the smallest of a few ``buckets`` that
-holds the batch's longest (`elasticity.data.buckets`; few distinct shapes, little padding), or packed several per row
-(``elasticity.data`` packing: segment ids 1..k, positions restarting per example). Each planned
+windows (deterministic), either one example per row padded to the smallest of a few ``buckets``
+(`elasticity.data.buckets`) that holds the batch's longest (few distinct shapes, little padding), or
+packed several per row (``elasticity.data`` packing: segment ids 1..k, positions restarting per example). Each planned
 batch knows its shape key — row length, segments per row (rounded up to a power of two) and the
 *capacity*: how many scored positions per batch shard the kernel keeps after compaction, the most
 any batch of that shape needs (rounded up to a multiple of 8) — so the kernel compiles once per key.
