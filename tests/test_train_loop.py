@@ -293,7 +293,7 @@ def test_resume_reads_neither_the_pretrained_weights_nor_the_reference_again(sto
   model is made to fail), and equals 4 uninterrupted steps."""
   sys.path.insert(0, ROOT)
   from configs import dpo
-  import elasticity.models as models_lib
+  import elasticity.convert as models_lib
   from elasticity.train import reference
   full = tiny_with_reference(dpo, "precomputed", n=16, max_length=64, steps=4)
   assert train(full, tmp_path / "full").status == "completed"
@@ -349,13 +349,13 @@ def test_kto_balance_warns_outside_the_papers_range(caplog):
   import logging as std_logging
   from types import SimpleNamespace
 
-  from elasticity.train import loop
+  from elasticity.train import init
   from elasticity.train.losses import Objective
   counts = SimpleNamespace(n_desirable=41, n_undesirable=23)
   with caplog.at_level(std_logging.INFO, logger="absl"):
-    loop._log_kto_balance(counts, Objective("kto"))                          # 1.783: warn
-    loop._log_kto_balance(counts, Objective("kto", undesirable_weight=1.5))  # 1.188: fine
-    loop._log_kto_balance(SimpleNamespace(n_desirable=4, n_undesirable=0), Objective("kto"))
+    init.log_kto_balance(counts, Objective("kto"))                          # 1.783: warn
+    init.log_kto_balance(counts, Objective("kto", undesirable_weight=1.5))  # 1.188: fine
+    init.log_kto_balance(SimpleNamespace(n_desirable=4, n_undesirable=0), Objective("kto"))
   warned = [r.getMessage() for r in caplog.records if r.levelno == std_logging.WARNING]
   assert len(warned) == 2 and "= 1.783" in warned[0] and "n_U=0" in warned[1], warned
   assert any("41 desirable, 23 undesirable" in r.getMessage() for r in caplog.records)
