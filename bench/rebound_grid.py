@@ -3,7 +3,7 @@ way, side by side in one run: same model, same examples in the same batches, sam
 
     python bench/rebound_grid.py [--variant=tiny] [--rounds=1]
 
-**ours**: `elasticity.experiments.runner.run("rebound", cfg, workdir)` in one fresh Python process
+**ours**: `elasticity.experiments.core.runner.run("rebound", cfg, workdir)` in one fresh Python process
 (its start, imports and JAX start-up are in its time): the runner trains every cell one after another
 in that process, so compiled steps are reused across cells, and stage 2 is one run per n⁺ with an HF
 snapshot at each n⁻ (`elasticity.experiments.rebound`). Evaluation is excluded: `rebound.prepare` is

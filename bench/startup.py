@@ -63,7 +63,7 @@ def pick_records(tok, max_length: int, batch_size: int) -> tuple[list[dict], lis
   """Alpaca records, ``batch_size`` per bucket of ``length_buckets(max_length)`` (those that have
   enough records of a length in the bucket), so that measure compiles every bucket shape once."""
   from elasticity import compression
-  from elasticity.compression_batches import length_buckets
+  from elasticity.data.buckets import length_buckets
   from elasticity.data import load_dataset
   # Whole records only: one truncated to an empty prompt would have an unscorable first token.
   records = [r for r in load_dataset("alpaca", on_error="skip")

@@ -8,10 +8,10 @@
 Rerunning the same command continues: finished cells are skipped, an interrupted one resumes from its
 latest checkpoint. SIGTERM/SIGINT save a checkpoint and exit with status 3 (run it again to go on).
 ``--shard=i/n`` runs the i-th of n disjoint parts of the grid (one per machine, sharing --workdir;
-`elasticity.experiments.runner`); ``python -m launch.report --workdir=DIR`` merges them.
+`elasticity.experiments.core.runner`); ``python -m launch.report --workdir=DIR`` merges them.
 ``--dry_run`` prints the cells (id, parent, data sizes, steps, tokens) without loading a model. On
 several hosts every process runs this same command; process 0 writes the results and the report.
-See elasticity/experiments/runner.py for the work directory's layout.
+See elasticity/experiments/core/ (runner.py, workdir.py) for the work directory's layout.
 """
 
 from __future__ import annotations

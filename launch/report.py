@@ -4,8 +4,8 @@
     python -m launch.report --workdir=DIR --rescore=SCORER_DIR # re-score saved generations first
 
 Shards of a grid (``launch/experiment.py --shard=i/n``, rows in ``DIR/shards/``) are merged first
-into ``DIR/results.jsonl`` in the grid's cell order (`elasticity.experiments.runner.merge_shards`).
-``--rescore`` runs `elasticity.experiments.rescore.rescore(workdir, scorer_dir)` (the saved
+into ``DIR/results.jsonl`` in the grid's cell order (`elasticity.experiments.core.shards.merge_shards`).
+``--rescore`` runs `elasticity.experiments.rebound.rescore.rescore(workdir, scorer_dir)` (the saved
 ``generations.jsonl`` of every cell scored again by another scorer, results.jsonl updated), then
 writes the report. A bad results row stops with a message naming the file, the line and the field.
 """

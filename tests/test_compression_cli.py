@@ -113,10 +113,10 @@ def test_report_tables_write_strict_json_and_leave_no_temporary(tmp_path):
 
 
 def test_the_library_job_measures_without_the_launcher(checkpoints, tmp_path):
-  """`elasticity.compression_job` (what evaluators import; nothing from launch/): the same numbers as
+  """`elasticity.compression.job` (what evaluators import; nothing from launch/): the same numbers as
   `measure`, Δγ = model − baseline, and a bad key refused before anything is loaded."""
   import sys
-  from elasticity import compression_job
+  from elasticity.compression import job as compression_job
   sys.path.insert(0, str(ROOT))
   from configs.compress import get_config
   tok_path = require(paths.shared_path("models", "stories260K", "tok512.bin"))

@@ -152,7 +152,7 @@ def test_labelled_batches_and_unpaired_stream_pad_the_last_batch(tok512):
   assert last["kl"]["example_index"][1].max() == ds[9].index
 
   stream = BatchStream(ds, batch_size=4, max_length=32, kind="unpaired", seed=0)
-  batches = stream._epoch_batches(0)
+  batches = stream.epoch_batches(0)
   fields = {"input_ids", "attention_mask", "loss_mask", "positions"}
   assert set(batches[0]) == fields | {f"kl_{k}" for k in fields} | {"label", "example_mask",
                                                                    "example_id"}

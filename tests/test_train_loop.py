@@ -353,13 +353,13 @@ def test_kto_balance_warns_outside_the_papers_range(caplog):
   import logging as std_logging
   from types import SimpleNamespace
 
-  from elasticity.train import loop
+  from elasticity.train import init
   from elasticity.train.losses import Objective
   counts = SimpleNamespace(n_desirable=41, n_undesirable=23)
   with caplog.at_level(std_logging.INFO, logger="absl"):
-    loop._log_kto_balance(counts, Objective("kto"))                          # 1.783: warn
-    loop._log_kto_balance(counts, Objective("kto", undesirable_weight=1.5))  # 1.188: fine
-    loop._log_kto_balance(SimpleNamespace(n_desirable=4, n_undesirable=0), Objective("kto"))
+    init.log_kto_balance(counts, Objective("kto"))                          # 1.783: warn
+    init.log_kto_balance(counts, Objective("kto", undesirable_weight=1.5))  # 1.188: fine
+    init.log_kto_balance(SimpleNamespace(n_desirable=4, n_undesirable=0), Objective("kto"))
   warned = [r.getMessage() for r in caplog.records if r.levelno == std_logging.WARNING]
   assert len(warned) == 2 and "= 1.783" in warned[0] and "n_U=0" in warned[1], warned
   assert any("41 desirable, 23 undesirable" in r.getMessage() for r in caplog.records)

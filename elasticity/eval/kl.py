@@ -37,7 +37,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from elasticity.compression_batches import length_buckets
+from elasticity.data.buckets import length_buckets
 from elasticity.models.transformer import CausalLM
 
 Array = jax.Array

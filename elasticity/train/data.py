@@ -106,7 +106,8 @@ class BatchStream:
     self.epoch, self.batch = 0, 0
     self._cache: tuple[int, list[dict[str, np.ndarray]]] | None = None
 
-  def _epoch_batches(self, epoch: int) -> list[dict[str, np.ndarray]]:
+  def epoch_batches(self, epoch: int) -> list[dict[str, np.ndarray]]:
+    """Every batch of epoch ``epoch``, in order (cached: the current epoch is built once)."""
     if self._cache is not None and self._cache[0] == epoch:
       return self._cache[1]
     idx = data.order(len(self.examples), self.seed + epoch) if self.shuffle else range(len(self.examples))
@@ -140,19 +141,24 @@ class BatchStream:
     self._cache = (epoch, out)
     return out
 
+  def example_batch(self) -> dict[str, np.ndarray]:
+    """The first batch of the current epoch (shapes and fields of every batch), without the host-only
+    ``example_id``; the stream's position does not move."""
+    return {k: v for k, v in self.epoch_batches(self.epoch)[0].items() if k != "example_id"}
+
   @property
   def batches_per_epoch(self) -> int:
-    return len(self._epoch_batches(self.epoch))
+    return len(self.epoch_batches(self.epoch))
 
   def __iter__(self) -> Iterator[dict[str, np.ndarray]]:
     return self
 
   def __next__(self) -> dict[str, np.ndarray]:
-    epoch_batches = self._epoch_batches(self.epoch)
-    if self.batch >= len(epoch_batches):
+    batches = self.epoch_batches(self.epoch)
+    if self.batch >= len(batches):
       self.epoch, self.batch = self.epoch + 1, 0
-      epoch_batches = self._epoch_batches(self.epoch)
-    out = epoch_batches[self.batch]
+      batches = self.epoch_batches(self.epoch)
+    out = batches[self.batch]
     self.batch += 1
     return out
 

@@ -2,20 +2,24 @@
 
     <workdir>/config.json     the resolved ConfigDict as JSON (written before anything is loaded)
     <workdir>/config.sha256   the fingerprint: sha256 of the canonical JSON of the keys that define the run
-    <workdir>/DONE.json       written atomically, last, when the run completed: the RunResult fields
+    <workdir>/DONE.json       written atomically, last, when the run completed: the `RunResult` fields
+    <workdir>/metrics.jsonl   (written by `elasticity.train.metrics`) cut back to the checkpoint a run
+                              resumes from (`trim_metrics`)
 
 A workdir that already holds a ``config.json`` is a run being resumed (or a finished one): its
 config must define the same run, or `check_config` raises a ``ValueError`` naming the first
 differing key and both values — before any model is loaded. The keys in `RESUMABLE_KEYS` are left
 out of the comparison and of the fingerprint: they change how a run is logged, laid out or joined,
 not what it computes, so a resumed run may set them anew. A workdir with ``DONE.json`` is not
-trained or exported again (`read_done`).
+trained or exported again (`finished` returns its stored `RunResult`, paths rebased if the folder
+moved). The workdir is a file-system path every process sees, never a URL (`resolve_workdir`).
 
 Only process 0 writes; every file goes through `elasticity.atomic`.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import os
@@ -24,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 import jax
+from absl import logging
 
 from elasticity import atomic
 
@@ -37,7 +42,7 @@ DONE_FILE = "DONE.json"
 # the attention core): a checkpoint restores onto another mesh and across the scanned and unrolled
 # layouts by design, which changes numbers only by reduction order (layouts and attention cores are
 # tested to agree to 1e-6); eval batching (throughput only). Cell identities in an experiment grid
-# leave the same keys out (`elasticity.experiments.cells`).
+# leave the same keys out (`elasticity.experiments.core.cells`).
 RESUMABLE_KEYS: tuple[str, ...] = (
     "train.log_every",
     "metrics.tensorboard",
@@ -53,6 +58,17 @@ RESUMABLE_KEYS: tuple[str, ...] = (
     "model.attention_impl",
     "eval.batch_size",
 )
+
+
+@dataclasses.dataclass
+class RunResult:
+  """What `elasticity.train.loop.train` returns, and what ``DONE.json`` stores for a completed run."""
+  status: str                  # "completed" | "preempted"
+  step: int                    # optimizer steps done
+  total_steps: int
+  workdir: str
+  export_dir: str | None = None
+  last: dict[str, float] = dataclasses.field(default_factory=dict)
 
 
 def _plain(cfg: Any) -> Any:
@@ -139,3 +155,63 @@ def write_done(workdir: str | os.PathLike, fields: Mapping[str, Any]) -> None:
   """Write ``DONE.json`` atomically (process 0): the last file a completed run writes."""
   if jax.process_index() == 0:
     atomic.write_json(Path(workdir) / DONE_FILE, dict(fields))
+
+
+def resolve_workdir(workdir: str | os.PathLike) -> str:
+  """The absolute path of ``workdir``; a URL is refused (``ValueError``)."""
+  if "://" in os.fspath(workdir):
+    raise ValueError(f"workdir {os.fspath(workdir)!r}: a URL; the workdir must be a file-system path "
+                     "all processes see (mount the bucket, e.g. with gcsfuse, or use NFS/Filestore)")
+  return os.path.abspath(os.fspath(workdir))
+
+
+def finished(workdir: str) -> RunResult | None:
+  """The stored result of a completed run in ``workdir`` (paths rebased if the folder moved)."""
+  fields = read_done(workdir)
+  if fields is None:
+    return None
+  names = {f.name for f in dataclasses.fields(RunResult)}
+  missing = sorted(n for n in ("status", "step", "total_steps", "workdir") if n not in fields)
+  if missing:
+    raise ValueError(f"{os.path.join(workdir, DONE_FILE)}: missing field(s) {missing}")
+  result = RunResult(**{k: v for k, v in fields.items() if k in names})
+  old = result.workdir
+  if old != workdir:
+    if result.export_dir and os.path.commonpath([old, result.export_dir]) == old:
+      result.export_dir = os.path.join(workdir, os.path.relpath(result.export_dir, old))
+    result.workdir = workdir
+  logging.info("%s: completed before (%d steps); not trained or exported again", workdir, result.step)
+  return result
+
+
+def trim_metrics(workdir: str, step: int) -> None:
+  """Keep only the ``metrics.jsonl`` records of steps <= ``step`` (the checkpoint a run resumes
+  from; 0 for a fresh start), rewritten atomically (process 0).
+
+  A run killed after its last checkpoint logged steps it will run again, and may have left half a
+  line; without this the resumed log would hold them twice. The log then equals an uninterrupted
+  run's.
+  """
+  path = os.path.join(workdir, "metrics.jsonl")
+  if jax.process_index() != 0 or not os.path.exists(path):
+    return
+  with open(path, encoding="utf-8") as f:
+    lines = f.read().splitlines()
+  keep, dropped = [], 0
+  for n, line in enumerate(lines, 1):
+    try:
+      rec = json.loads(line)
+    except json.JSONDecodeError:
+      if n < len(lines):
+        raise ValueError(f"{path}: line {n}: not valid JSON (only a last line can be cut short by "
+                         "a killed run)") from None
+      dropped += 1
+      continue
+    if int(rec.get("step", 0)) <= step:
+      keep.append(line)
+    else:
+      dropped += 1
+  if dropped:
+    logging.info("%s: %d record(s) after step %d (or cut short) dropped before resuming", path,
+                 dropped, step)
+    atomic.write_text(path, "".join(line + "\n" for line in keep))

@@ -7,10 +7,15 @@ atomically, through `elasticity.atomic`) with a fingerprint of what it depends o
 checkpoint, tokenizer, dtypes, objective and data selection — so that a restarted run reuses it:
 the same numbers (exact resume) without loading the reference model again. A table whose
 fingerprint differs is recomputed.
+
+Otherwise (``objective.reference = "on_the_fly"``) the reference model's parameters are placed on the
+mesh beside the policy's and the step computes its log-probs. `prepare` does either, for the loop:
+the reference is the initial policy unless ``reference.path`` names another checkpoint.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 from collections.abc import Mapping
@@ -20,11 +25,13 @@ import jax
 import numpy as np
 from absl import logging
 
-from elasticity import atomic
+from elasticity import atomic, convert
 from elasticity import sharding as shd
+from elasticity.models.scan import to_layout
 from elasticity.train import compiled
 from elasticity.train.data import BatchStream
-from elasticity.train.step import batch_shardings, make_reference_fn
+from elasticity.train.init import RunData, RunModel, dtypes, on_host, tokenizer_path
+from elasticity.train.step import batch_shardings, make_reference_fn, split_params
 
 CACHE = "reference_logps.npz"
 Table = dict[int, dict[str, float]]
@@ -49,7 +56,7 @@ def precompute(objective, ref_graphdef, ref_params, examples, cfg, tokenizer, me
   """
   stream = BatchStream(examples, batch_size=cfg.train.global_batch_size, max_length=cfg.data.max_length,
                        kind=kind, pad_id=tokenizer.pad_id, shuffle=False)
-  batches = [{k: v for k, v in b.items()} for b in stream._epoch_batches(0)]
+  batches = [{k: v for k, v in b.items()} for b in stream.epoch_batches(0)]
   ids = [b.pop("example_id") for b in batches]
   b_sh = batch_shardings(batches[0], mesh, rules)
   key = ("reference_fn", ref_graphdef, objective, mesh, compiled.tree_key(param_shardings),
@@ -104,3 +111,46 @@ def attach(batch: Mapping[str, Any], table: Table) -> dict[str, np.ndarray]:
   for k in keys(table):
     out[k] = np.asarray([table[int(i)][k] if i >= 0 else 0.0 for i in ids], np.float32)
   return out
+
+
+@dataclasses.dataclass
+class Reference:
+  """The reference of a run: its precomputed table, or its model (graphdef, sharded parameters)."""
+  table: Table | None = None   # precomputed log-probs (then no reference model)
+  graphdef: Any = None
+  params: Any = None
+
+
+def prepare(cfg, data: RunData, m: RunModel, mesh, rules, workdir: str, ref: Reference,
+            b_sh: dict) -> Reference:
+  """The reference model (DPO, KTO): the initial policy unless ``reference.path`` says otherwise;
+  not needed at all when its log-probs are precomputed and cached.
+
+  ``ref`` holds the cached table, if `load` found one; ``b_sh`` (the batch shardings) gets the
+  precomputed fields' shardings.
+  """
+  objective = data.objective
+  precomputed = objective.uses_reference and cfg.objective.reference == "precomputed"
+  if objective.uses_reference and ref.table is None:
+    if cfg.reference.path:
+      dtype, pdtype = dtypes(cfg)
+      with on_host():
+        ref_model = to_layout(convert.load_pretrained(cfg.reference.path, dtype=dtype,
+                                                      param_dtype=pdtype,
+                                                      tokenizer=tokenizer_path(cfg)),
+                              bool(cfg.model.scan_layers))
+      ref_host = split_params(ref_model)[1]
+    else:
+      if m.host_params is None:
+        raise ValueError("config.reference.path: required with model.random_init")
+      ref_host = m.host_params
+    ref.graphdef = m.graphdef
+    ref.params = shd.host_to_global(ref_host, m.shardings["params"])
+  if precomputed and ref.table is None:
+    ref.table = precompute(objective, ref.graphdef, ref.params, data.examples, cfg,
+                           data.tokenizer, mesh, m.shardings["params"], rules, data.kind)
+    save(workdir, ref.table, fingerprint(cfg))
+  if precomputed:
+    ref.params = ref.graphdef = None
+    b_sh.update({k: shd.batch_sharding(mesh, 1, rules) for k in keys(ref.table)})
+  return ref

@@ -32,7 +32,7 @@ from flax import nnx
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from elasticity import sharding as shd
-from elasticity.train.losses import Objective, reference_point
+from elasticity.train.losses import Objective, reference_logps, reference_point
 
 TrainState = dict[str, Any]
 
@@ -203,7 +203,6 @@ def batch_shardings(batch: Mapping[str, Any], mesh: Mesh, rules: shd.Rules = shd
 def make_reference_fn(ref_graphdef: nnx.GraphDef, objective: Objective, mesh: Mesh,
                       ref_shardings: Any, batch_sh: Mapping[str, NamedSharding]) -> Callable:
   """Jitted ``(ref_params, batch) -> {ref field: [B]}`` to precompute reference log-probs once."""
-  from elasticity.train.losses import reference_logps
 
   def fn(ref_params, batch):
     return reference_logps(objective, nnx.merge(ref_graphdef, ref_params), batch)

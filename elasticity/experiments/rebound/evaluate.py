@@ -115,12 +115,7 @@ class PointEvaluator:
     rows = self.generations(model, tokenizer, point_dir)
     metrics: dict[str, float] = {}
     metrics.update(self.score(rows))
-    try:
-      if self._compression is None:
-        raise ValueError("no scorer yet")
-      self._compression.update(model)
-    except ValueError:          # first point, or a model of another structure (e.g. its config)
-      self._compression = compression.Scorer(model)
+    self._compression = compression.Scorer.reuse(self._compression, model)
     pref = compression_preference(self._compression, tokenizer, self.heldout_pos, self.heldout_neg,
                                   max_length=int(self.ev.max_length), batch_size=int(self.ev.batch_size))
     metrics.update({k: float(pref[k]) for k in ("bpb_pos", "bpb_neg", "delta_gamma")})

@@ -132,12 +132,7 @@ class ResistanceEvaluator:
   load = staticmethod(checkpoints.load)
 
   def scorer(self, model):
-    try:
-      if self._scorer is None:
-        raise ValueError("none yet")
-      self._scorer.update(model)
-    except ValueError:
-      self._scorer = compression.Scorer(model)
+    self._scorer = compression.Scorer.reuse(self._scorer, model)
     return self._scorer
 
   def measure(self, model, tokenizer, sets: dict[str, list[dict]]) -> dict[str, float]:

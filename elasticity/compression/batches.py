@@ -6,9 +6,9 @@ counted (never half-scored: its bytes could not be coded by the scored tokens); 
 response token has no context (empty prompt, no BOS) is an error, since its code length is undefined.
 
 `plan` groups the tokenized examples into batches of ``batch_size`` rows, sorted by length inside
-windows (deterministic), either one example per row padded to the smallest of a few ``buckets`` that
-holds the batch's longest (few distinct shapes, little padding), or packed several per row
-(``elasticity.data`` packing: segment ids 1..k, positions restarting per example). Each planned
+windows (deterministic), either one example per row padded to the smallest of a few ``buckets``
+(`elasticity.data.buckets`) that holds the batch's longest (few distinct shapes, little padding), or
+packed several per row (``elasticity.data`` packing: segment ids 1..k, positions restarting per example). Each planned
 batch knows its shape key — row length, segments per row (rounded up to a power of two) and the
 *capacity*: how many scored positions per batch shard the kernel keeps after compaction, the most
 any batch of that shape needs (rounded up to a multiple of 8) — so the kernel compiles once per key.
@@ -25,6 +25,7 @@ import numpy as np
 from absl import logging
 
 from elasticity import data
+from elasticity.data.buckets import length_buckets
 from elasticity.data.packing import empty_rows, fill_packed, fill_padded
 from elasticity.data.records import where
 from elasticity.tokenizers import as_tokenizer
@@ -55,17 +56,6 @@ def tokenize(tokenizer: Any, examples: Iterable[Mapping[str, Any]], *, max_lengt
                 file, rec, max_length, len(cut))
   kept = [ex for ex in toks if ex.index not in cut]
   return kept, len(cut) + len(rep.dropped), sum(1 for ex in kept if ex.prompt_truncated)
-
-
-def length_buckets(max_length: int, smallest: int = 32) -> tuple[int, ...]:
-  """Padded row lengths up to ``max_length``, each at most 4/3 of the one before from 128 on:
-  32, 64, 96, 128, 160, 192, 224, 256, 320, 384, 448, 512, 640, ... (padding waste ≤ 25%)."""
-  out, n = [], smallest
-  while n < max_length:
-    out.append(n)
-    power = 1 << (n.bit_length() - 1)
-    n += max(smallest, power // 4)
-  return tuple(out) + (max_length,)
 
 
 @dataclass(frozen=True)
@@ -149,4 +139,4 @@ def plan(tokenized: Sequence[data.TokenizedExample], *, batch_size: int, max_len
           for b in batches]
 
 
-__all__ = ["Planned", "length_buckets", "plan", "tokenize"]
+__all__ = ["Planned", "plan", "tokenize"]

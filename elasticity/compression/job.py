@@ -1,14 +1,16 @@
-"""A compression-rate job: a model (and optionally a baseline) measured on named datasets, Δγ, results files.
+"""A compression-rate job: a model (and optionally a baseline) measured on named datasets, Δγ, results.
 
-    from elasticity import compression_job
-    names = compression_job.validate(cfg, defaults)   # ValueError naming the key; nothing loaded yet
-    result = compression_job.run(cfg)                 # JobResult: reports, rows, deltas
-    compression_job.write_results(workdir, cfg, result)   # results.json / .csv / .md, atomically
+    from elasticity.compression import job
+    names = job.validate(cfg, defaults)     # ValueError naming the key; nothing loaded yet
+    result = job.run(cfg)                   # JobResult: reports, rows, deltas
+    job.write_results(workdir, cfg, result) # results.json / .csv, atomically
 
-``cfg`` has the keys of ``configs/compress.py`` (``defaults``: that file's ``get_config()``, the
-reference for unknown keys). `python -m launch.compress` is a thin absl app over this module;
-evaluators call it directly. The numbers come from `elasticity.compression.measure` (bits/token,
-bits/byte, normalized γ); Δγ = model − baseline on the same records (`CompressionReport.delta`).
+``cfg`` has the keys of ``configs/compress.py``; ``defaults`` is that file's ``get_config()``, the
+reference for unknown keys, handed in by the caller (the library does not read ``configs/``).
+`python -m launch.compress` is a thin absl app over this module that also writes ``results.md``;
+evaluators call it directly. The numbers come from
+`elasticity.compression.measure` (bits/token, bits/byte, normalized γ); Δγ = model − baseline on
+the same records (`CompressionReport.delta`).
 """
 
 from __future__ import annotations
@@ -19,15 +21,19 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+import jax
+import jax.numpy as jnp
 from absl import logging
 
-from elasticity import paths
+from elasticity import data, paths, report, sharding
+from elasticity.compression.measure import measure
+from elasticity.compression.scorer import Scorer
+from elasticity.convert import load_pretrained
+from elasticity.tokenizers import load_tokenizer
 
 CHOICES = {"template": ("plain", "alpaca", "chat"), "on_error": ("raise", "skip"),
            "padding_side": ("right", "left"), "dtype": ("float32", "bfloat16", "float16")}
 POSITIVE = ("max_length", "batch_size", "chunk_size")
-TABLE_COLUMNS = ("dataset", "checkpoint", "examples", "tokens", "bytes", "nats_per_token",
-                 "bits_per_token", "bits_per_byte", "normalized", "skipped", "truncated")
 
 
 def flat_keys(cfg: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -51,7 +57,6 @@ def validate(cfg, defaults: Mapping[str, Any]) -> list[str]:
   ``defaults`` is the complete config (``configs/compress.py``'s ``get_config()``): a key it lacks
   is unknown. Checks values, dataset names and that the named files exist — nothing is loaded.
   """
-  from elasticity import data
   known = flat_keys(defaults)
   for key in flat_keys(cfg):
     if key not in known:
@@ -83,7 +88,6 @@ def validate(cfg, defaults: Mapping[str, Any]) -> list[str]:
 
 def load_records(name: str, cfg) -> tuple[list[dict], int]:
   """``(records, bad records skipped)`` of dataset ``name`` (``data_dir``, ``split``, ``limit``)."""
-  from elasticity import data
   kw = {}
   if cfg.data_dir:
     kw["data_dir"] = Path(cfg.data_dir).expanduser() / name
@@ -115,13 +119,6 @@ def run(cfg, names: list[str] | None = None) -> JobResult:
   The baseline is scored by the same compiled functions when its structure matches the model's.
   Every process of a multi-host job calls this (the scorer's batches span them).
   """
-  import jax
-  import jax.numpy as jnp
-
-  from elasticity import compression, sharding
-  from elasticity.convert import load_pretrained
-  from elasticity.tokenizers import load_tokenizer
-
   names = dataset_names(cfg) if names is None else names
   model_path = cfg.model or str(paths.smollm2_gguf())
   dtype = jnp.dtype(cfg.dtype)
@@ -134,7 +131,7 @@ def run(cfg, names: list[str] | None = None) -> JobResult:
   logging.info("loaded checkpoint %s (%s, %d layers, V=%d) in %.1fs; mesh %s", model_path,
                model.config.family, model.config.num_layers, model.config.vocab_size,
                time.time() - t0, dict(mesh.shape))
-  scorer = compression.Scorer(model, mesh=mesh, chunk_size=cfg.chunk_size)
+  scorer = Scorer(model, mesh=mesh, chunk_size=cfg.chunk_size)
   kw = dict(max_length=cfg.max_length, batch_size=cfg.batch_size, template=cfg.template,
             add_bos=cfg.add_bos, add_eos=cfg.add_eos, packing=cfg.packing,
             padding_side=cfg.padding_side, progress=cfg.progress and jax.process_index() == 0)
@@ -144,12 +141,9 @@ def run(cfg, names: list[str] | None = None) -> JobResult:
   for role, path in checkpoints.items():
     if role == "baseline":
       base = load_pretrained(path, dtype=dtype, tokenizer=cfg.tokenizer or None)
-      try:
-        scorer.update(base)                             # same architecture: no recompilation
-      except ValueError:
-        scorer = compression.Scorer(base, mesh=mesh, chunk_size=cfg.chunk_size)
+      scorer = Scorer.reuse(scorer, base, mesh=mesh, chunk_size=cfg.chunk_size)
     for name, (records, _) in datasets.items():
-      rep = compression.measure(scorer, tok, records, name=name, **kw)
+      rep = measure(scorer, tok, records, name=name, **kw)
       reports[(name, role)] = rep
       logging.info("%s [%s]: %.4f bits/token, %.4f bits/byte, normalized %.4f (%d examples, "
                    "%d tokens, %d bytes, %d skipped)", name, role, rep.bits_per_token,
@@ -165,18 +159,10 @@ def run(cfg, names: list[str] | None = None) -> JobResult:
 
 
 def write_results(workdir: str | Path, cfg, result: JobResult) -> None:
-  """results.json (config, checkpoints, rows, deltas), results.csv (rows), results.md (tables);
-  each atomically (`elasticity.report`). Call it on process 0 only."""
-  from elasticity import report
+  """results.json (config, checkpoints, rows, deltas) and results.csv (rows), each atomically
+  (`elasticity.report`); the launcher adds results.md. Call it on process 0 only."""
   workdir = Path(workdir).expanduser()
   report.write_json(workdir / "results.json", {
       "checkpoints": result.checkpoints, "config": cfg.to_dict(), "results": result.rows,
       "deltas": result.deltas})
   report.write_csv(workdir / "results.csv", result.rows)
-  sections = [("Compression rates", "\n".join(
-      ["Checkpoints: " + ", ".join(f"{k} = `{v}`" for k, v in result.checkpoints.items()) + ".",
-       f"Template `{cfg.template}`, max_length {cfg.max_length}; normalized = bits/token − log₂ V.",
-       "", report.markdown_table([{c: r[c] for c in TABLE_COLUMNS} for r in result.rows])]))]
-  if result.deltas:
-    sections.append(("Δγ (model − baseline)", report.markdown_table(result.deltas)))
-  report.write_markdown(workdir / "results.md", sections)
