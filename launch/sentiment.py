@@ -31,6 +31,8 @@ _CONFIG = app.config_file(
     keys=lambda: app.flat_keys(get_config()))   # overrides checked against configs/sentiment.py
 _WORKDIR = flags.DEFINE_string("workdir", None, "Output folder: the classifier checkpoint.",
                                required=True)
+_OVERWRITE = flags.DEFINE_bool("overwrite", False, "Replace an existing --workdir that holds files "
+                               "this command did not write (never a training run's workdir).")
 
 TRAIN_KEYS = ("max_n", "min_df", "min_word_df", "alpha", "norm", "scale", "l2", "lr", "steps",
               "log_every", "seed", "val_size")
@@ -58,6 +60,7 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   cfg = _CONFIG.value
+  atomic.check_replaceable(_WORKDIR.value, overwrite=_OVERWRITE.value)   # before anything is trained
   try:
     tcfg = train_config(cfg)
     for key in ("train_limit", "test_limit", "prefix_tokens"):
@@ -101,7 +104,7 @@ def main(argv):
                      m[f"test_accuracy_first{n}_smollm2_tokens"])
   m["wall_seconds"] = round(time.time() - t0, 1)
   clf.metrics = m
-  clf.save(_WORKDIR.value)
+  clf.save(_WORKDIR.value, overwrite=_OVERWRITE.value)
   atomic.write_json(os.path.join(_WORKDIR.value, "metrics.json"), m)
   logging.info("wrote %s: %s", _WORKDIR.value, m)
 

@@ -80,11 +80,14 @@ def load_config(path: str | os.PathLike) -> ModelConfig:
 
 
 def save_pretrained(model: CausalLM, out_dir: str | os.PathLike, *, dtype: str | None = None,
-                    tokenizer=None) -> Path:
+                    tokenizer=None, overwrite: bool = False, ours=None) -> Path:
   """Export to a Hugging Face directory that ``AutoModelForCausalLM.from_pretrained`` loads.
 
   ``dtype``: a parameter dtype name ("float32", "bfloat16", "float16"; default: the parameters' own).
   With ``tokenizer`` (an `elasticity.tokenizers.Tokenizer` or a transformers tokenizer) its files
   are written there too, in the same atomic write.
+
+  An existing ``out_dir`` is replaced only if an earlier export of ours wrote it, it is empty,
+  ``ours(out_dir)`` says so, or ``overwrite`` — never a training workdir (`elasticity.atomic`).
   """
-  return save_hf(model, out_dir, dtype=dtype, tokenizer=tokenizer)
+  return save_hf(model, out_dir, dtype=dtype, tokenizer=tokenizer, overwrite=overwrite, ours=ours)

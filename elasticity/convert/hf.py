@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from pathlib import Path
 
 import jax.numpy as jnp
@@ -73,7 +74,8 @@ def load_hf(path: str | os.PathLike, *, dtype=jnp.float32, param_dtype=None) -> 
 
 
 def save_hf(model: CausalLM, out_dir: str | os.PathLike, *, dtype: str | None = None,
-            max_shard_bytes: int = 5 * 2**30, tokenizer=None) -> Path:
+            max_shard_bytes: int = 5 * 2**30, tokenizer=None, overwrite: bool = False,
+            ours=None) -> Path:
   """Write ``config.json`` and safetensors (sharded past ``max_shard_bytes``) atomically.
 
   ``dtype``: "float32" | "bfloat16" | "float16" (default: the parameters' dtype). ``tokenizer``: an
@@ -88,7 +90,7 @@ def save_hf(model: CausalLM, out_dir: str | os.PathLike, *, dtype: str | None = 
   tensors = tensors_from_model(model, jnp.dtype(dtype) if dtype else None)
   cfg = config_to_hf(model.config)
   cfg["dtype"] = jnp.dtype(next(iter(tensors.values())).dtype).name
-  with atomic.directory(out_dir) as tmp:
+  with atomic.directory(out_dir, overwrite=overwrite, ours=ours) as tmp:
     (tmp / "config.json").write_text(json.dumps(cfg, indent=2, sort_keys=True) + "\n")
     shards, current, size = [], {}, 0
     for name, w in tensors.items():
@@ -112,3 +114,17 @@ def save_hf(model: CausalLM, out_dir: str | os.PathLike, *, dtype: str | None = 
     if tokenizer is not None:
       tokenizer.save(tmp)
   return out_dir
+
+
+HF_EXPORT_FILES = re.compile(r"^(config\.json|generation_config\.json|model(-\d+-of-\d+)?\.safetensors|"
+                             r"model\.safetensors\.index\.json|tokenizer.*|special_tokens_map\.json|"
+                             r"vocab\..*|merges\.txt|added_tokens\.json|chat_template.*|.*\.model|"
+                             r"tok\d*\.bin|\.elasticity-output)$")
+
+
+def is_hf_export(out_dir: str | os.PathLike) -> bool:
+  """True if ``out_dir`` holds an HF export and nothing else (an export of a run, made before exports
+  carried their marker): the run that owns the folder may replace it."""
+  files = [p for p in Path(out_dir).iterdir()]
+  return (Path(out_dir, "config.json").is_file() and any(p.name.endswith(".safetensors") for p in files)
+          and all(p.is_file() and HF_EXPORT_FILES.match(p.name) for p in files))

@@ -24,10 +24,11 @@ from elasticity.models.scan import convert_tree, stack_params, unstack_params
 from elasticity.models.transformer import CausalLM
 
 
-def save_orbax(model: CausalLM, out_dir: str | os.PathLike) -> Path:
-  """Write ``config.json`` + ``params/`` (unrolled layout) atomically (`elasticity.atomic`)."""
+def save_orbax(model: CausalLM, out_dir: str | os.PathLike, *, overwrite: bool = False) -> Path:
+  """Write ``config.json`` + ``params/`` (unrolled layout) atomically (`elasticity.atomic`); an
+  existing folder is replaced only as `elasticity.atomic.check_replaceable` allows."""
   out_dir = Path(out_dir).absolute()
-  with atomic.directory(out_dir) as tmp:
+  with atomic.directory(out_dir, overwrite=overwrite) as tmp:
     (tmp / "config.json").write_text(json.dumps(config_to_hf(model.config), indent=2, sort_keys=True))
     params = unstack_params(nnx.to_pure_dict(nnx.state(model, nnx.Param)))
     ckptr = ocp.StandardCheckpointer()

@@ -30,7 +30,9 @@ def _find(folder: Path, names: tuple[str, ...]) -> Path:
   for n in names:
     if (folder / n).is_file():
       return folder / n
-  raise FileNotFoundError(f"none of {list(names)} in {folder} (pass data_dir= or path=)")
+  raise FileNotFoundError(f"none of {list(names)} in {folder} (put the file there, set "
+                          "ELASTICITY_SHARED to the folder that holds data/, or give the loader "
+                          "data_dir= or path= — in a config file, data.load_kwargs)")
 
 
 def _check_split(name: str, split: str | None, allowed: tuple[str, ...]) -> str:

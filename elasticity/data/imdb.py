@@ -186,7 +186,9 @@ def _locate(data_dir, path) -> Path:
       return cand
   if (folder / "train").is_dir() or (folder / "test").is_dir():
     return folder
-  raise FileNotFoundError(f"no aclImdb folder or {TARBALL} in {folder} (pass data_dir= or path=)")
+  raise FileNotFoundError(f"no aclImdb folder or {TARBALL} in {folder} (put it there, set "
+                          "ELASTICITY_SHARED to the folder that holds data/, or give the loader "
+                          "data_dir= or path= — in a config file, data.load_kwargs)")
 
 
 def read_reviews(path: str | os.PathLike) -> _Parsed:

@@ -156,15 +156,16 @@ class SentimentClassifier:
     """P(positive) of each text, float64."""
     return sigmoid(self.logits(texts))
 
-  def save(self, out_dir: str | os.PathLike) -> Path:
-    """Write the checkpoint folder atomically (replacing any previous one)."""
+  def save(self, out_dir: str | os.PathLike, *, overwrite: bool = False) -> Path:
+    """Write the checkpoint folder atomically, replacing a previous one of ours (or any other folder
+    only with ``overwrite``; never a training workdir: `elasticity.atomic`)."""
     state = nnx.state(self.model)
     cfg = {"format": FORMAT, "version": VERSION, "num_features": self.vocab.num_features,
            "num_words": len(self.vocab.words), "max_n": self.vocab.max_n,
            "norm": self.model.norm, "scale": self.model.scale,
            "token": "classifier word tokens (elasticity.eval.sentiment_features.tokens)",
            "train": asdict(self.config), "metrics": self.metrics}
-    with atomic.directory(out_dir) as tmp:
+    with atomic.directory(out_dir, overwrite=overwrite) as tmp:
       atomic.write_json(tmp / "config.json", cfg)
       atomic.write_json(tmp / "vocab.json", list(self.vocab.words), indent=None)
       np.savez(tmp / "ngrams.npz", **{f"order{n}": k for n, k in

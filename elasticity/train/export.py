@@ -16,6 +16,7 @@ from absl import logging
 from flax import nnx
 
 from elasticity import convert
+from elasticity.convert import hf as convert_hf
 from elasticity import sharding as shd
 from elasticity.train import config as config_lib
 
@@ -36,7 +37,9 @@ def save_export(model, out_dir: str, dtype: str | None = None, tokenizer=None) -
   Face directory, with the run's tokenizer files when ``tokenizer`` is given."""
   if model is None:
     return None
-  return os.fspath(convert.save_pretrained(model, out_dir, dtype=dtype, tokenizer=tokenizer))
+  # The run owns its export folders: one it exported before exports carried a marker is its own too.
+  return os.fspath(convert.save_pretrained(model, out_dir, dtype=dtype, tokenizer=tokenizer,
+                                           ours=convert_hf.is_hf_export))
 
 
 def snapshot_plan(cfg, total_steps: int) -> dict[int, list[str]]:

@@ -114,8 +114,17 @@ def first_difference(stored: Any, current: Any) -> tuple[str, Any, Any] | None:
   return None
 
 
+def _has_progress(workdir: str | os.PathLike) -> bool:
+  """True once a run in ``workdir`` has saved a checkpoint or completed: before that, a failed start
+  (bad data, a typo found late) leaves nothing a corrected command could resume."""
+  ckpts = Path(workdir) / "checkpoints"
+  return (Path(workdir) / DONE_FILE).exists() or (
+      ckpts.is_dir() and any(p.name.isdigit() for p in ckpts.iterdir()))
+
+
 def check_config(workdir: str | os.PathLike, cfg: Any) -> None:
-  """Raise ``ValueError`` if ``workdir`` holds a ``config.json`` that defines another run."""
+  """Raise ``ValueError`` if ``workdir`` holds a ``config.json`` that defines another run that saved a
+  checkpoint or completed; the config of a start that failed before its first checkpoint may change."""
   path = Path(workdir) / CONFIG_FILE
   if not path.exists():
     return
@@ -124,6 +133,10 @@ def check_config(workdir: str | os.PathLike, cfg: Any) -> None:
   except json.JSONDecodeError as e:
     raise ValueError(f"{path}: not valid JSON ({e.msg}); remove it or use another workdir") from None
   diff = first_difference(stored, cfg)
+  if diff is not None and not _has_progress(workdir):
+    logging.warning("%s: re-configured (config.%s was %r, is %r now): the earlier start wrote no "
+                    "checkpoint", path, diff[0], diff[1], diff[2])
+    return
   if diff is not None:
     key, old, new = diff
     raise ValueError(f"{path}: the workdir holds another run: config.{key} was {old!r} there, is "
@@ -162,7 +175,12 @@ def resolve_workdir(workdir: str | os.PathLike) -> str:
   if "://" in os.fspath(workdir):
     raise ValueError(f"workdir {os.fspath(workdir)!r}: a URL; the workdir must be a file-system path "
                      "all processes see (mount the bucket, e.g. with gcsfuse, or use NFS/Filestore)")
-  return os.path.abspath(os.fspath(workdir))
+  path = os.path.abspath(os.fspath(workdir))
+  if os.path.exists(path) and not os.path.isdir(path):
+    raise NotADirectoryError(f"{path}: the workdir is a file, not a folder; choose another --workdir")
+  if os.path.isdir(path) and not os.access(path, os.W_OK | os.X_OK):
+    raise PermissionError(f"{path}: the workdir is not writable; choose another --workdir")
+  return path
 
 
 def finished(workdir: str) -> RunResult | None:
