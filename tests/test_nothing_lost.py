@@ -168,3 +168,25 @@ def test_a_failed_start_does_not_block_the_corrected_command(tmp_path):
   stopped_cfg.lock()
   with pytest.raises(ValueError, match="the workdir holds another run: config.optimizer.lr"):
     train(stopped_cfg, tmp_path / "w")      # once a run has checkpointed, another config is refused
+
+
+def test_sigterm_exits_3_with_a_checkpoint(tmp_path):
+  """`launch.train` stopped by SIGTERM saves a checkpoint and exits 3 (it exited 0), like
+  `launch.experiment`, so a scheduler can requeue on one status."""
+  import signal
+  import time
+
+  from elasticity import paths
+  require(paths.shared_path("models", "stories260K", "stories260K.bin"))
+  w = tmp_path / "w"
+  proc = subprocess.Popen([sys.executable, "-m", "launch.train", "--config=configs/sft.py:tiny",
+                           f"--workdir={w}", "--config.train.num_steps=100000",
+                           "--config.eval.every=0", "--config.train.log_every=1"],
+                          cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+  deadline = time.time() + 300
+  while not (w / "metrics.jsonl").exists() and proc.poll() is None and time.time() < deadline:
+    time.sleep(0.5)
+  proc.send_signal(signal.SIGTERM)
+  _, err = proc.communicate(timeout=300)
+  assert proc.returncode == 3, err[-3000:]
+  assert "preempted" in err and any(p.name.isdigit() for p in (w / "checkpoints").iterdir())
