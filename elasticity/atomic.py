@@ -163,11 +163,12 @@ def _recover(out_dir: Path) -> None:
 
 @contextlib.contextmanager
 def directory(out_dir: str | os.PathLike, *, overwrite: bool = False,
-              ours: Callable[[Path], bool] | None = None) -> Iterator[Path]:
+              ours: Callable[[Path], bool] | None = None, mark: bool = True) -> Iterator[Path]:
   """A temporary sibling folder to fill; renamed to ``out_dir`` when the block exits cleanly.
 
   An existing ``out_dir`` is replaced only as `check_replaceable` allows (checked before and again
-  just before the rename).
+  just before the rename). ``mark=False`` leaves the marker out, for a folder whose writer recognises
+  its own (``ours``) and whose readers list it (a report's plots).
   """
   out_dir = Path(out_dir)
   out_dir.parent.mkdir(parents=True, exist_ok=True)
@@ -177,7 +178,8 @@ def directory(out_dir: str | os.PathLike, *, overwrite: bool = False,
   os.chmod(tmp, 0o777 & ~_umask())
   try:
     yield tmp
-    (tmp / MARKER).write_text("written by elasticity; a later output may replace this folder\n")
+    if mark:
+      (tmp / MARKER).write_text("written by elasticity; a later output may replace this folder\n")
     for f in tmp.rglob("*"):     # writers that create 0600 files (safetensors) get a plain open's mode
       if f.is_file() and not f.is_symlink() and f.stat().st_mode & 0o077 == 0:
         os.chmod(f, 0o666 & ~_umask())

@@ -88,8 +88,8 @@ def build_report(workdir: str | os.PathLike, reports: Mapping[str, Builder], *,
     groups.setdefault(row.experiment, []).append(row)
 
   sections: list[Section] = []
-  # plots/ is the report's own: one of only PNGs (written before outputs carried a marker) is too.
-  with atomic.directory(workdir / "plots",
+  # plots/ is the report's own when it holds only PNGs (no marker: readers list the folder).
+  with atomic.directory(workdir / "plots", mark=False,
                         ours=lambda d: all(p.suffix == ".png" for p in d.iterdir())) as tmp:
     ctx = Context(workdir=workdir, plots_dir=tmp, experiment=experiment, experiment_file=exp_file)
     for name, group in groups.items():

@@ -12,8 +12,9 @@ killed mid-save leaves the previous checkpoint intact. Restoring takes abstract 
 another; each host reads only its own shards.
 
 Integrity: Orbax keeps no checksums, so every finished checkpoint is sealed with a manifest
-(``<step>/manifest.sha256.json``: each file's size and SHA-256), written last, in a background thread
-once Orbax has finalised the step. `latest_step` and `restore` trust only a step whose files match its
+(``<step>/manifest.sha256.json``: each file's size and SHA-256), written last, as soon as Orbax has
+finalised the step: the step's folder appears under its final name only then (a watcher thread seals
+asynchronous saves as they land; Orbax's own post-finalisation callback runs before its last write). `latest_step` and `restore` trust only a step whose files match its
 manifest: a damaged step (a flipped byte, a truncated file, a missing manifest) is reported naming the
 step and the file, moved aside to ``<checkpoints>.damaged/<step>`` (never deleted), and the run falls
 back to the newest intact step; with none intact, `restore` refuses (`CheckpointIntegrityError`).
@@ -26,11 +27,12 @@ layout and restacked (params and every parameter-shaped optimizer moment), or, w
 
 from __future__ import annotations
 
-import concurrent.futures
 import hashlib
 import json
 import os
 import shutil
+import threading
+import time
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -103,6 +105,11 @@ class Checkpointer:
       raise ValueError(f"checkpoint.keep: must be >= 1, got {keep}")
     self.directory = os.fspath(os.path.abspath(directory))
     self.every = int(every)
+    self.async_save = bool(async_save)
+    self._lock = threading.Lock()
+    self._pending: set[int] = set()     # saved, not yet sealed
+    self._verified: set[int] = set()    # sealed by this process or checked against their manifest
+    self._watcher: threading.Thread | None = None
     options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=True,
                                            enable_async_checkpointing=async_save)
     # Handlers registered up front, so a fresh manager (a resumed process) can read a checkpoint's
@@ -114,27 +121,29 @@ class Checkpointer:
       registry.add(item, save)
       registry.add(item, restore)
     self.manager = ocp.CheckpointManager(self.directory, options=options, handler_registry=registry)
-    self._sealer = concurrent.futures.ThreadPoolExecutor(max_workers=1)
-    self._sealing: list[concurrent.futures.Future] = []
-    self._pending: list[int] = []       # saved, not yet sealed
-    self._verified: set[int] = set()    # sealed by this process or checked against their manifest
 
   def _step_dir(self, step: int) -> Path:
     return Path(self.directory) / str(step)
 
-  def _seal_pending(self) -> None:
-    """Seal (in the background) the steps Orbax has finished writing; call after it has waited.
-    Process 0 writes the manifest (the folder is shared by every host of a multi-host run)."""
-    for step in self._pending:
-      if self._step_dir(step).is_dir() and jax.process_index() == 0:
-        self._sealing.append(self._sealer.submit(seal, self._step_dir(step)))
-        self._verified.add(step)
-    self._pending = []
+  def _seal_finished(self, *, drop_missing: bool = False) -> bool:
+    """Seal the saved steps Orbax has finalised (their folder has its final name); True when none is
+    left pending. Process 0 writes the manifest (the folder is shared by every host of a multi-host
+    run). ``drop_missing`` (after a wait): a step whose folder is gone was pruned by ``keep``."""
+    with self._lock:
+      for step in sorted(self._pending):
+        if self._step_dir(step).is_dir():
+          if jax.process_index() == 0:
+            seal(self._step_dir(step))
+          self._verified.add(step)
+          self._pending.discard(step)
+        elif drop_missing:
+          self._pending.discard(step)
+      return not self._pending
 
-  def _join_sealing(self) -> None:
-    for f in self._sealing:
-      f.result()
-    self._sealing = []
+  def _watch(self) -> None:
+    """Seal asynchronous saves as soon as they land, while training goes on (a daemon thread)."""
+    while not self._seal_finished():
+      time.sleep(0.05)
 
   def verify(self, step: int) -> str | None:
     """None if ``step`` is intact (its files match its manifest), else what is wrong with it."""
@@ -160,9 +169,7 @@ class Checkpointer:
 
   def latest_step(self) -> int | None:
     """The newest intact step (damaged newer ones are reported and moved aside), or None."""
-    self.manager.wait_until_finished()
-    self._seal_pending()
-    self._join_sealing()
+    self.wait()
     for step in sorted(self.manager.all_steps(), reverse=True):
       problem = self.verify(step)
       if problem is None:
@@ -181,15 +188,18 @@ class Checkpointer:
     """Save (asynchronously unless ``wait``); a checkpoint of the same step is not rewritten."""
     if step in self.manager.all_steps():
       return
-    self.manager.wait_until_finished()
-    self._seal_pending()
+    self.wait()
     self.manager.save(step, args=ocp.args.Composite(
         state=ocp.args.StandardSave(state), data=ocp.args.JsonSave(dict(data_state)),
         meta=ocp.args.JsonSave(dict(meta))), force=True)
     logging.info("checkpoint: saving step %d to %s", step, self.directory)
-    self._pending.append(step)
-    if wait:
+    with self._lock:
+      self._pending.add(step)
+    if wait or not self.async_save:
       self.wait()
+    elif self._watcher is None or not self._watcher.is_alive():
+      self._watcher = threading.Thread(target=self._watch, name="checkpoint-sealer", daemon=True)
+      self._watcher.start()
 
   def saved_layout(self, step: int) -> str | None:
     """"scanned" | "unrolled" | None (no parameter tree found) of the state saved at ``step``."""
@@ -247,13 +257,13 @@ class Checkpointer:
   def wait(self) -> None:
     """Block until every save is written and sealed."""
     self.manager.wait_until_finished()
-    self._seal_pending()
-    self._join_sealing()
+    self._seal_finished(drop_missing=True)
+    if self._watcher is not None:
+      self._watcher.join()
 
   def close(self) -> None:
     self.wait()
     self.manager.close()
-    self._sealer.shutdown()
 
 
 def _as_dicts(tree):
