@@ -190,3 +190,11 @@ def test_sigterm_exits_3_with_a_checkpoint(tmp_path):
   _, err = proc.communicate(timeout=300)
   assert proc.returncode == 3, err[-3000:]
   assert "preempted" in err and any(p.name.isdigit() for p in (w / "checkpoints").iterdir())
+
+
+def test_the_sentiment_trainer_refuses_a_training_workdir(tmp_path):
+  run = tmp_path / "RUN"
+  before = _fake_run(run)
+  r = launch("launch.sentiment", f"--workdir={run}", "--overwrite")
+  assert r.returncode == 1 and "Traceback" not in r.stderr, r.stderr[-2000:]
+  assert "is a training run's workdir" in r.stderr and _tree(run) == before
