@@ -36,6 +36,7 @@ from elasticity import sharding as shd
 from elasticity.compression import Evaluator
 from elasticity.eval.scorers import scorer_from_config
 from elasticity.tokenizers import load_tokenizer
+from elasticity.train import compiled
 from elasticity.train import config as config_lib
 from elasticity.train import metrics as metrics_lib
 from elasticity.train import ppo_math, ppo_rollout, ppo_step, record
@@ -79,6 +80,10 @@ def train_ppo(cfg, workdir, *, scorer=None, stop: Callable[[], bool] | None = No
   os.makedirs(workdir, exist_ok=True)
   scorer = scorer if scorer is not None else load_ppo_scorer(cfg)
   mesh, rules = join_and_mesh(cfg)
+  rows = cfg.train.global_batch_size // int(cfg.ppo.num_minibatches)
+  if rows % (shd.batch_divisor(mesh, rules) * cfg.train.num_microbatches):
+    raise ValueError(f"config.ppo.num_minibatches: minibatches of {rows} rollouts do not split over "
+                     f"{shd.batch_divisor(mesh, rules)} batch shards × train.num_microbatches")
   fingerprint = record.write_config(workdir, cfg)
   t0 = time.perf_counter()
   p = cfg.ppo
@@ -113,8 +118,12 @@ def train_ppo(cfg, workdir, *, scorer=None, stop: Callable[[], bool] | None = No
       if cfg.reference.path:      # the policy starts from model.path, the reference is elsewhere
         start = (shd.host_to_global(host_params, shardings["params"]) if host_params is not None
                  else random_init(cfg, shardings)())
-      state = ppo_step.init_state(start, tx, shardings, cfg.seed, float(p.kl_coef),
-                                  abstract.config.hidden_size)
+      init = compiled.get(
+          ("ppo_init", compiled.optimizer_key(cfg.optimizer, updates), compiled.tree_key(shardings),
+           int(cfg.seed), float(p.kl_coef), abstract.config.hidden_size),
+          lambda: ppo_step.make_init(tx, shardings, int(cfg.seed), float(p.kl_coef),
+                                     abstract.config.hidden_size))
+      state = init(start)
     del host_params
     evaluate = None
     if cfg.eval.every > 0 and cfg.eval.datasets:
@@ -139,11 +148,14 @@ def train_ppo(cfg, workdir, *, scorer=None, stop: Callable[[], bool] | None = No
 def _loop(cfg, graphdef, tx, mesh, rules, state, ref_params, stream, prompts, scorer, tokenizer,
           ckpt, writer, evaluate, total, stop, on_step):
   p = cfg.ppo
+  opt_key = compiled.optimizer_key(cfg.optimizer, total * int(p.ppo_epochs) * int(p.num_minibatches))
   step = int(jax.device_get(state["step"]))
   stop_tokens = (tokenizer.eos_id,) if p.stop_at_eos and tokenizer.eos_id is not None else ()
   pad_id = int(tokenizer.pad_id)
   chunk = int(cfg.objective.chunk_size)
-  score_fn = ppo_step.make_score_fn(graphdef, p, chunk)
+  pkey = compiled.hashable(p.to_dict())
+  score_fn = compiled.get(("ppo_score", graphdef, pkey, chunk),
+                          lambda: ppo_step.make_score_fn(graphdef, p, chunk))
   update_fn, last, status = None, {}, "completed"
   n_mb = int(p.num_minibatches)
   while step < total:
@@ -159,9 +171,12 @@ def _loop(cfg, graphdef, tx, mesh, rules, state, ref_params, stream, prompts, sc
     roll = {**host, **{k: np.asarray(v) for k, v in jax.device_get(fields).items()}}
     if update_fn is None:
       b_sh = ppo_step.batch_shardings(_rows(roll, np.arange(len(idx) // n_mb)), mesh, rules)
-      update_fn = ppo_step.make_update_fn(graphdef, tx, p, mesh, _state_sh(state), b_sh,
-                                          num_microbatches=cfg.train.num_microbatches,
-                                          chunk_size=chunk)
+      key = ("ppo_update", graphdef, pkey, chunk, opt_key, mesh, rules,
+             compiled.tree_key(_state_sh(state)), compiled.tree_key(b_sh),
+             int(cfg.train.num_microbatches))
+      update_fn = compiled.get(key, lambda: ppo_step.make_update_fn(
+          graphdef, tx, p, mesh, _state_sh(state), b_sh,
+          num_microbatches=cfg.train.num_microbatches, chunk_size=chunk))
     rng = np.random.default_rng([int(cfg.seed), step])
     sums: dict[str, float] = {}
     for _ in range(int(p.ppo_epochs)):

@@ -51,15 +51,16 @@ def state_shardings(abstract_model, tx, mesh, rules) -> tuple[dict, dict]:
   return abstract, shardings
 
 
-def init_state(params, tx, shardings, seed: int, kl_coef: float, hidden_size: int) -> dict:
-  """A fresh state from sharded (global) policy parameters; the head starts at 0 (V ≡ 0)."""
+def make_init(tx, shardings, seed: int, kl_coef: float, hidden_size: int) -> Callable:
+  """Jitted ``(policy params) -> a fresh state`` on ``shardings``; the head starts at 0 (V ≡ 0)."""
 
   def build(params):
+    params = jax.tree.map(jnp.copy, params)   # own buffers: the reference may be these arrays
     head = {"w": jnp.zeros((hidden_size,), jnp.float32), "b": jnp.zeros((), jnp.float32)}
     return {"step": jnp.zeros((), jnp.int32), "params": params, "head": head,
             "opt_state": tx.init({"params": params, "head": head}),
             "rng": jax.random.PRNGKey(seed), "kl_coef": jnp.asarray(kl_coef, jnp.float32)}
-  return jax.jit(build, out_shardings=shardings)(params)
+  return jax.jit(build, out_shardings=shardings)
 
 
 def forward(graphdef, params, head, batch: Mapping[str, jax.Array], chunk_size: int
