@@ -87,9 +87,10 @@ def require_scorer(section: ml_collections.ConfigDict | None, key: str) -> Path:
   path = getattr(section, "path", "") if section is not None else ""
   if not path:
     raise ScorerConfigError(
-        f"this task needs a scorer and none is configured: set {key}=DIR (the built-in sentiment "
-        f"classifier from `python -m launch.sentiment --workdir=DIR`, or a local Hugging Face "
-        f"sequence-classification / reward / cost model folder)")
+        f"this task needs a scorer and none is configured: set {key}=DIR (the built-in IMDb or "
+        f"safety classifier from `python -m launch.scorer --config=configs/scorer.py:imdb|safety "
+        f"--workdir=DIR`, or a local Hugging Face sequence-classification / reward / cost model "
+        f"folder)")
   try:
     detect_kind(path)
   except (FileNotFoundError, ValueError) as e:

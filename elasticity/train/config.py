@@ -8,17 +8,111 @@ loaded or anything is compiled.
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
 from typing import Any
 
 import ml_collections
 
 from elasticity import sharding as shd
+from elasticity.eval.scorer_config import (ScorerConfigError, detect_kind, require_scorer,
+                                           scorer_section)
 from elasticity.models.attention import IMPLEMENTATIONS as ATTENTION_IMPLS
 from elasticity.train import losses, optimizer
 
 DTYPES = ("float32", "bfloat16", "float16")
 REMAT = ("none", "full", "dots", "dots_all")
 REFERENCE = ("on_the_fly", "precomputed")
+KL_CONTROL = ("fixed", "adaptive")
+OPTIONAL_SECTIONS = ("ppo",)    # present only in configs that use them (configs/ppo.py)
+
+
+def ppo_section(**overrides: Any) -> ml_collections.ConfigDict:
+  """The ``ppo`` section of ``objective.name=ppo`` runs; defaults and their sources: docs/ppo.md."""
+  p = ml_collections.ConfigDict()
+  # The reward: a project scorer folder (load_scorer). Its sign must be set (+1 reward, -1 cost)
+  # when it is a one-logit reward/cost model; 0 = unset (fine for classifiers giving a probability).
+  p.scorer = scorer_section(sign=0.0)
+  p.reward_sign = 1.0             # +1: reward = score; -1: reward = -score (pull toward the other side)
+  p.score_clip = 50.0             # |score| clip before it enters the reward (safe-rlhf clip_range_score)
+  p.whiten_rewards = False        # whiten each rollout batch's scores before the KL penalty is added
+  p.whiten_advantages = True      # whiten advantages per rollout batch
+  p.kl_coef = 0.02                # β of the per-token KL penalty to the reference (safe-rlhf kl_coeff)
+  p.kl_control = "fixed"          # fixed | adaptive (Ziegler et al. 2019)
+  p.kl_target = 6.0               # adaptive: target KL per sequence (nats)
+  p.kl_horizon = 10000            # adaptive: horizon in rollout sequences
+  p.clip_ratio = 0.2              # ε of the clipped surrogate (safe-rlhf clip_range_ratio)
+  p.clip_value = 5.0              # ε_v of the clipped value loss (safe-rlhf clip_range_value)
+  p.vf_coef = 0.1                 # weight of the value loss in the shared-trunk loss
+  p.gamma = 1.0                   # discount (safe-rlhf)
+  p.lam = 0.95                    # GAE λ (safe-rlhf)
+  p.ppo_epochs = 1                # passes over each rollout batch (safe-rlhf update_iters)
+  p.num_minibatches = 1           # optimizer updates per pass
+  p.max_new_tokens = 48           # rollout sampling (elasticity.models.generate)
+  p.temperature = 1.0
+  p.top_p = 1.0
+  p.stop_at_eos = True
+  for k, v in overrides.items():
+    if k == "scorer":
+      p.scorer = scorer_section(**dict(v))
+    else:
+      setattr(p, k, v)
+  return p
+
+
+def one_logit(path) -> bool:
+  """Whether the scorer folder ``path`` holds a one-logit (reward/cost) model (reads config.json)."""
+  if detect_kind(path) != "hf":
+    return False
+  hf = json.loads((Path(path) / "config.json").read_text(encoding="utf-8"))
+  archs = " ".join(hf.get("architectures") or ())
+  return (hf.get("num_labels") == 1 or len(hf.get("id2label") or {0: 0, 1: 1}) == 1
+          or "ForScore" in archs or "score_type" in hf)
+
+
+def validate_ppo(cfg: ml_collections.ConfigDict, *, check_scorer: bool = True) -> None:
+  """The ``ppo`` section's values (called by `validate` for ``objective.name=ppo``)."""
+  if "ppo" not in cfg:
+    raise ValueError("config.ppo: objective.name=ppo needs a ppo section (configs/ppo.py builds one)")
+  p, ref = cfg.ppo, ppo_section()
+  extra = sorted(set(p.keys()) - set(ref.keys()))
+  if extra:
+    raise ValueError(f"config.ppo: unknown key(s) {extra}")
+  if check_scorer:
+    try:
+      path = require_scorer(p.scorer, "config.ppo.scorer.path")
+    except ScorerConfigError as e:
+      raise ValueError(str(e)) from None
+    if p.scorer.sign not in (1, -1, 1.0, -1.0) and one_logit(path):
+      raise ValueError(f"config.ppo.scorer.sign: {path} is a one-logit reward/cost model; set +1 "
+                       f"(its logit is a reward) or -1 (a cost), got {p.scorer.sign!r}")
+  if p.scorer.sign not in (0, 1, -1, 0.0, 1.0, -1.0):
+    raise ValueError(f"config.ppo.scorer.sign: must be +1 (reward), -1 (cost) or 0 (unset, for a "
+                     f"classifier), got {p.scorer.sign!r}")
+  if p.reward_sign not in (1, -1, 1.0, -1.0):
+    raise ValueError(f"config.ppo.reward_sign: must be +1 or -1, got {p.reward_sign!r}")
+  _one_of(cfg, "ppo.kl_control", KL_CONTROL)
+  for key in ("ppo_epochs", "num_minibatches", "max_new_tokens"):
+    if int(p[key]) < 1:
+      raise ValueError(f"config.ppo.{key}: must be >= 1, got {p[key]}")
+  for key in ("kl_coef", "clip_value", "score_clip", "vf_coef"):
+    if p[key] < 0:
+      raise ValueError(f"config.ppo.{key}: must be >= 0, got {p[key]}")
+  for key, lo, hi in (("clip_ratio", 0.0, 1.0), ("gamma", 0.0, 1.0), ("lam", 0.0, 1.0),
+                      ("top_p", 0.0, 1.0)):
+    if not lo < p[key] <= hi:
+      raise ValueError(f"config.ppo.{key}: must be in ({lo}, {hi}], got {p[key]}")
+  if p.temperature <= 0:
+    raise ValueError(f"config.ppo.temperature: rollouts sample (> 0), got {p.temperature}")
+  if p.kl_target <= 0 or p.kl_horizon <= 0:
+    raise ValueError("config.ppo.kl_target and config.ppo.kl_horizon: must be > 0")
+  per_update = cfg.train.global_batch_size // p.num_minibatches
+  if cfg.train.global_batch_size % p.num_minibatches or per_update % cfg.train.num_microbatches:
+    raise ValueError(f"config.ppo.num_minibatches: {p.num_minibatches} minibatches of "
+                     f"config.train.global_batch_size={cfg.train.global_batch_size} rollouts must "
+                     f"each split into train.num_microbatches={cfg.train.num_microbatches}")
+  if cfg.data.pack:
+    raise ValueError("config.data.pack: PPO rollouts are one prompt per row (pack=False)")
 
 
 def data_section(**overrides: Any) -> ml_collections.ConfigDict:
@@ -145,8 +239,10 @@ def _one_of(cfg, key: str, allowed) -> None:
     raise ValueError(f"config.{key}: {value!r} is not one of {tuple(allowed)}")
 
 
-def validate(cfg: ml_collections.ConfigDict) -> None:
-  """Check values (types and names are checked by the locked ConfigDict); raise naming the key."""
+def validate(cfg: ml_collections.ConfigDict, *, check_scorer: bool = True) -> None:
+  """Check values (types and names are checked by the locked ConfigDict); raise naming the key.
+
+  ``check_scorer=False``: a PPO run whose scorer is passed in code needs no ``ppo.scorer.path``."""
   reference = default_config()
   for section in reference.keys():
     if section not in cfg:
@@ -156,7 +252,7 @@ def validate(cfg: ml_collections.ConfigDict) -> None:
     extra = sorted(set(cfg[section].keys()) - set(reference[section].keys()))
     if extra:
       raise ValueError(f"config.{section}: unknown key(s) {extra}")
-  extra = sorted(set(cfg.keys()) - set(reference.keys()))
+  extra = sorted(set(cfg.keys()) - set(reference.keys()) - set(OPTIONAL_SECTIONS))
   if extra:
     raise ValueError(f"config: unknown key(s) {extra}")
   _one_of(cfg, "model.dtype", DTYPES)
@@ -165,7 +261,7 @@ def validate(cfg: ml_collections.ConfigDict) -> None:
   _one_of(cfg, "model.attention_impl", ATTENTION_IMPLS)
   if not isinstance(cfg.model.scan_layers, bool):
     raise ValueError(f"config.model.scan_layers: must be True or False, got {cfg.model.scan_layers!r}")
-  _one_of(cfg, "objective.name", losses.NAMES)
+  _one_of(cfg, "objective.name", losses.ALL_NAMES)
   _one_of(cfg, "objective.reference", REFERENCE)
   _one_of(cfg, "optimizer.name", optimizer.NAMES)
   _one_of(cfg, "optimizer.schedule", optimizer.SCHEDULES)
@@ -204,6 +300,10 @@ def validate(cfg: ml_collections.ConfigDict) -> None:
     raise ValueError(f"config.{e}") from None
   if cfg.objective.name in ("dpo", "simpo") and cfg.data.pack:
     raise ValueError("config.data.pack: preference objectives use one pair per row (pack=False)")
+  if cfg.objective.name == "ppo":
+    validate_ppo(cfg, check_scorer=check_scorer)
+  elif "ppo" in cfg:
+    raise ValueError(f"config.ppo: only for objective.name=ppo (this run is {cfg.objective.name!r})")
   if cfg.objective.name == "kto" and cfg.data.pack:
     raise ValueError("config.data.pack: KTO uses one example (and its KL sequence) per row "
                      "(pack=False)")

@@ -67,6 +67,7 @@ from elasticity.train.export import gather_model, save_export
 from elasticity.train.init import (RunData, RunModel, eval_datasets, init_or_restore, n_params,
                                    tokenizer_path)
 from elasticity.train.metrics import NonFiniteLossError, StepLog, hms
+from elasticity.train.ppo_loop import train_ppo
 from elasticity.train.record import RunResult
 from elasticity.train.step import batch_shardings, make_train_step
 
@@ -111,6 +112,8 @@ def train(cfg, workdir: str | os.PathLike, *,
   ``stop()`` is polled after every step (True: checkpoint and return ``status="preempted"``);
   ``on_step(step, total_steps, metrics)`` is called with every step's metrics as they are read.
   """
+  if cfg.objective.name == "ppo":   # on-policy: its own loop (rollouts, scorer, value head)
+    return train_ppo(cfg, workdir, stop=stop, on_step=on_step)
   config_lib.validate(cfg)
   workdir = record.resolve_workdir(workdir)
   record.check_config(workdir, cfg)        # another run's workdir: refused before anything loads

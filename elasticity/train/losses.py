@@ -38,6 +38,7 @@ from elasticity.logprobs import token_logprobs, weighted_nll
 Array = jax.Array
 Sums = dict[str, tuple[Array, Array]]
 NAMES = ("sft", "dpo", "simpo", "kto")
+ALL_NAMES = NAMES + ("ppo",)   # ppo: on-policy, its own loop and losses (elasticity.train.ppo_*)
 
 
 # -- closed-form cores ----------------------------------------------------------------------------
