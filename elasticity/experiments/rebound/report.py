@@ -13,7 +13,9 @@ roles swap: one curve per n⁻, against n⁺.
 Per panel: curves of each metric in `CURVE_METRICS` that was measured (mean ± s.d. over seeds, the
 base model's level dashed), a heatmap (stage-1 count × stage-2 count) of each of `HEATMAP_METRICS`,
 a table of every point, and the agreement of Δγ with the classifier's score (Pearson r over the
-points' means). Across panels, the **Table 3** view: per panel and stage-1 count, the KL to the base
+points' means). Rows of the neutral arm (``stage = "neutral"``) join their panel as ``Panel.neutral``,
+apart from the curves above; `elasticity.experiments.rebound.arms` compares the arms (control, neutral)
+with 95% intervals and adds the "Elasticity test" sections. Across panels, the **Table 3** view: per panel and stage-1 count, the KL to the base
 after stage 1, and the smallest stage-2 count whose ``kl_to_base`` is under the threshold
 (``config.report.kl_threshold`` in experiment.json, default 0.01) among the rows present — grid and
 bisection rows alike. It is found per seed and reported as mean ± s.d. over the seeds that reached
@@ -27,13 +29,14 @@ import math
 from collections.abc import Sequence
 from typing import Any
 
+from elasticity.experiments.rebound import arms
 from elasticity.report import plots
 from elasticity.report.document import Context, Section, image
 from elasticity.report.results import (ResultsError, Row, Stat, aggregate, coord_key, fmt,
                                        mean_sd, metric_names, report_option)
 from elasticity.report.tables import markdown_table
 
-STAGES = ("base", "pos", "neg")
+STAGES = ("base", "pos", "neg", "neutral")
 ORDERS = ("pos_first", "neg_first")
 GRID_KEYS = ("n_pos", "n_neg", "stage")
 # (metric, axis label); plotted when measured.
@@ -92,6 +95,7 @@ class Panel:
   values: tuple
   rows: list[Row]
   base: list[Row]
+  neutral: list[Row] = dataclasses.field(default_factory=list)
 
   @property
   def roles(self) -> Roles:
@@ -118,7 +122,8 @@ def panels(rows: Sequence[Row]) -> list[Panel]:
   """The rows split into panels, in first-seen order; base rows attached to every panel they fit."""
   for row in rows:
     validate(row)
-  trained = [r for r in rows if r.coords["stage"] != "base"]
+  trained = [r for r in rows if r.coords["stage"] in ("pos", "neg")]
+  neutral = [r for r in rows if r.coords["stage"] == "neutral"]
   base = [r for r in rows if r.coords["stage"] == "base"]
   keys: list[str] = []
   for row in trained:
@@ -133,6 +138,7 @@ def panels(rows: Sequence[Row]) -> list[Panel]:
     want = dict(zip(panel.keys, panel.values))
     panel.base = [b for b in base
                   if all(b.coords.get(k) in (None, v) for k, v in want.items())]
+    panel.neutral = [r for r in neutral if coord_key(r, panel.keys) == panel.values]
   return list(out.values())
 
 
@@ -274,10 +280,11 @@ def build_rebound(rows: Sequence[Row], ctx: Context) -> list[Section]:
   agree = [a for p in panel_list if (a := agreement(p)) is not None]
   if agree:
     sections.append(Section(
-        "Δγ against the classifier's score",
+        "Δγ against the classifier's score (point means)",
         "Pearson correlation of the two metrics' means over the evaluated points of each panel "
-        "(positive: the compression-rate preference moves with the classifier).\n\n"
-        + markdown_table(agree)))
+        "(positive: the compression-rate preference moves with the classifier; it includes the trend "
+        "both share in n⁻, see the within-level r below).\n\n" + markdown_table(agree)))
+  sections.extend(arms.sections(panel_list, ctx))
   for panel in panel_list:
     metrics = metric_names([*panel.base, *panel.rows])
     body = []

@@ -22,7 +22,8 @@ from elasticity.eval import generations as gen_lib
 from elasticity.eval.scorers import load_scorer
 from elasticity.experiments.rebound.evaluate import rescore_rows
 
-SCORE_KEYS = ("score", "p_positive", "score_sd")
+SCORE_KEYS = ("score", "p_positive", "score_sd", "score_values")
+STALE_KEYS = ("stage1_gain", "stage1_gain_se", "stage1_aligned")   # dropped: the report recomputes them
 
 
 def rescore(workdir: str | os.PathLike, scorer_dir: str | os.PathLike, *, score_text: str | None = None,
@@ -41,7 +42,7 @@ def rescore(workdir: str | os.PathLike, scorer_dir: str | os.PathLike, *, score_
   new_rows = []
   for r in rows:
     gens, _ = gen_lib.load(workdir / "cells" / r["cell"] / "points" / r["point"] / "generations.jsonl")
-    metrics = {k: v for k, v in r["metrics"].items() if k not in SCORE_KEYS}
+    metrics = {k: v for k, v in r["metrics"].items() if k not in SCORE_KEYS + STALE_KEYS}
     metrics.update(rescore_rows(gens, scorer, score_text))
     new_rows.append({**r, "metrics": metrics})
   by_cell: dict[str, list[dict]] = {}
