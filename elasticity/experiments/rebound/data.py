@@ -39,8 +39,10 @@ from typing import Any
 from absl import logging
 
 from elasticity import atomic
-from elasticity.data import DataError, load_dataset, subsets
+from elasticity.data import load_dataset, subsets
 from elasticity.data.imdb import split_prompt
+from elasticity.experiments.core.sizes import DataSizeError
+from elasticity.experiments.core.sizes import need as _need
 
 TASKS = ("imdb", "safety")
 
@@ -78,27 +80,6 @@ def pool_sizes(task: str, heldout: int) -> dict[str, int]:
   hh = len(load_dataset("hh_rlhf", "test", on_error="skip"))
   bt = len(load_dataset("beavertails"))
   return {"positive": hh - heldout, "negative": bt + hh - heldout}
-
-
-class DataSizeError(DataError):
-  """A preset asks for more records than the files it reads hold (one line: preset, dataset, needed,
-  available, the config key that changes it); a `DataError`, so the launchers print it as one line."""
-
-  def __init__(self, msg: str):
-    ValueError.__init__(self, msg)
-    self.file, self.record, self.field, self.msg, self.unit = "<config>", None, None, msg, "record"
-
-  def _render(self) -> str:
-    return self.msg
-
-  def __reduce__(self):
-    return (DataSizeError, (self.msg,))
-
-
-def _need(c, dataset: str, what: str, needed: int, available: int, key: str) -> None:
-  if needed > available:
-    raise DataSizeError(f"preset {c.variant or c.model.name!r}: dataset {dataset}: {needed} {what} "
-                        f"needed, {available} available (config.{key})")
 
 
 def neutral_pool_size(name: str) -> int:
