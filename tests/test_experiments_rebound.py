@@ -108,6 +108,8 @@ def test_identity_changes_only_for_the_cells_a_value_reaches():
     ({"n_neg": (0, 1900)}, "dataset alpaca: 1900 neutral records (at least one per stage-2 example) "
                            "needed, 1801 available (config.n_neg)"),
     ({"seeds": ()}, "config.seeds: want at least one seed"),
+    ({"eval.num_prompts": 500, "task": "safety"}, "dataset beavertails_prompts: 500 held-out prompts "
+                                                  "needed, 140 available (config.eval.num_prompts)"),
     ({"seeds": (1, 1)}, "config.seeds: want at least one seed, all distinct"),
     ({"n_pos": (-1, 16)}, "config.n_pos: want distinct sizes >= 0"),
     ({"n_neg": (0,)}, "config.n_neg: want at least one stage-2 size > 0"),
@@ -352,6 +354,12 @@ def test_rescore_replaces_only_the_scores_from_saved_generations(uninterrupted, 
     assert a["metrics"]["score_values"] == [float(v) for v in (p > 0.5)]
   meta = atomic.read_json(workdir / "experiment.json")
   assert meta["rescored"]["scorer"] == str(tmp_path / "clf")
+  # the archive beside the rows re-scores the same without the cell folders
+  bare = tmp_path / "bare"
+  bare.mkdir()
+  for name in ("results.jsonl", "experiment.json", "generations.jsonl.gz"):
+    shutil.copy(reference / name, bare / name)
+  assert rescore(bare, tmp_path / "clf") == after
   report = subprocess.run([sys.executable, "-m", "launch.report", f"--workdir={workdir}"], cwd=ROOT,
                           env=_env(), capture_output=True, text=True, timeout=300)
   assert report.returncode == 0, report.stderr[-3000:]

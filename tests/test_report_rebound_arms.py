@@ -109,3 +109,32 @@ def test_rows_without_per_prompt_scores_leave_the_arms_out(tmp_path):
     object.__setattr__(r, "metrics", {k: v for k, v in r.metrics.items() if k != "score_values"})
   sections = rebound.build_rebound(rs, ctx(tmp_path))
   assert not any(s.title.startswith("Elasticity test") for s in sections)
+
+
+class _Scorer:
+  """A stand-in P(positive) classifier: the value it is given for every text."""
+  num_labels = 2
+
+  def __init__(self, p):
+    self.p = p
+
+  def score(self, texts):
+    return np.full(len(texts), self.p)
+
+
+def test_neutral_data_rated_off_neutral_is_refused_or_reported(tmp_path):
+  from configs.experiments.rebound import get_config
+  from elasticity.experiments.core.sizes import DataSizeError
+  from elasticity.experiments.rebound.experiment import check_neutral
+  c = get_config("tiny")
+  recs = [{"text": "a recipe for bread"}] * 4
+  ok = check_neutral(c, recs, _Scorer(0.55), tmp_path)
+  assert ok["neutral"] and ok["mean"] == pytest.approx(0.55)
+  with pytest.raises(DataSizeError, match=r"config.neutral.dataset: the scorer rates the alpaca texts "
+                                          r"0.900 .* outside the neutral band 0.5 ± 0.15"):
+    check_neutral(c, recs, _Scorer(0.9), tmp_path)
+  c.unlock()
+  c.neutral.on_fail = "report"
+  out = check_neutral(c, recs, _Scorer(0.9), tmp_path)
+  assert not out["neutral"]
+  assert json.loads((tmp_path / "neutral_check.json").read_text())["mean"] == pytest.approx(0.9)

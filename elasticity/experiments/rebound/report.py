@@ -30,6 +30,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from elasticity.experiments.rebound import arms
+from elasticity.experiments.rebound.rescore import export_generations
 from elasticity.report import plots
 from elasticity.report.document import Context, Section, image
 from elasticity.report.results import (ResultsError, Row, Stat, aggregate, coord_key, fmt,
@@ -205,6 +206,14 @@ def point_table(panel: Panel, metrics: Sequence[str]) -> list[dict[str, Any]]:
   return out
 
 
+def neutral_table(panel: Panel, metrics: Sequence[str]) -> list[dict[str, Any]]:
+  """The neutral arm's points (start n⁺ × budget n), each metric as mean ± s.d. over seeds."""
+  stats = {m: aggregate(panel.neutral, ("n_pos", "n_neg"), m) for m in metrics}
+  keys = sorted({coord_key(r, ("n_pos", "n_neg")) for r in panel.neutral})
+  return [{"from n⁺": k[0], "neutral n": k[1], **{m: fmt(stats[m].get(k)) for m in metrics}}
+          for k in keys]
+
+
 def pearson(xs: Sequence[float], ys: Sequence[float]) -> float | None:
   """Pearson's r, or ``None`` for fewer than 3 points or a constant series."""
   n = len(xs)
@@ -266,8 +275,11 @@ def _curve_plots(panel: Panel, ctx: Context, threshold: float) -> list[str]:
 
 
 def build_rebound(rows: Sequence[Row], ctx: Context) -> list[Section]:
-  """The rebound report's sections (plots written under ``ctx``)."""
+  """The rebound report's sections (plots written under ``ctx``); writes ``generations.jsonl.gz``
+  beside the rows when the cells' generations are there (`rescore.export_generations`)."""
   threshold = kl_threshold(ctx)
+  if (ctx.workdir / "results.jsonl").exists() and (ctx.workdir / "cells").is_dir():
+    export_generations(ctx.workdir)
   panel_list = panels(rows)
   sections = []
   t3 = table3(panel_list, threshold)
@@ -290,6 +302,9 @@ def build_rebound(rows: Sequence[Row], ctx: Context) -> list[Section]:
     body = []
     if metrics:
       body.append(markdown_table(point_table(panel, metrics)).rstrip())
+    if panel.neutral and metrics:
+      body.append("Neutral arm (stage 2 on data without sentiment, same budget and schedule):\n\n"
+                  + markdown_table(neutral_table(panel, metrics)).rstrip())
     body += _curve_plots(panel, ctx, threshold)
     sections.append(Section(f"Rebound: {panel.label}", "\n\n".join(body) or "no metrics"))
   return sections
