@@ -140,10 +140,12 @@ def heatmap(path: str | os.PathLike, values: Mapping[tuple[float, float], Stat],
 
 def interval_curves(path: str | os.PathLike, series: Mapping[str, Sequence[tuple[float, object]]], *,
                     xlabel: str, ylabel: str, title: str, baseline=None,
-                    baseline_label: str = "base model", dashed: Sequence[str] = ()) -> Path:
+                    baseline_label: str = "base model", dashed: Sequence[str] = (),
+                    hlines: Sequence[tuple[float, str]] = (), ylinthresh: float | None = None) -> Path:
   """One line per series with asymmetric 95% interval bars (`elasticity.report.intervals.Interval`:
   ``estimate``, ``lo``, ``hi``) against a count axis; ``baseline`` (an Interval) dashed with its interval
-  shaded; series named in ``dashed`` drawn dashed (e.g. the neutral arms)."""
+  shaded; series named in ``dashed`` drawn dashed (e.g. the neutral arms); ``hlines`` and
+  ``ylinthresh`` as in `curves`."""
   if not any(series.values()):
     raise ValueError(f"{path}: no points to plot")
   from matplotlib.figure import Figure
@@ -164,6 +166,10 @@ def interval_curves(path: str | os.PathLike, series: Mapping[str, Sequence[tuple
   if baseline is not None:
     ax.axhline(baseline.estimate, ls=":", color="0.35", lw=1.2, label=baseline_label)
     ax.axhspan(baseline.lo, baseline.hi, color="0.35", alpha=0.12)
+  for y, label in hlines:
+    ax.axhline(y, ls=":", color="tab:red", lw=1.2, label=label)
+  if ylinthresh is not None:
+    ax.set_yscale("symlog", linthresh=ylinthresh)
   _count_axis(ax, xs_all)
   ax.set_xlabel(xlabel)
   ax.set_ylabel(ylabel)

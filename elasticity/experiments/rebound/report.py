@@ -10,8 +10,9 @@ With ``order = pos_first`` (the default) stage 1 trains on n⁺ positive example
 negative ones: a curve is one n⁺, against n⁻ (n⁻ = 0 is the stage-1 model). With ``neg_first`` the
 roles swap: one curve per n⁻, against n⁺.
 
-Per panel: curves of each metric in `CURVE_METRICS` that was measured (mean ± s.d. over seeds, the
-base model's level dashed), a heatmap (stage-1 count × stage-2 count) of each of `HEATMAP_METRICS`,
+Per panel: curves of each metric in `CURVE_METRICS` that was measured (each point with its 95%
+bootstrap interval: over seeds and prompts for the score, over seeds otherwise; the base model's level
+dotted), a heatmap (stage-1 count × stage-2 count) of each of `HEATMAP_METRICS`,
 a table of every point, and the agreement of Δγ with the classifier's score (Pearson r over the
 points' means). Rows of the neutral arm (``stage = "neutral"``) join their panel as ``Panel.neutral``,
 apart from the curves above; `elasticity.experiments.rebound.arms` compares the arms (control, neutral)
@@ -29,10 +30,13 @@ import math
 from collections.abc import Sequence
 from typing import Any
 
+import numpy as np
+
 from elasticity.experiments.rebound import arms
 from elasticity.experiments.rebound.rescore import export_generations
 from elasticity.report import plots
 from elasticity.report.document import Context, Section, image
+from elasticity.report.intervals import mean_interval, seed_interval
 from elasticity.report.results import (ResultsError, Row, Stat, aggregate, coord_key, fmt,
                                        mean_sd, metric_names, report_option)
 from elasticity.report.tables import markdown_table
@@ -246,23 +250,39 @@ def agreement(panel: Panel, a: str = "score", b: str = "delta_gamma") -> dict[st
           f"Pearson r ({a}, {b})": "–" if r is None else f"{r:.3f}"}
 
 
+def point_interval(rows: Sequence[Row], metric: str):
+  """A point's 95% interval: over seeds and prompts for the score when every row kept its per-prompt
+  values, else over seeds (zero width for one seed); ``None`` when the metric is absent."""
+  vals = [v for r in rows if (v := r.metric(metric)) is not None]
+  if not vals:
+    return None
+  if metric == "score":
+    per = [r.metrics.get("score_values") for r in rows]
+    if all(isinstance(p, list) and p for p in per) and len({len(p) for p in per}) == 1:
+      return mean_interval(np.asarray(per, dtype=np.float64))
+  return seed_interval(vals)
+
+
 def _curve_plots(panel: Panel, ctx: Context, threshold: float) -> list[str]:
   r = panel.roles
   lines = []
   for metric, ylabel in CURVE_METRICS:
-    pts = panel.points(metric)
-    if not pts:
+    groups: dict[tuple, list[Row]] = {}
+    for row in panel.rows:
+      if row.metric(metric) is not None:
+        groups.setdefault(coord_key(row, (r.first, r.second)), []).append(row)
+    if not groups:
       continue
-    series: dict[str, list[tuple[float, Stat]]] = {}
-    for (n1, n2), stat in sorted(pts.items()):
-      series.setdefault(f"{r.first_label} = {n1}", []).append((n2, stat))
+    series: dict[str, list] = {}
+    for (n1, n2), rs in sorted(groups.items()):
+      series.setdefault(f"{r.first_label} = {n1}", []).append((n2, point_interval(rs, metric)))
     path, ref = ctx.plot(f"{metric}_{panel.name}")
-    plots.curves(path, series, xlabel=f"{r.second_label} (stage-2 examples; 0 = after stage 1)",
-                 ylabel=ylabel, title=f"{metric} — {panel.label}",
-                 baseline=panel.base_level(metric),
-                 **({"hlines": [(threshold, f"threshold {threshold:g}")], "ylinthresh": threshold}
-                    if metric == "kl_to_base" else {}))
-    lines.append(image(f"{metric} against {r.second_label}, {panel.label}", ref))
+    plots.interval_curves(path, series, xlabel=f"{r.second_label} (stage-2 examples; 0 = after stage 1)",
+                          ylabel=f"{ylabel}, 95% interval", title=f"{metric} — {panel.label}",
+                          baseline=point_interval(panel.base, metric),
+                          **({"hlines": [(threshold, f"threshold {threshold:g}")],
+                              "ylinthresh": threshold} if metric == "kl_to_base" else {}))
+    lines.append(image(f"{metric} against {r.second_label} (95% intervals), {panel.label}", ref))
   for metric in HEATMAP_METRICS:
     pts = panel.points(metric)
     if not pts:
