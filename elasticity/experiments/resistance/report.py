@@ -138,7 +138,8 @@ def dgamma_table(rows: Sequence[Row]) -> list[dict]:
 
 HEADLINE = (("dk_fall", "how far the run moved on its own data: loss over the whole D_k, start − end"),
             ("dk_loss_end", "the end model's loss over the whole D_k"),
-            ("heldout_fall", "held-out loss, start − end"))
+            ("heldout_fall", "held-out loss, start − end"),
+            ("train_fall", "the training loss's fall from the first step to the last few (batches: noisy)"))
 
 
 def headline(rows: Sequence[Row]) -> Section | None:
