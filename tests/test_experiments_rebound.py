@@ -98,8 +98,23 @@ def test_identity_changes_only_for_the_cells_a_value_reaches():
 
 @pytest.mark.parametrize("override, message", [
     ({"eval.scorer.path": ""}, "config.eval.scorer.path"),
-    ({"n_neg": (0, 20000)}, "20000 negative examples asked for, but the imdb pool holds 12500"),
-    ({"n_pos": (13000,)}, "13000 positive examples asked for, but the imdb pool holds 12500"),
+    ({"n_neg": (0, 20000)}, "preset 'tiny': dataset imdb train: 20000 stage-2 (negative) examples "
+                            "needed, 12500 available (config.n_neg)"),
+    ({"n_pos": (0, 13000)}, "preset 'tiny': dataset imdb train: 13000 stage-1 (positive) examples "
+                            "needed, 12500 available (config.n_pos)"),
+    ({"eval.num_prompts": 30000}, "dataset imdb test: 30000 held-out prompts needed, 25000 available "
+                                  "(config.eval.num_prompts)"),
+    ({"eval.heldout": 13000}, "held-out pos reviews beyond the prompts needed"),
+    ({"n_neg": (0, 1900)}, "dataset alpaca: 1900 neutral records (at least one per stage-2 example) "
+                           "needed, 1801 available (config.n_neg)"),
+    ({"seeds": ()}, "config.seeds: want at least one seed"),
+    ({"eval.num_prompts": 500, "task": "safety"}, "dataset beavertails_prompts: 500 held-out prompts "
+                                                  "needed, 140 available (config.eval.num_prompts)"),
+    ({"seeds": (1, 1)}, "config.seeds: want at least one seed, all distinct"),
+    ({"n_pos": (-1, 16)}, "config.n_pos: want distinct sizes >= 0"),
+    ({"n_neg": (0,)}, "config.n_neg: want at least one stage-2 size > 0"),
+    ({"neutral.dataset": "imdb"}, "config.neutral.dataset: 'imdb' is not one of"),
+    ({"neutral.on_fail": "ignore"}, "config.neutral.on_fail"),
     ({"eval.scorer.path": "/no/such/scorer"}, "config.eval.scorer.path=./no/such/scorer.: scorer folder /no/such/scorer does not exist"),
     ({"train.optimizer.lr": -1.0}, "config.train"),
 ])
@@ -202,13 +217,27 @@ def test_tiny_rebound_end_to_end(uninterrupted):
   workdir, wall, proc = uninterrupted
   rows = atomic.read_jsonl(workdir / "results.jsonl")
   c = get("tiny")
-  expected = {("base", 0, 0)} | {("pos", n, 0) for n in c.n_pos} | {
-      ("neg", p, n) for p in c.n_pos for n in c.n_neg if n}
+  assert 0 in c.n_pos and c.neutral.dataset == "alpaca"   # the control and the neutral arm
+  expected = {("base", 0, 0)} | {("pos", n, 0) for n in c.n_pos if n} | {
+      (stage, p, n) for stage in ("neg", "neutral") for p in c.n_pos for n in c.n_neg if n}
   assert {(r["coords"]["stage"], r["coords"]["n_pos"], r["coords"]["n_neg"]) for r in rows} == expected
   assert len(rows) == len(expected)
   for r in rows:
     assert {"delta_gamma", "bpb_pos", "bpb_neg", "kl_to_base"} <= set(r["metrics"]), r
     assert all(np.isfinite(v) for v in r["metrics"].values())
+  # the control and the neutral arm start from the base model; the stage-1 point records Δγ's change
+  cells = {x.name: x for x in rebound.plan(c)}
+  assert (cells["s42/pos0/sft"].parent, cells["s42/pos0/sft"].parent_model) == ("base", "start")
+  assert (cells["s42/pos0/neutral"].parent, cells["s42/pos16/neutral"].parent) == ("base", "s42/pos16")
+  by = {(r["coords"]["stage"], r["coords"]["n_pos"], r["coords"]["n_neg"]): r["metrics"] for r in rows}
+  assert by[("pos", 16, 0)]["stage1_ddelta_gamma"] == pytest.approx(
+      by[("pos", 16, 0)]["delta_gamma"] - by[("base", 0, 0)]["delta_gamma"])
+  assert by[("neg", 0, 8)]["kl_to_base"] > 0 and by[("neutral", 0, 8)]["kl_to_base"] > 0
+  # the neutral data: Alpaca responses joined to the stage-2 length, in the neutral cells' config
+  (neutral,) = (workdir / "data").glob("imdb-neutral-*.jsonl")
+  texts = atomic.read_jsonl(neutral)
+  assert len(texts) == max(c.n_neg) and all(t["text"] for t in texts)
+  assert cells["s42/pos16/neutral"].train.data.load_kwargs.path.endswith(neutral.name)
   base = next(r for r in rows if r["coords"]["stage"] == "base")
   assert base["metrics"]["kl_to_base"] == pytest.approx(0.0, abs=1e-6)
   assert any(r["metrics"]["kl_to_base"] > 1e-3 for r in rows if r["coords"]["stage"] != "base")
@@ -237,7 +266,10 @@ def test_sigkill_in_a_cell_then_rerun_gives_the_same_results(uninterrupted, tmp_
     while time.time() < deadline and proc.poll() is None:
       for ck in (workdir / "cells").glob("*/train/checkpoints/*"):
         cell = ck.parents[2]
-        if ck.name.isdigit() and (cell / "cell.json").exists() and not (cell / "done.json").exists():
+        # a sealed checkpoint (its manifest is written last): one killed before that is, rightly,
+        # reported damaged and the cell starts again, which is not what this test is about
+        if (ck.name.isdigit() and (ck / "manifest.sha256.json").exists() and (cell / "cell.json").exists()
+            and not (cell / "done.json").exists()):
           killed_in = cell.name
           break
       if killed_in:
@@ -272,7 +304,13 @@ def test_preference_reverse_steps_and_the_safety_task_run_end_to_end(variant, tm
   assert summary.status == "completed"
   rows = atomic.read_jsonl(tmp_path / "run" / "results.jsonl")
   assert [(r["coords"]["stage"], r["coords"]["n_neg"]) for r in rows] == [("base", 0), ("pos", 0),
-                                                                          ("neg", 8)]
+                                                                          ("neg", 8), ("neutral", 8)]
+  # the neutral arm trains by SFT whatever the reverse step; on the safety task on Alpaca pairs
+  neutral_cell = next(x for x in rebound.plan(c) if x.coords["stage"] == "neutral")
+  assert neutral_cell.train.objective.name == "sft"
+  (neutral,) = (tmp_path / "run" / "data").glob("*-neutral-*.jsonl")
+  assert all(set(r) == ({"text"} if "imdb" in variant else {"prompt", "response"})
+             for r in atomic.read_jsonl(neutral))
   assert all(np.isfinite(r["metrics"]["delta_gamma"]) for r in rows)
   cell = next(x for x in rebound.plan(c) if x.coords["stage"] == "neg")
   assert cell.train.objective.name == variant.split(",")[2]
@@ -309,14 +347,28 @@ def test_rescore_replaces_only_the_scores_from_saved_generations(uninterrupted, 
   assert atomic.read_jsonl(workdir / "results.jsonl") == after
   scorer = load_scorer(tmp_path / "clf")
   for b, a in zip(before, after):
-    assert {k: v for k, v in a["metrics"].items() if k not in ("score", "p_positive")} == b["metrics"]
+    assert {k: v for k, v in a["metrics"].items() if k not in ("score", "p_positive", "score_values")} \
+        == {k: v for k, v in b["metrics"].items() if not k.startswith("stage1_gain")
+            and k != "stage1_aligned"}
     rows, _ = gen_lib.load(workdir / "cells" / a["cell"] / "points" / a["point"] / "generations.jsonl")
     p = scorer.score([r["completion"] for r in rows])            # the scorer, independently
     assert a["metrics"]["p_positive"] == pytest.approx(float(np.mean(p)), rel=1e-12)
     assert a["metrics"]["score"] == pytest.approx(float(np.mean(p > 0.5)), rel=1e-12)
+    assert a["metrics"]["score_values"] == [float(v) for v in (p > 0.5)]
   meta = atomic.read_json(workdir / "experiment.json")
   assert meta["rescored"]["scorer"] == str(tmp_path / "clf")
+  # the archive beside the rows re-scores the same without the cell folders
+  bare = tmp_path / "bare"
+  bare.mkdir()
+  for name in ("results.jsonl", "experiment.json", "generations.jsonl.gz"):
+    shutil.copy(reference / name, bare / name)
+  assert rescore(bare, tmp_path / "clf") == after
   report = subprocess.run([sys.executable, "-m", "launch.report", f"--workdir={workdir}"], cwd=ROOT,
                           env=_env(), capture_output=True, text=True, timeout=300)
   assert report.returncode == 0, report.stderr[-3000:]
-  assert "p_positive" in (workdir / "report.md").read_text()
+  text = (workdir / "report.md").read_text()
+  assert "p_positive" in text
+  # with per-prompt scores the report tests elasticity: the stage-1 check, the arms, the four curves
+  assert "Stage-1 check" in text and "Elasticity test" in text and "gain lost (neutral)" in text
+  assert "r within n⁻ levels" in text
+  assert list((workdir / "plots").glob("arms_score_npos16_*.png"))

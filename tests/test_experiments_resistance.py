@@ -146,6 +146,10 @@ def test_final_loss_is_the_mean_of_the_last_steps(tmp_path):
     (dict(dataset="imdb"), "config.dataset"),
     (dict(dk="mixed"), "config.dk"),
     (dict(seeds=(1, 1)), "config.seeds"),
+    (dict(seeds=()), "config.seeds"),
+    (dict(m=1), r"config.m: want at least 2 checkpoints"),
+    (dict(n=904, m=2), r"preset 'tiny': dataset alpaca: 1816 records needed \(2·n=1808 training \+ 8 "
+                       r"held-out\), 1801 available \(config.n, config.m or config.heldout\)"),
 ])
 def test_bad_input_is_refused_before_anything_is_loaded(override, message):
   with pytest.raises(ValueError, match=message):
@@ -154,12 +158,46 @@ def test_bad_input_is_refused_before_anything_is_loaded(override, message):
 
 def test_dry_run_of_the_paper_presets_lists_cells_without_loading(capsys, monkeypatch):
   monkeypatch.setattr(resistance.EXPERIMENT, "prepare", lambda *a, **k: pytest.fail("prepare called"))
-  for variant in ("llama2-7b,alpaca", "llama3-8b,truthfulqa,generated", "llama2-13b,beavertails"):
-    c = get(variant)
+  for variant, n in (("llama2-7b,alpaca", 560), ("llama3-8b,truthfulqa,generated", 112),
+                     ("llama2-13b,beavertails", 8)):
+    c = get(variant, n=n)
     s = runner.run("resistance", c, "/nonexistent/dir", dry_run=True)
     assert s.status == "dry_run" and s.cells == 7
   out = capsys.readouterr().out
-  assert "s42/fwd13" in out and "n=1800" in out
+  assert "s42/fwd13" in out and "n=1680" in out
+
+
+@pytest.mark.parametrize("variant, message", [
+    ("llama2-7b,beavertails", "preset 'llama2-7b,beavertails': dataset beavertails: 220 records needed "
+                              "(3·n=120 training + 100 held-out), 140 available"),
+    ("llama2-7b,alpaca", "dataset alpaca: 1900 records needed (3·n=1800 training + 100 held-out), "
+                         "1801 available (config.n, config.m or config.heldout)"),
+    ("llama2-7b,truthfulqa", "dataset truthfulqa: 892 records needed"),
+])
+def test_a_paper_preset_that_does_not_fit_the_data_fails_in_its_dry_run(variant, message, tmp_path):
+  t0 = time.perf_counter()
+  proc = subprocess.run([*_cmd(tmp_path / "x", variant), "--dry_run"], cwd=ROOT, env=_env(),
+                        capture_output=True, text=True, timeout=300)
+  assert proc.returncode == 1 and message in proc.stderr.strip().splitlines()[-1]
+  assert "Traceback" not in proc.stderr and not (tmp_path / "x").exists()
+  assert time.perf_counter() - t0 < 60
+
+
+def test_m_checkpoints_give_every_pair_both_ways():
+  c = get("tiny", m=4)
+  cells = resistance.plan(c)
+  assert resistance.grid.pairs(c) == [(1, 2), (1, 3), (1, 4), (2, 3), (2, 4), (3, 4)]
+  names = {x.name for x in cells}
+  assert {f"s42/fwd{k}{l}" for k, l in resistance.grid.pairs(c)} <= names
+  assert {f"s42/inv{l}{k}" for k, l in resistance.grid.pairs(c)} <= names and len(cells) == 13
+  base = next(x for x in cells if x.name == "s42/base")
+  assert [p.model for p in base.points] == ["theta1", "theta2", "theta3", "final"]
+  assert base.train.data.slice == (0, 4 * c.n) and base.train.export.snapshots == (
+      "theta1=2,theta2=4,theta3=6")
+  inv41 = next(x for x in cells if x.name == "s42/inv41")
+  assert inv41.parent_model == "final" and inv41.train.data.slice == (0, c.n)
+  # three checkpoints keep the files (and so the ids) they had before m existed
+  assert resistance.grid.train_file(get("tiny"), 42) != resistance.grid.train_file(c, 42)
 
 
 # -- end to end on the tiny preset ----------------------------------------------------------------------

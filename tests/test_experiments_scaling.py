@@ -109,3 +109,20 @@ def test_tiny_scaling_with_two_local_models_end_to_end(tmp_path, shared):
   assert {e["model"] for e in summary} == {"stories260K", "random260K"}
   report = (tmp_path / "run" / "report.md").read_text()
   assert "Rebound speed" in report and "rebound-speed-vs-params" in report
+
+
+def test_the_speed_metric_is_the_score_where_a_scorer_was_configured(tmp_path):
+  import json
+  from elasticity.experiments.scaling.report import resolve_metric
+  from elasticity.report import load_rows
+  def rows(metrics):
+    r = {"experiment": "scaling", "cell": "a" * 12, "parent": None, "config_hash": None, "seed": 1,
+         "point": "base", "coords": {"model": "m", "n_pos": 0, "n_neg": 0, "stage": "base"},
+         "metrics": metrics}
+    (tmp_path / "results.jsonl").write_text(json.dumps(r) + "\n")
+    return load_rows(tmp_path / "results.jsonl")
+  assert resolve_metric("auto", rows({"score": 0.7, "delta_gamma": 0.1})) == "score"
+  assert resolve_metric("auto", rows({"delta_gamma": 0.1})) == "delta_gamma"
+  assert resolve_metric("delta_gamma", rows({"score": 0.7})) == "delta_gamma"
+  from configs.experiments.scaling import get_config
+  assert get_config("tiny").speed.metric == "auto"

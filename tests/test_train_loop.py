@@ -134,6 +134,33 @@ def test_snapshots_export_the_model_at_the_named_steps(stories, tmp_path, monkey
   assert load_tokenizer(tmp_path / "runs" / "theta1").vocab_size == 512
 
 
+def test_a_snapshot_lost_to_a_kill_after_its_checkpoint_is_written_on_resume(stories, tmp_path,
+                                                                            monkeypatch):
+  """Killed between the checkpoint at a snapshot step and the snapshot: the resumed run writes it."""
+  from elasticity.convert import load_pretrained
+  from elasticity.train import export
+  c = small_config(num_steps=4)
+  c.unlock()
+  c.export.snapshots = "theta1=2"
+  c.export.snapshot_dir = str(tmp_path / "runs")
+  c.lock()
+  write = export.write_snapshots
+
+  def killed(*a, **k):
+    raise KeyboardInterrupt("killed before the snapshot")
+
+  monkeypatch.setattr(export, "write_snapshots", killed)
+  with pytest.raises(KeyboardInterrupt):
+    train(c, tmp_path / "w")
+  assert not (tmp_path / "runs" / "theta1").exists()
+  monkeypatch.setattr(export, "write_snapshots", write)
+  assert train(c, tmp_path / "w").status == "completed"
+  _, at2, _ = final_params(tmp_path / "w", c, step=2)
+  theta1 = load_pretrained(tmp_path / "runs" / "theta1")
+  np.testing.assert_array_equal(np.asarray(theta1.embed[...]), at2["params"]["embed"])
+
+
+
 def test_restart_after_sigterm_equals_uninterrupted_run(stories, tmp_path):
   cfg = small_config(num_steps=6)
   straight = train(cfg, tmp_path / "straight")

@@ -2,10 +2,13 @@
 
 Variants ``<model>,<task>[,<reverse>][,<order>][,<mesh preset>]``:
 
-    tiny                         stories260K on IMDb, a 2 × 2 grid (tests, seconds)
+    tiny                         stories260K on IMDb: n⁺ ∈ {0, 16} × n⁻ ∈ {0, 8, 16}, the control and
+                                 neutral arms (tests, seconds)
     smollm2                      SmolLM2-135M-Instruct (the wheel's GGUF) on IMDb, the CPU preset:
-                                 reviews cut to 64 tokens, prompts of 8 tokens, n⁺ ∈ {100, 250, 500},
-                                 n⁻ ∈ {0, 10, 25, 50, 100, 200}, 100 held-out prompts, 48 new tokens
+                                 reviews cut to 64 tokens, prompts of 8 tokens, n⁺ ∈ {0, 100, 250, 500},
+                                 n⁻ ∈ {0, 10, 25, 50, 100, 200}, 100 held-out prompts, 48 new tokens,
+                                 seeds 1, 2, 3, the control and neutral arms
+    smollm2,imdb,sft,neg_first   the same with the stages' data swapped (align toward negative first)
     llama2-7b,imdb               the paper's grid: n⁺ ∈ {1k, 2k, 5k, 10k}, n⁻ ∈ {100, 200, 500, 1k, 2k}
     gemma-2b,safety,dpo          App. B.2: DPO as the reverse step (pairs with the unsafe response chosen)
     llama2-7b,imdb,sft,neg_first the reversed direction (negative first, then positive)
@@ -19,6 +22,14 @@ Scorers: IMDb continuations are scored by the project's sentiment classifier (de
 ``$ELASTICITY_RUNS/sentiment``, made by ``python -m launch.sentiment --workdir=…``); safety ones by a
 local cost/reward model that you set with ``--config.eval.scorer.path`` (with ``sign=-1`` for a cost
 model). ``--config.eval.scorer.path=none`` measures Δγ and the KL only.
+
+n⁺ = 0 is the **control arm** (the base model given the same stage-2 examples, schedule, seeds and
+prompts). ``neutral.dataset`` (``alpaca``, ``truthfulqa``; "" = off) adds the **neutral arm**: stage 2
+on data without sentiment with the same budget and schedule, from every stage-1 model and from the base;
+the scorer's rating of that data is checked against ``neutral.midpoint`` (default: 0.5 for a
+P(positive) classifier, 0 for a reward) ± ``neutral.tolerance`` and refused (``neutral.on_fail =
+refuse``) or reported (``report``) when outside. The CPU presets' seeds (1, 2, 3) are the results'; a
+pilot that chooses knobs uses seeds ≥ 1000.
 
 Every key can be overridden: ``--config.n_pos=(100,200) --config.train.optimizer.lr=2e-5
 --config.eval.sampling.temperature=0.7``.
@@ -66,6 +77,8 @@ def base(model_name: str, path: str, tokenizer: str) -> ml_collections.ConfigDic
   c.reverse = "sft"
   c.order = "pos_first"
   c.seeds = (42,)
+  c.neutral = ml_collections.ConfigDict(dict(dataset="", tolerance=0.15, on_fail="refuse"))
+  c.neutral.midpoint = ml_collections.FieldReference(None, field_type=float)
   c.n_pos = PAPER_N_POS
   c.n_neg = PAPER_N_NEG
   c.prompt_tokens = 8              # held-out prompts (IMDb): the first tokens of test reviews
@@ -96,7 +109,8 @@ def base(model_name: str, path: str, tokenizer: str) -> ml_collections.ConfigDic
 def tiny() -> ml_collections.ConfigDict:
   path, tok = model_presets.model_path("stories260K")
   c = base("stories260K", path, tok)
-  c.n_pos, c.n_neg = (16, 24), (0, 8, 16)
+  c.n_pos, c.n_neg = (0, 16), (0, 8, 16)
+  c.neutral.dataset = "alpaca"
   c.prompt_tokens = 4
   c.data.max_length = 32
   t = c.train
@@ -126,7 +140,9 @@ def smollm2() -> ml_collections.ConfigDict:
   except FileNotFoundError:
     path = ""                      # validate() names config.model.path
   c = base("smollm2-135m", path, "")
-  c.n_pos, c.n_neg = (100, 250, 500), (0, 10, 25, 50, 100, 200)
+  c.seeds = (1, 2, 3)
+  c.neutral.dataset = "alpaca"
+  c.n_pos, c.n_neg = (0, 100, 250, 500), (0, 10, 25, 50, 100, 200)
   c.data.max_length = 64
   t = c.train
   t.seed = 42
@@ -175,8 +191,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   if task == "safety":
     c.eval.scorer.path, c.eval.scorer.sign = ("none" if model == "tiny" else ""), -1.0
     c.prompt_tokens = 0
+    if model in ("tiny", "smollm2"):
+      c.neutral.on_fail = "report"   # a cost model has no neutral midpoint of its own: shown, not refused
     if model == "tiny":      # HH dialogues are long: room for whole responses
-      c.n_pos, c.n_neg = (16,), (0, 8)
+      c.n_pos, c.n_neg = (0, 16), (0, 8)
       c.data.max_length, c.eval.max_length = 128, 512
   c.lock()
   return c

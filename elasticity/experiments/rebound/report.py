@@ -10,10 +10,13 @@ With ``order = pos_first`` (the default) stage 1 trains on n⁺ positive example
 negative ones: a curve is one n⁺, against n⁻ (n⁻ = 0 is the stage-1 model). With ``neg_first`` the
 roles swap: one curve per n⁻, against n⁺.
 
-Per panel: curves of each metric in `CURVE_METRICS` that was measured (mean ± s.d. over seeds, the
-base model's level dashed), a heatmap (stage-1 count × stage-2 count) of each of `HEATMAP_METRICS`,
+Per panel: curves of each metric in `CURVE_METRICS` that was measured (each point with its 95%
+bootstrap interval: over seeds and prompts for the score, over seeds otherwise; the base model's level
+dotted), a heatmap (stage-1 count × stage-2 count) of each of `HEATMAP_METRICS`,
 a table of every point, and the agreement of Δγ with the classifier's score (Pearson r over the
-points' means). Across panels, the **Table 3** view: per panel and stage-1 count, the KL to the base
+points' means). Rows of the neutral arm (``stage = "neutral"``) join their panel as ``Panel.neutral``,
+apart from the curves above; `elasticity.experiments.rebound.arms` compares the arms (control, neutral)
+with 95% intervals and adds the "Elasticity test" sections. Across panels, the **Table 3** view: per panel and stage-1 count, the KL to the base
 after stage 1, and the smallest stage-2 count whose ``kl_to_base`` is under the threshold
 (``config.report.kl_threshold`` in experiment.json, default 0.01) among the rows present — grid and
 bisection rows alike. It is found per seed and reported as mean ± s.d. over the seeds that reached
@@ -27,13 +30,18 @@ import math
 from collections.abc import Sequence
 from typing import Any
 
+import numpy as np
+
+from elasticity.experiments.rebound import arms
+from elasticity.experiments.rebound.rescore import export_generations
 from elasticity.report import plots
 from elasticity.report.document import Context, Section, image
+from elasticity.report.intervals import mean_interval, seed_interval
 from elasticity.report.results import (ResultsError, Row, Stat, aggregate, coord_key, fmt,
                                        mean_sd, metric_names, report_option)
 from elasticity.report.tables import markdown_table
 
-STAGES = ("base", "pos", "neg")
+STAGES = ("base", "pos", "neg", "neutral")
 ORDERS = ("pos_first", "neg_first")
 GRID_KEYS = ("n_pos", "n_neg", "stage")
 # (metric, axis label); plotted when measured.
@@ -92,6 +100,7 @@ class Panel:
   values: tuple
   rows: list[Row]
   base: list[Row]
+  neutral: list[Row] = dataclasses.field(default_factory=list)
 
   @property
   def roles(self) -> Roles:
@@ -118,7 +127,8 @@ def panels(rows: Sequence[Row]) -> list[Panel]:
   """The rows split into panels, in first-seen order; base rows attached to every panel they fit."""
   for row in rows:
     validate(row)
-  trained = [r for r in rows if r.coords["stage"] != "base"]
+  trained = [r for r in rows if r.coords["stage"] in ("pos", "neg")]
+  neutral = [r for r in rows if r.coords["stage"] == "neutral"]
   base = [r for r in rows if r.coords["stage"] == "base"]
   keys: list[str] = []
   for row in trained:
@@ -133,6 +143,7 @@ def panels(rows: Sequence[Row]) -> list[Panel]:
     want = dict(zip(panel.keys, panel.values))
     panel.base = [b for b in base
                   if all(b.coords.get(k) in (None, v) for k, v in want.items())]
+    panel.neutral = [r for r in neutral if coord_key(r, panel.keys) == panel.values]
   return list(out.values())
 
 
@@ -199,6 +210,14 @@ def point_table(panel: Panel, metrics: Sequence[str]) -> list[dict[str, Any]]:
   return out
 
 
+def neutral_table(panel: Panel, metrics: Sequence[str]) -> list[dict[str, Any]]:
+  """The neutral arm's points (start n⁺ × budget n), each metric as mean ± s.d. over seeds."""
+  stats = {m: aggregate(panel.neutral, ("n_pos", "n_neg"), m) for m in metrics}
+  keys = sorted({coord_key(r, ("n_pos", "n_neg")) for r in panel.neutral})
+  return [{"from n⁺": k[0], "neutral n": k[1], **{m: fmt(stats[m].get(k)) for m in metrics}}
+          for k in keys]
+
+
 def pearson(xs: Sequence[float], ys: Sequence[float]) -> float | None:
   """Pearson's r, or ``None`` for fewer than 3 points or a constant series."""
   n = len(xs)
@@ -231,23 +250,39 @@ def agreement(panel: Panel, a: str = "score", b: str = "delta_gamma") -> dict[st
           f"Pearson r ({a}, {b})": "–" if r is None else f"{r:.3f}"}
 
 
+def point_interval(rows: Sequence[Row], metric: str):
+  """A point's 95% interval: over seeds and prompts for the score when every row kept its per-prompt
+  values, else over seeds (zero width for one seed); ``None`` when the metric is absent."""
+  vals = [v for r in rows if (v := r.metric(metric)) is not None]
+  if not vals:
+    return None
+  if metric == "score":
+    per = [r.metrics.get("score_values") for r in rows]
+    if all(isinstance(p, list) and p for p in per) and len({len(p) for p in per}) == 1:
+      return mean_interval(np.asarray(per, dtype=np.float64))
+  return seed_interval(vals)
+
+
 def _curve_plots(panel: Panel, ctx: Context, threshold: float) -> list[str]:
   r = panel.roles
   lines = []
   for metric, ylabel in CURVE_METRICS:
-    pts = panel.points(metric)
-    if not pts:
+    groups: dict[tuple, list[Row]] = {}
+    for row in panel.rows:
+      if row.metric(metric) is not None:
+        groups.setdefault(coord_key(row, (r.first, r.second)), []).append(row)
+    if not groups:
       continue
-    series: dict[str, list[tuple[float, Stat]]] = {}
-    for (n1, n2), stat in sorted(pts.items()):
-      series.setdefault(f"{r.first_label} = {n1}", []).append((n2, stat))
+    series: dict[str, list] = {}
+    for (n1, n2), rs in sorted(groups.items()):
+      series.setdefault(f"{r.first_label} = {n1}", []).append((n2, point_interval(rs, metric)))
     path, ref = ctx.plot(f"{metric}_{panel.name}")
-    plots.curves(path, series, xlabel=f"{r.second_label} (stage-2 examples; 0 = after stage 1)",
-                 ylabel=ylabel, title=f"{metric} — {panel.label}",
-                 baseline=panel.base_level(metric),
-                 **({"hlines": [(threshold, f"threshold {threshold:g}")], "ylinthresh": threshold}
-                    if metric == "kl_to_base" else {}))
-    lines.append(image(f"{metric} against {r.second_label}, {panel.label}", ref))
+    plots.interval_curves(path, series, xlabel=f"{r.second_label} (stage-2 examples; 0 = after stage 1)",
+                          ylabel=f"{ylabel}, 95% interval", title=f"{metric} — {panel.label}",
+                          baseline=point_interval(panel.base, metric),
+                          **({"hlines": [(threshold, f"threshold {threshold:g}")],
+                              "ylinthresh": threshold} if metric == "kl_to_base" else {}))
+    lines.append(image(f"{metric} against {r.second_label} (95% intervals), {panel.label}", ref))
   for metric in HEATMAP_METRICS:
     pts = panel.points(metric)
     if not pts:
@@ -260,8 +295,11 @@ def _curve_plots(panel: Panel, ctx: Context, threshold: float) -> list[str]:
 
 
 def build_rebound(rows: Sequence[Row], ctx: Context) -> list[Section]:
-  """The rebound report's sections (plots written under ``ctx``)."""
+  """The rebound report's sections (plots written under ``ctx``); writes ``generations.jsonl.gz``
+  beside the rows when the cells' generations are there (`rescore.export_generations`)."""
   threshold = kl_threshold(ctx)
+  if (ctx.workdir / "results.jsonl").exists() and (ctx.workdir / "cells").is_dir():
+    export_generations(ctx.workdir)
   panel_list = panels(rows)
   sections = []
   t3 = table3(panel_list, threshold)
@@ -274,15 +312,19 @@ def build_rebound(rows: Sequence[Row], ctx: Context) -> list[Section]:
   agree = [a for p in panel_list if (a := agreement(p)) is not None]
   if agree:
     sections.append(Section(
-        "Δγ against the classifier's score",
+        "Δγ against the classifier's score (point means)",
         "Pearson correlation of the two metrics' means over the evaluated points of each panel "
-        "(positive: the compression-rate preference moves with the classifier).\n\n"
-        + markdown_table(agree)))
+        "(positive: the compression-rate preference moves with the classifier; it includes the trend "
+        "both share in n⁻, see the within-level r below).\n\n" + markdown_table(agree)))
+  sections.extend(arms.sections(panel_list, ctx))
   for panel in panel_list:
     metrics = metric_names([*panel.base, *panel.rows])
     body = []
     if metrics:
       body.append(markdown_table(point_table(panel, metrics)).rstrip())
+    if panel.neutral and metrics:
+      body.append("Neutral arm (stage 2 on data without sentiment, same budget and schedule):\n\n"
+                  + markdown_table(neutral_table(panel, metrics)).rstrip())
     body += _curve_plots(panel, ctx, threshold)
     sections.append(Section(f"Rebound: {panel.label}", "\n\n".join(body) or "no metrics"))
   return sections

@@ -1,5 +1,5 @@
-"""The resistance experiment's data files: the held-out set, and each seed's 3·n training records
-(and 3·n generation prompts of the generated design), from one dataset's records that fit.
+"""The resistance experiment's data files: the held-out set, and each seed's m·n training records
+(and m·n generation prompts of the generated design), from one dataset's records that fit.
 """
 
 from __future__ import annotations
@@ -7,7 +7,9 @@ from __future__ import annotations
 from elasticity.data import load_dataset
 from elasticity.data.formats import format_example
 from elasticity.data.subsets import order
-from elasticity.experiments.resistance.grid import heldout_file, prompts_file, train_file
+from elasticity.experiments.core.sizes import DataSizeError
+from elasticity.experiments.resistance.grid import (heldout_file, num_checkpoints, prompts_file,
+                                                    train_file)
 
 
 def _source_records(c, tokenizer) -> list[dict]:
@@ -26,21 +28,22 @@ def _source_records(c, tokenizer) -> list[dict]:
 
 def build_files(c, tokenizer) -> dict:
   """The records of every data file (module docstring): the held-out set is the last ``heldout``
-  fitting records in source order; each seed's 3·n training records (and 3·n generation prompts)
+  fitting records in source order; each seed's m·n training records (and m·n generation prompts)
   come from the rest in the seed's order."""
   recs = _source_records(c, tokenizer)
-  n, h = int(c.n), int(c.heldout)
-  need = 3 * n * (2 if c.dk == "generated" else 1)
+  n, h, m = int(c.n), int(c.heldout), num_checkpoints(c)
+  need = m * n * (2 if c.dk == "generated" else 1)
   if len(recs) < need + h:
-    raise ValueError(f"config.n: {c.dataset} has {len(recs)} records that fit max_length "
-                     f"{c.data.max_length}; 3·n={3 * n} training records"
-                     + (" + 3·n generation prompts" if c.dk == "generated" else "")
-                     + f" + {h} held-out need {need + h}")
+    raise DataSizeError(f"preset {c.variant or c.model.name!r}: dataset {c.dataset}: {need + h} "
+                        f"records that fit max_length {c.data.max_length} needed ({m}·n={m * n} "
+                        f"training" + (f" + {m * n} generation prompts" if c.dk == "generated" else "")
+                        + f" + {h} held-out), {len(recs)} available (config.n, config.m, "
+                        f"config.heldout or config.data.max_length)")
   heldout, pool = recs[len(recs) - h:], recs[:len(recs) - h]
   files = {heldout_file(c): heldout}
   for seed in (int(s) for s in c.seeds):
     idx = order(len(pool), seed)
-    files[train_file(c, seed)] = [pool[int(i)] for i in idx[:3 * n]]
+    files[train_file(c, seed)] = [pool[int(i)] for i in idx[:m * n]]
     if c.dk == "generated":
-      files[prompts_file(c, seed)] = [pool[int(i)] for i in idx[3 * n:6 * n]]
+      files[prompts_file(c, seed)] = [pool[int(i)] for i in idx[m * n:2 * m * n]]
   return files

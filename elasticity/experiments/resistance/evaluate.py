@@ -35,6 +35,9 @@ Cells, per seed (``configs/experiments/resistance.py``): ``s<seed>/base`` (the S
 - compression: nats/token and bits/byte (γ) of the start and the end model on D_1, D_2, D_3 and on the
   held-out set (`elasticity.compression.measure`, EOS scored as in training): ``gamma_D<j>_start``,
   ``gamma_D<j>_end``, ``dgamma_D<j>`` (end − start, bits/byte);
+- **the whole-D_k measures** (the report's headline): ``dk_loss_end`` (= ``train_loss_end``, the end
+  model's nats/token over all of its training data D_target, not the last noisy batches) and
+  ``dk_fall`` = ``train_loss_start − train_loss_end``, how far the run moved on its own data;
 - **the memorisation control**: ``train_loss_start`` (the start model's nats/token on the cell's
   own training data, before any update), ``heldout_loss_start``, ``heldout_loss_end`` and
   ``heldout_fall`` (start − end) on examples of the same source that no θ has seen.
@@ -57,8 +60,8 @@ from elasticity.eval import generations as gen_lib
 from elasticity.eval.kl import kl_to_reference
 from elasticity.experiments.core import cells as cells_lib
 from elasticity.experiments.core import checkpoints
-from elasticity.experiments.resistance.grid import (EXPERIMENT_DIR, base_name, prompts_file,
-                                                    train_file)
+from elasticity.experiments.resistance.grid import (EXPERIMENT_DIR, base_name, num_checkpoints,
+                                                    prompts_file, train_file)
 
 
 def read_curve(train_dir: Path) -> list[tuple[int, float]]:
@@ -113,9 +116,9 @@ class ResistanceEvaluator:
     return self.files[p]
 
   def d_sets(self, cell) -> dict[str, list[dict]]:
-    """D_1, D_2, D_3 of the cell's seed (generated: θ_k's files, once they exist) and the held-out."""
+    """D_1, …, D_m of the cell's seed (generated: θ_k's files, once they exist) and the held-out."""
     n, out = int(self.c.n), {}
-    for k in (1, 2, 3):
+    for k in range(1, num_checkpoints(self.c) + 1):
       if self.c.dk == "slices":
         out[f"D{k}"] = self._rows(train_file(self.c, cell.seed), cell.seed)[(k - 1) * n:k * n]
       else:
@@ -230,6 +233,9 @@ class ResistanceEvaluator:
       metrics[f"gamma_{name}_start"] = before[f"gamma_{name}"]
       metrics[f"gamma_{name}_end"] = after[f"gamma_{name}"]
       metrics[f"dgamma_{name}"] = after[f"gamma_{name}"] - before[f"gamma_{name}"]
+    # the final loss over the whole D_k (not the last few batches) and how far the run moved on it
+    metrics["dk_loss_end"] = metrics["train_loss_end"]
+    metrics["dk_fall"] = metrics["train_loss_start"] - metrics["train_loss_end"]
     metrics["heldout_loss_start"] = before["loss_heldout"]
     metrics["heldout_loss_end"] = after["loss_heldout"]
     metrics["heldout_fall"] = before["loss_heldout"] - after["loss_heldout"]

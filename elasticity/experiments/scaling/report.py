@@ -22,10 +22,17 @@ def _fmt(s) -> str:
   return f"{s['mean']:.4g}" + (f" ± {s['sd']:.2g}" if s.get("sd") is not None else "")
 
 
+def resolve_metric(metric: str, rows: Sequence[Row]) -> str:
+  """``auto``: the classifier's ``score`` when any row has one (a scorer was configured), else Δγ."""
+  if metric != "auto":
+    return metric
+  return "score" if any(r.metric("score") is not None for r in rows) else "delta_gamma"
+
+
 def build_scaling(rows: Sequence[Row], ctx: Context) -> list[Section]:
   cfg = dict(ctx.experiment.get("config") or {})
   speed_cfg = dict(cfg.get("speed") or {})
-  metric = str(speed_cfg.get("metric", "delta_gamma"))
+  metric = resolve_metric(str(speed_cfg.get("metric", "auto")), rows)
   axis = str(speed_cfg.get("axis", "params"))
   models = {str(m.get("name") or k): m for k, m in dict(cfg.get("models") or {}).items()}
   dict_rows = [{"coords": dict(r.coords), "metrics": dict(r.metrics), "seed": r.seed} for r in rows]

@@ -6,7 +6,8 @@ params, tokens} (parameters, pre-training tokens; either may be 0 when unknown).
 rebound grid with its cells named ``<model>/<cell>``; the rows carry ``coords.model``.
 
 **Rebound speed.** For a model, a seed and an n⁺, with S the score metric (``config.speed.metric``,
-default ``delta_gamma``: it needs no scorer), S0 its value at the base model, S1 after stage 1
+``auto`` by default: the classifier's ``score`` where the rows have one, else ``delta_gamma``, which
+needs no scorer; `elasticity.experiments.scaling.report.resolve_metric`), S0 its value at the base model, S1 after stage 1
 (n⁻ = 0) and S(n) after n negative examples, the *undone fraction* is
 
     r(n) = (S1 − S(n)) / (S1 − S0)          (0: still aligned as after stage 1; 1: back at the base)
