@@ -236,6 +236,9 @@ def run(main: Callable[[list[str]], Any], *, cache: bool = True, orbax: bool = T
       jax.config.update("jax_threefry_partitionable", True)
     try:
       return main(argv)
+    except UsageError as e:     # absl would print the whole usage text above it
+      print(f"FATAL: {e}", file=sys.stderr, flush=True)
+      sys.exit(EXIT_ERROR)
     except USER_ERRORS as e:
       logging.debug("%s", traceback.format_exc())
       print(f"FATAL: {e}", file=sys.stderr, flush=True)
