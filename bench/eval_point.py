@@ -104,11 +104,43 @@ def setup(tmp: Path) -> dict:
 # --------------------------------------------------------------------------------------------------
 
 
+def _timed(phases: dict, name: str, fn):
+  """``fn`` with its wall time added to ``phases[name]`` (results are ready when it returns)."""
+  def wrapped(*args, **kwargs):
+    t0 = time.perf_counter()
+    try:
+      return fn(*args, **kwargs)
+    finally:
+      phases[name] = phases.get(name, 0.0) + time.perf_counter() - t0
+  return wrapped
+
+
+def _compile_listener(phases: dict):
+  """Adds JAX's tracing, lowering and XLA compilation durations to ``phases``."""
+  import jax
+  names = {"/jax/core/compile/backend_compile_duration": "  of which XLA compilation",
+           "/jax/core/compile/jaxpr_trace_duration": "  of which tracing",
+           "/jax/core/compile/jaxpr_to_mlir_module_duration": "  of which lowering"}
+
+  def listener(event, duration, **_):
+    if event in names:
+      phases[names[event]] = phases.get(names[event], 0.0) + duration
+  jax.monitoring.register_event_duration_secs_listener(listener)
+
+
 def child_ours(spec: dict) -> dict:
   import ml_collections
   from elasticity.eval.scorers import scorer_from_config
+  from elasticity.experiments.rebound import evaluate
   from elasticity.experiments.rebound.evaluate import PointEvaluator
   t_imports = time.perf_counter() - T_PROCESS
+  phases: dict = {}
+  _compile_listener(phases)
+  evaluate.gen_lib.continue_prompts = _timed(phases, "generation", evaluate.gen_lib.continue_prompts)
+  evaluate.compression_preference = _timed(phases, "delta_gamma", evaluate.compression_preference)
+  evaluate.kl_to_reference = _timed(phases, "kl", evaluate.kl_to_reference)
+  PointEvaluator.load = staticmethod(_timed(phases, "load checkpoint", evaluate.checkpoints.load))
+  PointEvaluator.score = _timed(phases, "classifier", PointEvaluator.score)
   c = ml_collections.ConfigDict(json.loads(spec["config"]))
   scorer = scorer_from_config(c.eval.scorer, "config.eval.scorer")
   ev = PointEvaluator(c.eval, base_path=spec["dirs"]["base"], base_tokenizer="",
@@ -116,9 +148,10 @@ def child_ours(spec: dict) -> dict:
                       heldout_neg=spec["heldout_neg"], scorer=scorer)
   out = {"imports_s": t_imports, "points": []}
   for i in (1, 2):
+    phases.clear()
     t0 = time.perf_counter()
     m = ev(spec["dirs"][f"policy{i}"], "", Path(spec["points"]) / f"ours{i}")
-    out["points"].append({"seconds": time.perf_counter() - t0, "metrics": m})
+    out["points"].append({"seconds": time.perf_counter() - t0, "metrics": m, "phases": dict(phases)})
   out["points"][0]["wall_s"] = time.perf_counter() - T_PROCESS - out["points"][1]["seconds"]
   return out
 
@@ -159,7 +192,15 @@ def child_torch(spec: dict) -> dict:
 
   for i in (1, 2):
     t0 = time.perf_counter()
+    phases = {}
+    mark = [t0]
+
+    def lap(name):
+      now = time.perf_counter()
+      phases[name] = phases.get(name, 0.0) + now - mark[0]
+      mark[0] = now
     model = load(spec["dirs"][f"policy{i}"])
+    lap("load checkpoint")
     bs = int(s.batch_size)
     gen = []
     with torch.inference_mode():
@@ -179,7 +220,9 @@ def child_torch(spec: dict) -> dict:
             t.pop()
           gen.append({"prompt": spec["prompts"][k + r], "prompt_ids": p, "completion_ids": t,
                       "completion": tok.decode([x for x in t if x != eos])})
+      lap("generation")
       metrics = score_metrics(scorer.score(score_texts(gen, ev.score_text)), scorer_kind(scorer))
+      lap("classifier")
       bpb = {}
       for side, rows in rows_by_side.items():
         bits, nbytes = 0.0, 0
@@ -196,8 +239,10 @@ def child_torch(spec: dict) -> dict:
           nbytes += sum(r.response_bytes for r in chunk)
         bpb[side] = bits / nbytes
       metrics.update(bpb_pos=bpb["pos"], bpb_neg=bpb["neg"], delta_gamma=bpb["neg"] - bpb["pos"])
+      lap("delta_gamma")
       if base_model is None:
         base_model = load(spec["dirs"]["base"])
+        lap("load checkpoint")
       kl_sum, kl_n = 0.0, 0
       seqs = sorted(gen, key=lambda g: len(g["prompt_ids"]) + len(g["completion_ids"]))
       for k in range(0, len(seqs), int(ev.batch_size)):
@@ -217,7 +262,8 @@ def child_torch(spec: dict) -> dict:
           kl_n += n
       metrics["kl_to_base"] = kl_sum / kl_n
       metrics["generated_tokens"] = float(sum(len(g["completion_ids"]) for g in gen))
-    out["points"].append({"seconds": time.perf_counter() - t0, "metrics": metrics})
+      lap("kl")
+    out["points"].append({"seconds": time.perf_counter() - t0, "metrics": metrics, "phases": phases})
   out["points"][0]["wall_s"] = time.perf_counter() - T_PROCESS - out["points"][1]["seconds"]
   return out
 
@@ -269,6 +315,17 @@ def main(argv):
                    "score": m["score"], "delta_gamma": m["delta_gamma"], "bpb_pos": m["bpb_pos"],
                    "kl_to_base": m["kl_to_base"], "generated tokens": m["generated_tokens"]})
   table = print_table(rows)
+  names = list(dict.fromkeys(k for side in ("ours", "torch") for pt in res[side]["points"]
+                             for k in pt["phases"]))
+  names = ([n for n in names if not n.startswith(" ")]          # the work, then JAX's share of it
+           + sorted(n for n in names if n.startswith(" ")))
+  phase_rows = [{"phase": "Python start + imports", "ours cold": res["ours"]["imports_s"],
+                 "torch cold": res["torch"]["imports_s"]}]
+  for name in names:
+    phase_rows.append({"phase": name, **{f"{side} {label}": res[side]["points"][k]["phases"].get(name)
+                                         for side in ("ours", "torch")
+                                         for k, label in ((0, "cold"), (1, "warm"))}})
+  phase_table = print_table(phase_rows)
   cold = res["torch"]["cold_s"] / res["ours"]["cold_s"]
   warm = res["torch"]["points"][1]["seconds"] / res["ours"]["points"][1]["seconds"]
   dg = abs(res["ours"]["points"][0]["metrics"]["delta_gamma"]
@@ -283,7 +340,9 @@ def main(argv):
          f"point (imports, loads, compilation inside); warm = a second policy of the same shapes in "
          f"the same process. 1-minute load averages before each side in the table (2 cores, shared). "
          f"Δγ of the two sides on the same rows differs by {dg:.1e}; scores and KL differ because "
-         f"the samples do (other RNGs).\n\n{table}\n" + "\n".join(f"`{x}`  " for x in lines) + "\n")
+         f"the samples do (other RNGs).\n\n{table}\nBy phase (seconds; ours from wrappers around "
+         f"the evaluator's calls, torch from laps; the indented rows are JAX's tracing, lowering and "
+         f"XLA compilation inside ours' phases, from `jax.monitoring` events):\n\n{phase_table}\n" + "\n".join(f"`{x}`  " for x in lines) + "\n")
 
 
 if __name__ == "__main__":

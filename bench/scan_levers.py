@@ -1,6 +1,6 @@
 """Why the scanned SmolLM2 SFT step is slower than the unrolled one on CPU: the levers, side by side.
 
-    python bench/scan_levers.py [--variants=unrolled,scan,scan_u2,scan_dots,unrolled_dots,scan_cheap]
+    python bench/scan_levers.py [--variants=unrolled,scan,scan_dots] [--shape=2x128]
                                 [--rounds=4]
 
 One process holds every variant's train state and step (SmolLM2-135M-Instruct, the wheel's GGUF in
@@ -28,10 +28,14 @@ sys.path.insert(0, str(ROOT))
 
 from absl import app, flags  # noqa: E402
 
-_VARIANTS = flags.DEFINE_string("variants", "unrolled,scan,scan_u2,scan_dots,unrolled_dots,scan_cheap",
-                                "Comma-separated variants (see the module docstring).")
+_VARIANTS = flags.DEFINE_string("variants", "unrolled,scan,scan_dots",
+                                "Comma-separated variants (see the module docstring); each holds "
+                                "a train state (~2 GB RSS), so keep few on a 23 GB machine.")
 _ROUNDS = flags.DEFINE_integer("rounds", 4, "Alternating steady rounds.")
+_SHAPE = flags.DEFINE_string("shape", "2x128", "Batch rows x sequence length (the rebound smollm2 "
+                             "preset trains 5x64).")
 SECTION = "scan levers (bench/scan_levers.py)"
+# one section per shape: the training step's shape matters (the rebound preset trains 5 x 64)
 
 
 def main(argv):
@@ -54,7 +58,8 @@ def main(argv):
   variants = _VARIANTS.value.split(",")
   model = load_pretrained(smollm2_gguf())
   mesh = shd.make_mesh(1, 1, 1, devices=jax.devices()[:1])
-  ids = np.random.default_rng(0).integers(0, model.config.vocab_size, (2, 128)).astype(np.int32)
+  rows, seq = (int(x) for x in _SHAPE.value.split("x"))
+  ids = np.random.default_rng(0).integers(0, model.config.vocab_size, (rows, seq)).astype(np.int32)
   host = {"input_ids": ids, "loss_mask": np.ones_like(ids)}
   live, loads = {}, []
   for v in variants:
@@ -95,13 +100,14 @@ def main(argv):
   rows = [{"variant": v, "first step s": lv["first_s"], "wall s (fastest)": min(lv["wall"]),
            "wall s (median)": float(np.median(lv["wall"])), "CPU s (fastest)": min(lv["cpu"]),
            "CPU s (median)": float(np.median(lv["cpu"])), "loss": lv["loss"],
+           "tokens/s (fastest wall)": rows * seq / min(lv["wall"]),
            "unrolled / this (CPU, median)": (ref / float(np.median(lv["cpu"]))) if ref else float("nan")}
           for v, lv in live.items()]
   table = print_table(rows)
-  lines = [ratio(f"steady_step_{v}_vs_unrolled", row["unrolled / this (CPU, median)"])
+  lines = [ratio(f"steady_step_{v}_vs_unrolled_{rows}x{seq}", row["unrolled / this (CPU, median)"])
            for v, row in zip(live, rows) if v != "unrolled" and ref]
-  record(SECTION, f"{environment()}; SmolLM2-135M-Instruct float32, AdamW, 2 × 128, every token "
-         f"scored; {_ROUNDS.value} alternating rounds in one process, 1-minute load averages before "
+  record(f"{SECTION}, {rows}x{seq}", f"{environment()}; SmolLM2-135M-Instruct float32, AdamW, {rows} × {seq}, every "
+         f"token scored; {_ROUNDS.value} alternating rounds in one process, 1-minute load averages before "
          f"each round: {', '.join(f'{x:.2f}' for x in loads)} (2 cores, shared).\n\n{table}\n"
          + "\n".join(f"`{x}`  " for x in lines) + "\n")
 
