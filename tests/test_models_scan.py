@@ -213,3 +213,31 @@ def test_scanned_param_shardings_leave_the_layer_axis_whole():
   specs = shd.param_specs(state, mesh, scan.with_layers_rule(shd.DEFAULT_RULES))
   assert specs["layers"]["attn"]["q"] == jax.sharding.PartitionSpec(None, "fsdp", "tensor", None)
   assert specs["layers"]["mlp"]["down"] == jax.sharding.PartitionSpec(None, "tensor", "fsdp")
+
+
+@pytest.mark.parametrize("variant", ["smollm2", "gemma3"])   # plain layers; sliding/global kinds
+def test_scan_unroll_is_the_same_scan(variant, tmp_path):
+  """`CausalLM.scan_unroll` (layers per scan iteration) only changes how the loop is emitted: the
+  logits and gradients agree with ``unroll=1`` to the layouts' own tolerance (the same maths)."""
+  ref = tiny_hf_model(variant)
+  ref.save_pretrained(tmp_path / "hf")
+  scanned = scan.stack_layers(load_pretrained(tmp_path / "hf"))
+  ids, mask, _ = ragged_batch(ref.config.vocab_size, [12, 9, 4], "right", seed=2)
+  ids, mask = jnp.asarray(ids, jnp.int32), jnp.asarray(mask, bool)
+  out = {}
+  for unroll in (1, 2):
+    model = nnx.merge(*nnx.split(scanned))
+    model.scan_unroll = unroll
+    graphdef, params = nnx.split(model)
+    params = nnx.to_pure_dict(params)
+    (_, logits), grads = jax.jit(jax.value_and_grad(
+        lambda p: loss_fn(graphdef, p, ids, mask), has_aux=True))(params)
+    out[unroll] = (np.asarray(logits), grads)
+    # the switch reaches the scan (else this test would compare a program with itself)
+    assert f"unroll={unroll}" in str(jax.make_jaxpr(lambda p: loss_fn(graphdef, p, ids, mask))(params))
+  c = ref.config
+  width, depth = max(c.hidden_size, c.intermediate_size), stack_depth(c.num_hidden_layers)
+  valid = np.asarray(mask)
+  assert rel_err(out[2][0][valid], out[1][0][valid]) < f32_tol(width, depth), variant
+  for g2, g1 in zip(jax.tree.leaves(out[2][1]), jax.tree.leaves(out[1][1])):
+    assert rel_err(g2, g1) < f32_tol(width, 2 * depth + 1), variant

@@ -102,3 +102,22 @@ def test_kto_tiny_is_accepted_and_kto_refuses_packing_naming_the_key():
     kto.get_config("llama2-7b,gpu8,extra")
   with pytest.raises(ValueError, match="unknown mesh preset"):
     kto.get_config("llama2-7b,tpu_v9")
+
+
+def test_scan_layers_default_is_per_backend_and_an_explicit_value_wins(monkeypatch):
+  from elasticity.train import config as train_config
+  c = default_config()
+  assert c.model.scan_layers is None                 # per backend
+  monkeypatch.setattr(train_config.jax, "default_backend", lambda: "cpu")
+  assert train_config.scan_layers(c) is False        # CPU: the unrolled step is faster
+  monkeypatch.setattr(train_config.jax, "default_backend", lambda: "gpu")
+  assert train_config.scan_layers(c) is True         # accelerators: one layer compiled
+  for value in (True, False):
+    c.model.scan_layers = value
+    assert train_config.scan_layers(c) is value
+    monkeypatch.setattr(train_config.jax, "default_backend", lambda: "cpu")
+    assert train_config.scan_layers(c) is value
+  bad = default_config()
+  bad.model.path = "x"
+  with pytest.raises(TypeError):                     # the locked config keeps the type: bool or None
+    bad.model.scan_layers = "yes"

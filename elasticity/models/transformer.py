@@ -126,6 +126,7 @@ class CausalLM(nnx.Module):
     if not cfg.tie_embeddings:
       self.lm_head = param(rngs, (cfg.hidden_size, cfg.vocab_size), ("embed", "vocab"), param_dtype)
     self.remat: str | None = None
+    self.scan_unroll: int = 1     # layers per scan iteration (`lax.scan`'s ``unroll``); static
 
   # -- switches -----------------------------------------------------------------------------------
   @property
@@ -262,7 +263,8 @@ class CausalLM(nnx.Module):
 
     if cache_layers is None and self.remat:
       body = jax.checkpoint(body, policy=remat_policy(self.remat), prevent_cse=False)
-    x, new_layers = jax.lax.scan(body, x, (state, rope_ix, win_ix, cache_layers))
+    x, new_layers = jax.lax.scan(body, x, (state, rope_ix, win_ix, cache_layers),
+                                 unroll=getattr(self, "scan_unroll", 1))
     return x, new_layers
 
   def __call__(self, input_ids: Array, attention_mask: Array | None = None,

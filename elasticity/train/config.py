@@ -12,7 +12,9 @@ import json
 from pathlib import Path
 from typing import Any
 
+import jax
 import ml_collections
+from ml_collections import config_dict
 
 from elasticity import sharding as shd
 from elasticity.eval.scorer_config import (ScorerConfigError, detect_kind, require_scorer,
@@ -115,6 +117,14 @@ def validate_ppo(cfg: ml_collections.ConfigDict, *, check_scorer: bool = True) -
     raise ValueError("config.data.pack: PPO rollouts are one prompt per row (pack=False)")
 
 
+def scan_layers(cfg) -> bool:
+  """The layer layout a run uses: ``config.model.scan_layers``, or when it is None the backend's
+  default — unrolled on CPU (XLA:CPU runs the scanned backward 1.3-1.5x slower in steady state;
+  bench/RESULTS.md), scanned elsewhere (one layer compiled instead of L)."""
+  value = cfg.model.scan_layers
+  return jax.default_backend() != "cpu" if value is None else bool(value)
+
+
 def data_section(**overrides: Any) -> ml_collections.ConfigDict:
   """A dataset selection (see `elasticity.train.data`)."""
   d = ml_collections.ConfigDict()
@@ -151,7 +161,10 @@ def default_config() -> ml_collections.ConfigDict:
   c.model.dtype = "float32"       # compute dtype
   c.model.param_dtype = "float32"  # master-weight dtype (optimizer state follows it)
   c.model.remat = "none"          # per-layer rematerialisation policy
-  c.model.scan_layers = True      # the decoder stack as one lax.scan (compiles one layer, not L)
+  # The decoder stack as one lax.scan (True: compiles one layer, not L) or unrolled (False); None =
+  # per backend (`scan_layers`): unrolled on CPU, whose scanned step is slower in steady state
+  # (bench/RESULTS.md, start-up), scanned on accelerators. Both layouts compute the same numbers.
+  c.model.scan_layers = config_dict.placeholder(bool)
   c.model.attention_impl = "xla"  # attention core: xla (CPU default) | cudnn (NVIDIA) | splash (TPU)
   c.model.random_init = ""        # a elasticity.models.presets name: random weights instead of path
 
@@ -259,8 +272,9 @@ def validate(cfg: ml_collections.ConfigDict, *, check_scorer: bool = True) -> No
   _one_of(cfg, "model.param_dtype", DTYPES)
   _one_of(cfg, "model.remat", REMAT)
   _one_of(cfg, "model.attention_impl", ATTENTION_IMPLS)
-  if not isinstance(cfg.model.scan_layers, bool):
-    raise ValueError(f"config.model.scan_layers: must be True or False, got {cfg.model.scan_layers!r}")
+  if cfg.model.scan_layers is not None and not isinstance(cfg.model.scan_layers, bool):
+    raise ValueError(f"config.model.scan_layers: must be True, False or None (per backend), got "
+                     f"{cfg.model.scan_layers!r}")
   _one_of(cfg, "objective.name", losses.ALL_NAMES)
   _one_of(cfg, "objective.reference", REFERENCE)
   _one_of(cfg, "optimizer.name", optimizer.NAMES)

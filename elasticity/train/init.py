@@ -34,6 +34,7 @@ from elasticity.models.presets import preset_config
 from elasticity.models.scan import to_layout, with_layers_rule
 from elasticity.tokenizers import load_tokenizer
 from elasticity.train import compiled
+from elasticity.train import config as train_config
 from elasticity.train.checkpoint import Checkpointer
 from elasticity.train.data import BatchStream, load_examples, select
 from elasticity.train.losses import Objective, objective_from_config
@@ -160,7 +161,7 @@ def load_model(cfg, tokenizer: str | None, weights: bool = True):
   """
   dtype, pdtype = dtypes(cfg)
   remat = None if cfg.model.remat == "none" else cfg.model.remat
-  scan, impl = bool(cfg.model.scan_layers), cfg.model.attention_impl
+  scan, impl = train_config.scan_layers(cfg), cfg.model.attention_impl
   if cfg.model.random_init:
     mcfg = preset_config(cfg.model.random_init)
     model = None
@@ -200,7 +201,7 @@ def random_init(cfg, shardings) -> Callable[[], Any]:
   dtype, pdtype = dtypes(cfg)
   seed = int(cfg.seed)
 
-  scan, impl = bool(cfg.model.scan_layers), cfg.model.attention_impl
+  scan, impl = train_config.scan_layers(cfg), cfg.model.attention_impl
 
   def build():
     return jax.jit(lambda: split_params(create_model(mcfg, dtype=dtype, param_dtype=pdtype,

@@ -29,6 +29,7 @@ from elasticity import atomic, convert
 from elasticity import sharding as shd
 from elasticity.models.scan import to_layout
 from elasticity.train import compiled
+from elasticity.train import config as train_config
 from elasticity.train.data import BatchStream
 from elasticity.train.init import RunData, RunModel, dtypes, on_host, tokenizer_path
 from elasticity.train.step import batch_shardings, make_reference_fn, split_params
@@ -138,7 +139,7 @@ def prepare(cfg, data: RunData, m: RunModel, mesh, rules, workdir: str, ref: Ref
         ref_model = to_layout(convert.load_pretrained(cfg.reference.path, dtype=dtype,
                                                       param_dtype=pdtype,
                                                       tokenizer=tokenizer_path(cfg)),
-                              bool(cfg.model.scan_layers))
+                              train_config.scan_layers(cfg))
       ref_host = split_params(ref_model)[1]
     else:
       if m.host_params is None:
