@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import os
 import sys
+import time
 
 import jax
 from absl import flags
@@ -100,6 +101,7 @@ def main(argv):
   print(f"{_WHAT.value} of {name} ({cfg.model.dtype} compute, {cfg.model.param_dtype} params, remat "
         f"{cfg.model.remat}, batch {cfg.train.global_batch_size} × {length}, "
         f"{cfg.train.num_microbatches} microbatches) for {topo.name}", flush=True)
+  t0 = time.perf_counter()
   try:
     u = memory.usage(program.compile(), topo, program)
   except jax.errors.JaxRuntimeError as e:     # XLA refuses a program over the chip's HBM
@@ -111,6 +113,7 @@ def main(argv):
           f"XLA's required total is the 'used' below")
   else:
     print("\n".join(memory.table(u, topo, program, _MFU.value)))
+  print(f"lowered and compiled in {time.perf_counter() - t0:.1f} s")
   if not u.fits:
     print(f"does not fit: {memory.knobs(u, program)}")
   print(f"hbm_per_chip_gb {u.used / topologies.GIB:.3f} {topo.chip.hbm_gib:g}", flush=True)
