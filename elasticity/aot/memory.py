@@ -106,14 +106,17 @@ def table(u: Usage, topology: Topology, program: Program, mfu: float) -> list[st
 def knobs(u: Usage, program: Program) -> str:
   """One line naming what would make it fit, from where the memory goes."""
   state = u.arguments
+  cut = ("; mesh.fsdp was cut down to the rows of one microbatch, so FSDP does not shard the state "
+         "over every chip: fewer --config.train.num_microbatches (or a larger "
+         "--config.train.global_batch_size) lets it" if program.note else "")
   if program.what == "train":
     if state > u.capacity:
       return ("the train state alone is {:.1f} GiB per chip: shard it over more chips (a larger "
               "--topology; mesh.fsdp over all of them) or keep master weights in bfloat16 "
-              "(--config.model.param_dtype=bfloat16)".format(state / GIB))
+              "(--config.model.param_dtype=bfloat16){}".format(state / GIB, cut))
     return ("activations take {:.1f} GiB per chip: --config.model.remat=full, more "
             "--config.train.num_microbatches, a shorter --config.data.max_length, or a larger "
-            "--topology / mesh.fsdp".format((u.used + u.code - state) / GIB))
+            "--topology / mesh.fsdp{}".format((u.used + u.code - state) / GIB, cut))
   if state > u.capacity:
     return (f"the weights alone are {state / GIB:.1f} GiB per chip: a larger --topology, or "
             "mesh.fsdp/tensor over more chips")
