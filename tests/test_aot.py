@@ -12,7 +12,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import jax
 import pytest
 
 from configs import sft as sft_configs

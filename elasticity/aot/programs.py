@@ -30,7 +30,7 @@ from elasticity.data.packing import empty_rows
 from elasticity.eval import kl as kl_lib
 from elasticity.models import abstract_model
 from elasticity.models.config import ModelConfig
-from elasticity.models.generate import SamplingConfig, _compiled as generate_fn
+from elasticity.models.generate import SamplingConfig, decoding_fn
 from elasticity.models.scan import with_layers_rule
 from elasticity.train import compiled
 from elasticity.train.data import sft_fields
@@ -184,7 +184,7 @@ def generate_program(mcfg: ModelConfig, mesh: Mesh, *, batch: int, prompt_length
   shards = shd.batch_divisor(mesh, rules)
   batch = -(-batch // shards) * shards
   b_sh, rep = shd.batch_sharding(mesh, 2, rules), NamedSharding(mesh, P())
-  fn = generate_fn(graphdef, SamplingConfig(new_tokens), 0)
+  fn = decoding_fn(graphdef, SamplingConfig(new_tokens), 0)
   ids = jax.ShapeDtypeStruct((batch, prompt_length), jnp.int32, sharding=b_sh)
   mask = jax.ShapeDtypeStruct((batch, prompt_length), jnp.bool_, sharding=b_sh)
   key = jax.eval_shape(lambda: jax.random.key(0))
