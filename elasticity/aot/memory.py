@@ -98,8 +98,6 @@ def table(u: Usage, topology: Topology, program: Program, mfu: float) -> list[st
            f"({program.what}, {program.tokens} tokens)",
            f"predicted step: {seconds:.3f} s at MFU {mfu:g} ({topology.chip.peak_tflops:g} TFLOP/s bf16 "
            f"per chip), {program.tokens / seconds:,.0f} tokens/s"]
-  if program.note:
-    lines.insert(1, f"  note: {program.note}")
   return lines
 
 
