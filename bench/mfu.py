@@ -37,6 +37,7 @@ _DTYPE = flags.DEFINE_enum("dtype", "bfloat16", ["bfloat16", "float32"], "Comput
 _REMAT = flags.DEFINE_enum("remat", "dots", ["none", "full", "dots", "dots_all"], "Remat policy.")
 _MESH = flags.DEFINE_list("mesh", ["1", "-1", "1"], "data,fsdp,tensor (-1 = the rest).")
 _PEAK = flags.DEFINE_float("peak_flops", 0.0, "Peak FLOP/s per device (0 = from the device kind).")
+_LAYERS = flags.DEFINE_integer("num_layers", 0, "Decoder layers (0 = the preset's; fewer: a rehearsal).")
 _RECORD = flags.DEFINE_bool("record", True, "Write the result to bench/RESULTS.md (accelerators only).")
 GOAL = 0.45
 
@@ -58,6 +59,9 @@ def main(argv):
                                      state_shardings)
 
   cfg = preset_config(_PRESET.value)
+  if _LAYERS.value:
+    cfg = cfg.replace(num_layers=_LAYERS.value, layer_types=cfg.layer_types[:_LAYERS.value]
+                      if cfg.layer_types else cfg.layer_types)
   dtype = jnp.dtype(_DTYPE.value)
   mesh = shd.make_mesh(*(int(x) for x in _MESH.value))
   abstract = abstract_model(cfg, dtype=dtype, param_dtype=jnp.float32)

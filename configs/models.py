@@ -40,3 +40,14 @@ def model_path(name: str) -> tuple[str, str]:
 
 def default_mesh(name: str) -> str:
   return MODELS[name][2] if name in MODELS else "cpu"
+
+
+def preset_of_path(path: str) -> str | None:
+  """The preset whose checkpoint directory ``path`` names (``…/Llama-2-7b-hf`` → llama2-7b), or None;
+  a forward/inverse run's ``<runs>/<model>-<dataset>/theta1`` names its model in the run folder."""
+  base = os.path.basename(os.path.normpath(path or ""))
+  for name, (repo, _, _) in MODELS.items():
+    if base == repo.split("/")[-1]:
+      return name
+  run = os.path.basename(os.path.dirname(os.path.normpath(path or "")))
+  return next((n for n in sorted(MODELS, key=len, reverse=True) if run.startswith(n + "-")), None)

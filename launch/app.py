@@ -1,6 +1,7 @@
 """The launchers' one entry point: ``app.run(main, ...)`` owns what is process-wide.
 
-* **Environment defaults** (`ENV_DEFAULTS`: Hugging Face offline, transformers quiet), set when this
+* **Environment defaults** (`ENV_DEFAULTS`: Hugging Face offline, transformers quiet; and
+  ``JAX_PLATFORMS=cpu`` on a machine with libtpu installed but no TPU or GPU), set when this
   module is imported, before jax or transformers is. ``launch/__init__.py`` imports this module, and
   Python runs a package's ``__init__`` before any module in it, so ``python -m launch.<x>`` (or any
   ``import launch.<x>``) has them before launch/<x>.py's first line: a launcher may import jax at its
@@ -34,6 +35,8 @@ or SIGINT: a checkpoint was saved; run the same command again to continue).
 from __future__ import annotations
 
 import difflib
+import glob
+import importlib.util
 import os
 import sys
 import traceback
@@ -41,6 +44,21 @@ import traceback
 ENV_DEFAULTS = {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_VERBOSITY": "error"}
 for _name, _value in ENV_DEFAULTS.items():
   os.environ.setdefault(_name, _value)
+
+
+def _libtpu_without_tpu() -> bool:
+  """libtpu is installed (the ``aot`` or ``test`` extra) but this machine has no TPU and no GPU: JAX
+  would try to start a TPU backend on every start and log errors (TPU VMs expose /dev/accel* or
+  /dev/vfio/<n>; NVIDIA GPUs /dev/nvidia<n>)."""
+  if importlib.util.find_spec("libtpu") is None:
+    return False
+  return not (glob.glob("/dev/accel*") or glob.glob("/dev/vfio/[0-9]*") or glob.glob("/dev/nvidia[0-9]*"))
+
+
+# A CPU machine with libtpu (installed for `launch.aot`, which compiles for TPUs without starting a
+# TPU backend): the CPU platform only, unless the user chose the platforms.
+if "JAX_PLATFORMS" not in os.environ and _libtpu_without_tpu():
+  os.environ["JAX_PLATFORMS"] = "cpu"
 
 # pylint: disable=wrong-import-position
 from collections.abc import Callable, Iterable, Mapping, Sequence  # noqa: E402

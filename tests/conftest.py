@@ -16,6 +16,10 @@ import os
 _DEVICES_FLAG = "--xla_force_host_platform_device_count"
 if _DEVICES_FLAG not in os.environ.get("XLA_FLAGS", ""):
   os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} {_DEVICES_FLAG}=8".strip()
+# The suite is CPU-only: with libtpu installed (the `test` extra brings it for the AOT tests, which
+# compile for TPU topologies without a TPU backend) JAX would otherwise try to start a TPU backend in
+# every process and log errors. A run that chooses its platforms (bench/device_check.sh) keeps them.
+os.environ.setdefault("JAX_PLATFORMS", "cpu")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
+from elasticity import sharding as shd
 from elasticity.eval.kl import KLReport, kl_on_generations, kl_to_reference
 from elasticity.convert import load_pretrained
 from elasticity.models import ModelConfig, abstract_model
@@ -173,3 +174,24 @@ def test_bad_input_is_named(pair):
     kl_to_reference(p, p, [[1, 2]], [1], chunk_size=0)
   with pytest.raises(ValueError, match="row 0: field 'completion_ids'"):
     kl_on_generations(p, p, [{"prompt_ids": [1]}])
+
+
+def test_sharded_like_the_scorer_one_device_bitwise_eight_devices_within_float32(pair):
+  """On a 1-device mesh the evaluator is the unsharded one, bit for bit; on the 8 fake CPU devices
+  (rows over fsdp × data, the weights FSDP-sharded, 2-way tensor) the same KL within float32."""
+  p, q = pair
+  seqs = ragged(CFG.vocab_size, LENGTHS, seed=3)
+  base = kl_to_reference(p, q, seqs, STARTS, chunk_size=4, batch_size=2)
+  one = kl_to_reference(p, q, seqs, STARTS, chunk_size=4, batch_size=2,
+                        mesh=shd.make_mesh(data=1, fsdp=1, tensor=1, devices=jax.devices()[:1]))
+  assert one == base
+  if jax.device_count() < 8:
+    pytest.skip("needs the 8 fake CPU devices of tests/conftest.py")
+  mesh = shd.make_mesh(data=2, fsdp=2, tensor=2)
+  got = kl_to_reference(p, q, seqs, STARTS, chunk_size=4, batch_size=2, mesh=mesh)
+  assert got.tokens == base.tokens == 16 and got.per_sequence_tokens == base.per_sequence_tokens
+  want = reference_kl(full_logits(p, seqs), full_logits(q, seqs), seqs, STARTS)
+  np.testing.assert_allclose(got.per_sequence, want, rtol=1e-5, atol=1e-7)
+  # another partition of the same sums: 2·√(61·stack_depth(2))·u (tolerances.py)
+  np.testing.assert_allclose(got.per_sequence, base.per_sequence, rtol=f32_tol(61, stack_depth(2)),
+                             atol=1e-7)

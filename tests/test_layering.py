@@ -3,7 +3,7 @@
     launch/                                        absl apps (launch/app.py owns env, flags, cache, logs)
     configs/                                       ml_collections config files
     elasticity/experiments/                        core/ (runner, cells, shards) + one package each
-    elasticity/theory/
+    elasticity/theory/ aot/
     elasticity/train/ eval/ compression/ report/
     elasticity/data/ models/ convert/ tokenizers/ logprobs
     elasticity/atomic paths sharding compile_cache logs            (base modules)
@@ -30,6 +30,7 @@ LAYERS = {
     "configs": 6,
     "elasticity.experiments": 5,
     "elasticity.theory": 4,
+    "elasticity.aot": 4,       # AOT compilation for TPU slices: builds train/, compression/, eval/ programs
     "elasticity.train": 3, "elasticity.eval": 3, "elasticity.compression": 3, "elasticity.report": 3,
     "elasticity.data": 2, "elasticity.models": 2, "elasticity.convert": 2, "elasticity.tokenizers": 2,
     "elasticity.logprobs": 2,   # the log-prob head reads the model's unembedding (models.layers)

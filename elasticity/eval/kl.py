@@ -18,6 +18,11 @@ which applies Gemma 2's final soft-cap like `elasticity.logprobs` does), so at m
 logits per model exist at once. Both forwards run in one jitted function, compiled once per (row
 length bucket, capacity) and cached per model structure across calls.
 
+Sharding, as the compression `Scorer`'s: on a ``(data, fsdp, tensor)`` mesh (``mesh=``) the rows go
+over the batch axes and both models' parameters by their logical axes; each batch shard gathers and
+projects only its own rows' positions (`sharded_fn`), so nothing is all-gathered but the weights
+FSDP needs. Without a mesh it runs on the default device alone.
+
     from elasticity.eval import kl
     report = kl.kl_to_reference(policy, base, sequences, completion_start)
     report.mean, report.sum_kl, report.tokens
@@ -36,8 +41,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
+from elasticity import sharding as shd
 from elasticity.data.buckets import length_buckets
+from elasticity.models.scan import with_layers_rule
 from elasticity.models.transformer import CausalLM
 
 Array = jax.Array
@@ -71,29 +79,60 @@ class KLReport:
             "kl_sequences": self.sequences}
 
 
+def sharded_fn(graph_p, graph_r, shardings_p, shardings_r, mesh: Mesh, rules: shd.Rules, chunk: int):
+  """The jitted per-position KL of gathered positions on ``mesh``, and the shardings of its inputs.
+
+  ``(state_p, state_r, ids [B, T], mask [B, T], idx [S, C]) → [S, C]``: the rows are split into the
+  S batch shards of the mesh (rows ``s·B/S … (s+1)·B/S − 1`` are shard s's), and ``idx[s]`` holds
+  positions local to shard s's rows (row-major in its ``B/S × T`` block), so the gather of hidden
+  states never crosses shards; the vocabulary projection runs ``chunk`` positions of every shard at
+  a time. Returns ``(fn, batch sharding, idx sharding)``; cached per structure, mesh and chunk.
+  """
+  return _sharded_fn(graph_p, graph_r, _tree_key(shardings_p), _tree_key(shardings_r), mesh,
+                     tuple(rules), int(chunk))
+
+
+def _tree_key(tree):
+  leaves, treedef = jax.tree.flatten(tree, is_leaf=lambda x: isinstance(x, NamedSharding))
+  return treedef, tuple(leaves)
+
+
 @functools.lru_cache(maxsize=16)
-def _compiled(graph_p, graph_r, chunk: int):
-  """The jitted per-position KL of gathered positions: (state_p, state_r, ids, mask, idx) → [C]."""
+def _sharded_fn(graph_p, graph_r, key_p, key_r, mesh: Mesh, rules, chunk: int):
+  shards = shd.batch_divisor(mesh, rules)
+  b_sh = shd.batch_sharding(mesh, 2, rules)
+  idx_sh = shd.batch_sharding(mesh, 2, rules)        # [S, C]: shard s's slots on shard s
+  rep = NamedSharding(mesh, P())
+  sh_p = jax.tree.unflatten(key_p[0], key_p[1])
+  sh_r = jax.tree.unflatten(key_r[0], key_r[1])
 
   def run(state_p, state_r, ids, mask, idx):
     policy, reference = nnx.merge(graph_p, state_p), nnx.merge(graph_r, state_r)
 
     def gathered(model):
       h = model.hidden_states(ids, attention_mask=mask)                  # [B, T, D]
-      return h.reshape(-1, h.shape[-1])[idx].reshape(-1, chunk, h.shape[-1])   # [n, c, D]
+      h = h.reshape(shards, -1, h.shape[-1])                             # [S, B/S·T, D]
+      g = jnp.take_along_axis(h, idx[..., None], axis=1)                 # [S, C, D]
+      return g.reshape(shards, -1, chunk, h.shape[-1]).swapaxes(0, 1)    # [n, S, c, D]
 
     hp, hr = gathered(policy), gathered(reference)
     wp, wr = policy.output_embedding(), reference.output_embedding()
 
     def one(args):
       a, b = args
-      lp = jax.nn.log_softmax(policy.logits_from_hidden(a, wp), axis=-1)    # [c, V] float32
+      lp = jax.nn.log_softmax(policy.logits_from_hidden(a, wp), axis=-1)    # [S, c, V] float32
       lr = jax.nn.log_softmax(reference.logits_from_hidden(b, wr), axis=-1)
       return jnp.sum(jnp.exp(lp) * (lp - lr), axis=-1)
 
-    return jax.lax.map(one, (hp, hr)).reshape(-1)
+    return jax.lax.map(one, (hp, hr)).swapaxes(0, 1).reshape(shards, -1)   # [S, C]
 
-  return jax.jit(run)
+  fn = jax.jit(run, in_shardings=(sh_p, sh_r, b_sh, b_sh, idx_sh), out_shardings=rep)
+  return fn, b_sh, idx_sh
+
+
+def default_mesh() -> Mesh:
+  """One device (the default one): the evaluator unsharded."""
+  return shd.make_mesh(data=1, fsdp=1, tensor=1, devices=jax.devices()[:1])
 
 
 def _validate(sequences: Any, completion_start: Any, vocab: int) -> tuple[list[np.ndarray], list[int]]:
@@ -128,8 +167,8 @@ def _validate(sequences: Any, completion_start: Any, vocab: int) -> tuple[list[n
 
 
 def kl_to_reference(policy: CausalLM, reference: CausalLM, sequences: Sequence[Sequence[int]],
-                    completion_start: Sequence[int], *, chunk_size: int = 128, batch_size: int = 8
-                    ) -> KLReport:
+                    completion_start: Sequence[int], *, chunk_size: int = 128, batch_size: int = 8,
+                    mesh: Mesh | None = None, rules: shd.Rules | None = None) -> KLReport:
   """Exact KL(policy‖reference) per generated token on ``sequences`` (see the module docstring).
 
   Args:
@@ -137,8 +176,12 @@ def kl_to_reference(policy: CausalLM, reference: CausalLM, sequences: Sequence[S
     sequences: token ids, prompt + completion each.
     completion_start: index of each sequence's first completion token (1 … its length; the length
       itself means an empty completion, which scores nothing).
-    chunk_size: positions per vocabulary-projection chunk.
-    batch_size: rows per forward (the last batch is filled up with empty rows).
+    chunk_size: positions per vocabulary-projection chunk (per batch shard).
+    batch_size: rows per forward (rounded up to a multiple of the mesh's batch shards; the last
+      batch is filled up with empty rows).
+    mesh: a ``(data, fsdp, tensor)`` mesh, as the compression `Scorer` takes: rows over the batch
+      axes, both models' parameters by their logical axes (``rules``, default
+      `elasticity.sharding.DEFAULT_RULES`). Default: the default device alone.
   """
   vp, vr = int(policy.config.vocab_size), int(reference.config.vocab_size)
   wp, wr = policy.output_embedding().shape, reference.output_embedding().shape
@@ -156,42 +199,56 @@ def kl_to_reference(policy: CausalLM, reference: CausalLM, sequences: Sequence[S
   if n == 0 or counts.sum() == 0:
     return KLReport(0.0, 0, tuple(per_seq.tolist()), tuple(counts.tolist()))
 
+  mesh = mesh if mesh is not None else default_mesh()
+  rules = with_layers_rule(rules if rules is not None else shd.DEFAULT_RULES)
+  shards = shd.batch_divisor(mesh, rules)
+  batch_size = -(-batch_size // shards) * shards
+  per_shard = batch_size // shards
   lengths = np.array([len(x) for x in seqs])
   buckets = length_buckets(int(lengths.max()), smallest=8)
   order = [i for i in np.argsort(lengths, kind="stable").tolist() if counts[i] > 0]
   batches = [order[k:k + batch_size] for k in range(0, len(order), batch_size)]
   row_lens = [next(x for x in buckets if x >= lengths[b].max()) for b in batches]
-  # One capacity per row length: the most positions any of its batches scores, rounded up to a
-  # power of two (so other data of similar size reuses the compilation), at most every position.
+  # One capacity per row length: the most positions any shard of its batches scores, rounded up to
+  # a power of two (so other data of similar size reuses the compilation), at most every position.
   need: dict[int, int] = {}
   for b, t in zip(batches, row_lens):
-    need[t] = max(need.get(t, 0), int(counts[b].sum()))
+    most = max(int(counts[b[s * per_shard:(s + 1) * per_shard]].sum()) for s in range(shards))
+    need[t] = max(need.get(t, 0), most)
   graph_p, state_p = nnx.split(policy)
   graph_r, state_r = nnx.split(reference)
+  sh_p, sh_r = shd.param_shardings(state_p, mesh, rules), shd.param_shardings(state_r, mesh, rules)
+  params_p = jax.device_put(nnx.to_pure_dict(state_p), sh_p)
+  params_r = jax.device_put(nnx.to_pure_dict(state_r), sh_r)
 
   for b, t in zip(batches, row_lens):
-    cap = min(1 << max(3, (need[t] - 1).bit_length()), batch_size * t)
+    cap = min(1 << max(3, (need[t] - 1).bit_length()), per_shard * t)
     chunk = min(chunk_size, cap)
     cap = -(-cap // chunk) * chunk
+    fn, b_sh, idx_sh = sharded_fn(graph_p, graph_r, sh_p, sh_r, mesh, rules, chunk)
     ids = np.zeros((batch_size, t), np.int32)
     mask = np.zeros((batch_size, t), bool)
-    idx = np.zeros(cap, np.int32)
-    owner, k = [], 0
+    idx = np.zeros((shards, cap), np.int32)
+    owner = [[] for _ in range(shards)]
     for r, i in enumerate(b):
       x, s = seqs[i], starts[i]
       ids[r, :len(x)], mask[r, :len(x)] = x, True
-      pos = np.arange(s - 1, len(x) - 1) + r * t        # logits at t - 1 predict token t
-      idx[k:k + len(pos)] = pos
-      owner += [i] * len(pos)
-      k += len(pos)
-    kl = np.asarray(_compiled(graph_p, graph_r, chunk)(state_p, state_r, ids, mask, idx))
-    np.add.at(per_seq, np.asarray(owner), kl[:k].astype(np.float64))
+      shard, k = divmod(r, per_shard)
+      pos = np.arange(s - 1, len(x) - 1) + k * t        # logits at t - 1 predict token t
+      idx[shard, len(owner[shard]):len(owner[shard]) + len(pos)] = pos
+      owner[shard] += [i] * len(pos)
+    put = lambda x, sh: jax.make_array_from_callback(x.shape, sh, lambda i: x[i])  # noqa: E731
+    with jax.set_mesh(mesh):
+      kl = np.asarray(fn(params_p, params_r, put(ids, b_sh), put(mask, b_sh), put(idx, idx_sh)))
+    for shard, who in enumerate(owner):
+      np.add.at(per_seq, np.asarray(who, np.int64), kl[shard, :len(who)].astype(np.float64))
   return KLReport(float(per_seq.sum()), int(counts.sum()), tuple(per_seq.tolist()),
                   tuple(int(c) for c in counts))
 
 
 def kl_on_generations(policy: CausalLM, reference: CausalLM, rows: Sequence[Mapping[str, Any]], *,
-                      chunk_size: int = 128, batch_size: int = 8) -> KLReport:
+                      chunk_size: int = 128, batch_size: int = 8, mesh: Mesh | None = None,
+                      rules: shd.Rules | None = None) -> KLReport:
   """`kl_to_reference` on rows of `elasticity.eval.generations` (prompt_ids + completion_ids)."""
   seqs, starts = [], []
   for i, row in enumerate(rows):
@@ -201,7 +258,7 @@ def kl_on_generations(policy: CausalLM, reference: CausalLM, rows: Sequence[Mapp
     seqs.append([*row["prompt_ids"], *row["completion_ids"]])
     starts.append(len(row["prompt_ids"]))
   return kl_to_reference(policy, reference, seqs, starts, chunk_size=chunk_size,
-                         batch_size=batch_size)
+                         batch_size=batch_size, mesh=mesh, rules=rules)
 
 
-__all__ = ["KLReport", "kl_on_generations", "kl_to_reference"]
+__all__ = ["KLReport", "default_mesh", "kl_on_generations", "kl_to_reference", "sharded_fn"]

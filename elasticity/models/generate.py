@@ -105,6 +105,12 @@ def _compiled(graphdef, sampling: SamplingConfig, pad_id: int):
   return jax.jit(run)
 
 
+def decoding_fn(graphdef, sampling: SamplingConfig, pad_id: int):
+  """The jitted ``(state, ids, mask, key) -> (tokens, stopped, steps)`` that `generate` runs (cached;
+  `elasticity.aot` lowers it for a TPU slice)."""
+  return _compiled(graphdef, sampling, pad_id)
+
+
 def generate(model: CausalLM, prompts: Sequence[Sequence[int]], *, max_new_tokens: int = 64,
              temperature: float = 0.0, top_p: float = 1.0, stop_tokens: Sequence[int] = (),
              pad_id: int | None = None, seed: int = 0) -> Generation:
