@@ -80,6 +80,10 @@ def experiment_config(variant: str, checkpoint_every: int = -1):
                          f"{cfg.reverse!r})")
   cfg.unlock()
   cfg.eval.scorer.path = "none"
+  # The timed grid is the stage-1/stage-2 SFT grid both sides implement: the n⁺ = 0 control and the
+  # neutral arm (issues 15, 22) are left out, and n⁺ = 16, 24 kept as in the earlier RESULTS rows.
+  cfg.neutral.dataset = ""
+  cfg.n_pos = (16, 24)
   if checkpoint_every >= 0:
     cfg.train.checkpoint.every = checkpoint_every
   cfg.lock()
