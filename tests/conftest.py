@@ -20,6 +20,9 @@ if _DEVICES_FLAG not in os.environ.get("XLA_FLAGS", ""):
 # compile for TPU topologies without a TPU backend) JAX would otherwise try to start a TPU backend in
 # every process and log errors. A run that chooses its platforms (bench/device_check.sh) keeps them.
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
+# The AOT tests load libtpu in this process; a killed earlier process can leave libtpu's lockfile in
+# /tmp, which would make them fail (launch.aot sets the same for itself).
+os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 
