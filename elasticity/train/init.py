@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import os
 from collections.abc import Callable
 from typing import Any
 
@@ -35,6 +36,8 @@ from elasticity.models.scan import to_layout, with_layers_rule
 from elasticity.tokenizers import load_tokenizer
 from elasticity.train import compiled
 from elasticity.train import config as train_config
+from elasticity.train import metrics as metrics_lib
+from elasticity.train import record
 from elasticity.train.checkpoint import Checkpointer
 from elasticity.train.data import BatchStream, load_examples, select
 from elasticity.train.losses import Objective, objective_from_config
@@ -236,3 +239,15 @@ def init_or_restore(cfg, ckpt: Checkpointer, data: RunData, mesh, rules, model, 
     state = init_train_state(init, tx, shardings, cfg.seed, opt_init=opt_init)
   return RunModel(graphdef, abstract, abstract_state, shardings, tx, schedule, state, host_params,
                   tokens_seen)
+
+
+def open_run(cfg, workdir: str, stack: contextlib.ExitStack):
+  """(checkpointer, metric writer) of a run in ``workdir``, closed by ``stack``; the metrics log is
+  trimmed to the checkpoint the run resumes from (every objective's loop starts this way)."""
+  ckpt = Checkpointer(os.path.join(workdir, "checkpoints"), every=cfg.checkpoint.every,
+                      keep=cfg.checkpoint.keep, async_save=cfg.checkpoint.async_save)
+  stack.callback(ckpt.close)
+  record.trim_metrics(workdir, ckpt.latest_step() or 0)
+  writer = metrics_lib.MetricWriter(workdir, tensorboard=cfg.metrics.tensorboard)
+  stack.callback(writer.close)
+  return ckpt, writer

@@ -65,7 +65,7 @@ from elasticity.train import reference
 from elasticity.train.checkpoint import Checkpointer
 from elasticity.train.export import gather_model, save_export
 from elasticity.train.init import (RunData, RunModel, eval_datasets, init_or_restore, n_params,
-                                   tokenizer_path)
+                                   open_run, tokenizer_path)
 from elasticity.train.metrics import NonFiniteLossError, StepLog, hms
 from elasticity.train.ppo_loop import train_ppo
 from elasticity.train.record import RunResult
@@ -126,12 +126,7 @@ def train(cfg, workdir: str | os.PathLike, *,
   t_start = time.perf_counter()
 
   with contextlib.ExitStack() as stack:
-    ckpt = Checkpointer(os.path.join(workdir, "checkpoints"), every=cfg.checkpoint.every,
-                        keep=cfg.checkpoint.keep, async_save=cfg.checkpoint.async_save)
-    stack.callback(ckpt.close)
-    record.trim_metrics(workdir, ckpt.latest_step() or 0)
-    writer = metrics_lib.MetricWriter(workdir, tensorboard=cfg.metrics.tensorboard)
-    stack.callback(writer.close)
+    ckpt, writer = open_run(cfg, workdir, stack)
 
     data = _data(cfg)
     objective = data.objective

@@ -38,11 +38,9 @@ from elasticity.eval.scorers import scorer_from_config
 from elasticity.tokenizers import load_tokenizer
 from elasticity.train import compiled
 from elasticity.train import config as config_lib
-from elasticity.train import metrics as metrics_lib
 from elasticity.train import ppo_math, ppo_rollout, ppo_step, record
-from elasticity.train.checkpoint import Checkpointer
 from elasticity.train.export import gather_model, save_export
-from elasticity.train.init import (eval_datasets, join_and_mesh, load_model, random_init,
+from elasticity.train.init import (eval_datasets, join_and_mesh, load_model, open_run, random_init,
                                    tokenizer_path)
 from elasticity.train.optimizer import make_optimizer
 from elasticity.train.record import RunResult
@@ -97,12 +95,7 @@ def train_ppo(cfg, workdir, *, scorer=None, stop: Callable[[], bool] | None = No
                cfg.train.global_batch_size, updates)
 
   with contextlib.ExitStack() as stack:
-    ckpt = Checkpointer(os.path.join(workdir, "checkpoints"), every=cfg.checkpoint.every,
-                        keep=cfg.checkpoint.keep, async_save=cfg.checkpoint.async_save)
-    stack.callback(ckpt.close)
-    record.trim_metrics(workdir, ckpt.latest_step() or 0)
-    writer = metrics_lib.MetricWriter(workdir, tensorboard=cfg.metrics.tensorboard)
-    stack.callback(writer.close)
+    ckpt, writer = open_run(cfg, workdir, stack)
     model, abstract = load_model(cfg, tokenizer_path(cfg), weights=True)
     graphdef, _ = split_params(abstract)
     host_params = split_params(model)[1] if model is not None else None
