@@ -4,6 +4,13 @@ Prompts of unequal length are left-padded into one batch; the prefill and every 
 inside one jitted function of ``(graphdef, state, ...)`` (a ``lax.while_loop`` that ends as soon as
 every row has produced a stop token or ``max_new_tokens``). Jitted functions are cached per model
 structure and sampling settings, so repeated calls with the same shapes do not recompile.
+
+Sampling draws from the (temperature-scaled, nucleus-cut) softmax by its inverse CDF, in two levels
+(blocks of ``CDF_BLOCK`` tokens, then a token inside the chosen block): two uniforms a row instead of
+the Gumbel-max trick's one per vocabulary entry, whose random bits cost more than the lm head on CPU
+(``bench/sampling.py``). Both are exact draws from the same distribution; the two-level CDF loses
+only tokens below float32 resolution of their block's running sum (≈ 6e-8 of a block's mass each).
+``method="gumbel"`` keeps the earlier sampler (the same seed then gives the earlier continuations).
 """
 
 from __future__ import annotations
@@ -28,6 +35,11 @@ class SamplingConfig:
   temperature: float = 0.0          # 0 = greedy
   top_p: float = 1.0
   stop_tokens: tuple[int, ...] = ()
+  method: str = "inverse_cdf"       # or "gumbel" (the sampler before 2026-12-05)
+
+
+METHODS = ("inverse_cdf", "gumbel")
+CDF_BLOCK = 256
 
 
 @dataclasses.dataclass
@@ -50,20 +62,47 @@ def left_pad(prompts: Sequence[Sequence[int]], pad_id: int, multiple: int = 8) -
   return ids, mask
 
 
-def sample_logits(logits: Array, key: Array, temperature: float, top_p: float) -> Array:
+def _pick(key: Array, weights: Array) -> Array:
+  """Index [B] drawn with probability ∝ the non-negative ``weights`` [B, n] (one uniform a row)."""
+  cdf = jnp.cumsum(weights, axis=-1)
+  u = (1.0 - jax.random.uniform(key, (weights.shape[0], 1), cdf.dtype)) * cdf[:, -1:]   # (0, total]
+  return jnp.sum(cdf < u, axis=-1, dtype=jnp.int32)      # the first index whose cdf reaches u
+
+
+def inverse_cdf_draw(key: Array, probs: Array) -> Array:
+  """Token ids [B] drawn from ``probs`` [B, V]: a block of `CDF_BLOCK` tokens by its mass, then a
+  token inside it (zero-probability tokens are never drawn)."""
+  b, v = probs.shape
+  blocks = -(-v // CDF_BLOCK)
+  p = jnp.pad(probs, ((0, 0), (0, blocks * CDF_BLOCK - v))).reshape(b, blocks, CDF_BLOCK)
+  k_block, k_token = jax.random.split(key)
+  j = _pick(k_block, jnp.sum(p, axis=-1))
+  inner = jnp.take_along_axis(p, j[:, None, None], axis=1)[:, 0]
+  return j * CDF_BLOCK + _pick(k_token, inner)
+
+
+def sample_logits(logits: Array, key: Array, temperature: float, top_p: float,
+                  method: str = "inverse_cdf") -> Array:
   """Next tokens [B] from float32 logits [B, V]."""
   if temperature <= 0.0:
     return jnp.argmax(logits, axis=-1).astype(jnp.int32)
+  if method not in METHODS:
+    raise ValueError(f"sampling method {method!r} is not one of {METHODS}")
   logits = logits / temperature
+  order = None
   if top_p < 1.0:
     order = jnp.argsort(-logits, axis=-1)
     sorted_logits = jnp.take_along_axis(logits, order, axis=-1)
     probs = jax.nn.softmax(sorted_logits, axis=-1)
     before = jnp.cumsum(probs, axis=-1) - probs           # mass strictly before each token
-    sorted_logits = jnp.where(before < top_p, sorted_logits, -jnp.inf)
-    choice = jax.random.categorical(key, sorted_logits, axis=-1)
-    return jnp.take_along_axis(order, choice[:, None], axis=-1)[:, 0].astype(jnp.int32)
-  return jax.random.categorical(key, logits, axis=-1).astype(jnp.int32)
+    logits = jnp.where(before < top_p, sorted_logits, -jnp.inf)
+  if method == "gumbel":
+    choice = jax.random.categorical(key, logits, axis=-1)
+  else:
+    choice = inverse_cdf_draw(key, jax.nn.softmax(logits, axis=-1))
+  if order is not None:
+    choice = jnp.take_along_axis(order, choice[:, None], axis=-1)[:, 0]
+  return choice.astype(jnp.int32)
 
 
 @functools.lru_cache(maxsize=32)
@@ -88,7 +127,7 @@ def _compiled(graphdef, sampling: SamplingConfig, pad_id: int):
     def body(carry):
       i, logits, cache, out, done, stopped, key = carry
       key, sub = jax.random.split(key)
-      tok = sample_logits(logits, sub, sampling.temperature, sampling.top_p)
+      tok = sample_logits(logits, sub, sampling.temperature, sampling.top_p, sampling.method)
       active = ~done
       tok = jnp.where(active, tok, pad_id)
       out = out.at[:, i].set(tok)
@@ -113,16 +152,19 @@ def decoding_fn(graphdef, sampling: SamplingConfig, pad_id: int):
 
 def generate(model: CausalLM, prompts: Sequence[Sequence[int]], *, max_new_tokens: int = 64,
              temperature: float = 0.0, top_p: float = 1.0, stop_tokens: Sequence[int] = (),
-             pad_id: int | None = None, seed: int = 0) -> Generation:
-  """Continue each token-id prompt; returns the new tokens (cut after the first stop token)."""
+             pad_id: int | None = None, seed: int = 0, method: str = "inverse_cdf") -> Generation:
+  """Continue each token-id prompt; returns the new tokens (cut after the first stop token).
+  ``method``: the sampler (`METHODS`; ignored when greedy)."""
   if max_new_tokens < 1:
     raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
   if not 0.0 < top_p <= 1.0:
     raise ValueError(f"top_p must be in (0, 1], got {top_p}")
+  if method not in METHODS:
+    raise ValueError(f"sampling method {method!r} is not one of {METHODS}")
   cfg = model.config
   pad = pad_id if pad_id is not None else (cfg.pad_token_id if cfg.pad_token_id is not None else 0)
   sampling = SamplingConfig(max_new_tokens, float(temperature), float(top_p),
-                            tuple(int(t) for t in stop_tokens))
+                            tuple(int(t) for t in stop_tokens), method)
   ids, mask = left_pad(prompts, pad)
   graphdef, state = nnx.split(model)
   out, stopped, steps = _compiled(graphdef, sampling, pad)(state, ids, mask, jax.random.key(seed))
