@@ -142,7 +142,7 @@ def test_generate_same_tokens_in_both_layouts():
   greedy = [generate(m, prompts, max_new_tokens=8).tokens for m in (unrolled, scanned)]
   assert greedy[0] == greedy[1]
   cache = scanned.init_cache(3, 16)
-  assert cache["layers"]["k"].shape == (3, 3, 16, 2, 8)
+  assert cache["layers"]["k"].shape == (3, 3, 2, 16, 8)       # [L, B, K, S, H]
 
 
 def test_stories260k_scanned(shared):

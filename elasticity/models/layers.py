@@ -141,9 +141,13 @@ class Attention(nnx.Module):
       q, k = self.q_norm(q), self.k_norm(k)
     q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
     if cache is not None:
+      # The cache is kept heads-first [B, K, S, H], the layout the attention matmuls read, so a
+      # decoding step transposes only its new [B, T, K, H] keys, never the whole cache.
       idx = cache["index"]
-      k = jax.lax.dynamic_update_slice_in_dim(cache["k"], k.astype(cache["k"].dtype), idx, axis=1)
-      v = jax.lax.dynamic_update_slice_in_dim(cache["v"], v.astype(cache["v"].dtype), idx, axis=1)
+      k = jax.lax.dynamic_update_slice_in_dim(
+          cache["k"], k.transpose(0, 2, 1, 3).astype(cache["k"].dtype), idx, axis=2)
+      v = jax.lax.dynamic_update_slice_in_dim(
+          cache["v"], v.transpose(0, 2, 1, 3).astype(cache["v"].dtype), idx, axis=2)
       cache = {**cache, "k": k, "v": v}
       k, v = k.astype(dt), v.astype(dt)
     if self.impl != "xla" and cache is None:
@@ -152,14 +156,18 @@ class Attention(nnx.Module):
         raise ValueError(f"attention_impl={self.impl!r} needs a static sliding window per layer")
       out = kernel(q, k, v, mask, window, cfg.attn_scale, cfg.attn_logit_softcap, dt)
     else:
-      out = self._xla(q, k, v, mask.dense(window), cache is None)
+      out = self._xla(q, k, v, mask.dense(window), cache is None, heads_first=cache is not None)
     y = dense(out, self.o[...].astype(dt), n_in=2)  # BTNH,NHD->BTD
     if cfg.o_bias:
       y = y + self.o_bias[...].astype(dt)
     return y, cache
 
-  def _xla(self, q: Array, k: Array, v: Array, mask: Array, aligned: bool) -> Array:
-    """The "xla" core; ``aligned``: query slot i is key slot i (no cache) so blocks can skip."""
+  def _xla(self, q: Array, k: Array, v: Array, mask: Array, aligned: bool,
+           heads_first: bool = False) -> Array:
+    """The "xla" core; ``aligned``: query slot i is key slot i (no cache) so blocks can skip;
+    ``heads_first``: k/v are [B, K, S, H] (the KV cache's layout), else [B, S, K, H]."""
+    if heads_first:
+      return self._attend(q, k, v, mask, heads_first=True)
     t, s = q.shape[1], k.shape[1]
     c = causal_block(t)
     if aligned and t == s and c < t:
@@ -169,16 +177,18 @@ class Attention(nnx.Module):
                                            mask[:, i:i + c, :i + c]) for i in range(0, t, c)], axis=1)
     return self._attend(q, k, v, mask)
 
-  def _attend(self, q: Array, k: Array, v: Array, mask: Array) -> Array:
-    """softmax(q kᵀ) v for q [B,T,N,H], k/v [B,S,K,H], mask [B,T,S] → [B,T,N,H]."""
+  def _attend(self, q: Array, k: Array, v: Array, mask: Array, heads_first: bool = False) -> Array:
+    """softmax(q kᵀ) v for q [B,T,N,H], k/v [B,S,K,H] (or [B,K,S,H] if ``heads_first``), mask
+    [B,T,S] → [B,T,N,H]."""
     cfg, dt = self.cfg, self.dtype
     # Fold the G query heads of each KV head into the query axis (Q = G·T) so that both attention
     # matmuls are plain batched GEMMs over (B, K); XLA:CPU runs this 2.5× faster than a 5-D einsum.
     b, t, n, h = q.shape
-    kh, s = k.shape[2], k.shape[1]
+    if not heads_first:
+      k, v = k.transpose(0, 2, 1, 3), v.transpose(0, 2, 1, 3)        # [B, K, S, H]
+    kh, s = k.shape[1], k.shape[2]
     g = n // kh
     q = q.reshape(b, t, kh, g, h).transpose(0, 2, 3, 1, 4).reshape(b, kh, g * t, h)
-    k, v = k.transpose(0, 2, 1, 3), v.transpose(0, 2, 1, 3)          # [B, K, S, H]
     scores = jnp.einsum("BKQH,BKSH->BKQS", q, k, preferred_element_type=jnp.float32)
     scores = scores.reshape(b, kh, g, t, s) * jnp.float32(cfg.attn_scale)
     if cfg.attn_logit_softcap:

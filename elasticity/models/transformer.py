@@ -276,12 +276,12 @@ class CausalLM(nnx.Module):
   def init_cache(self, batch_size: int, max_length: int, dtype=None) -> dict[str, Any]:
     """An empty KV cache for ``max_length`` slots (prompt plus new tokens).
 
-    Per-layer ``{"k", "v"}`` [B, S, K, H] in a list (unrolled layers), or one dict of [L, B, S, K, H]
-    arrays (scanned layers).
+    Per-layer ``{"k", "v"}`` [B, K, S, H] (heads first: the layout the attention matmuls read) in a
+    list (unrolled layers), or one dict of [L, B, K, S, H] arrays (scanned layers).
     """
     cfg = self.config
     dtype = dtype or self.dtype
-    shape = (batch_size, max_length, cfg.num_kv_heads, cfg.head_dim)
+    shape = (batch_size, cfg.num_kv_heads, max_length, cfg.head_dim)
     if self.scan_layers:
       stacked = (cfg.num_layers,) + shape
       layers: Any = {"k": jnp.zeros(stacked, dtype), "v": jnp.zeros(stacked, dtype)}
