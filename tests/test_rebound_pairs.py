@@ -114,3 +114,18 @@ def test_the_mismatched_construction_needs_no_scorer_and_no_hook(tmp_path):
   assert "-pairs-" in cell.train.data.load_kwargs.path and not cell.inputs
   assert not pairs.needed(c, cell)
   assert pairs.needed(get(**{"eval.scorer.path": "x"}), cell)
+
+
+def test_other_processes_wait_for_process_0s_pairs_or_its_error(tmp_path):
+  import threading
+  c = get(**{"eval.scorer.path": "x"})
+  cell = next(x for x in rebound.plan(c) if x.coords["stage"] == "neg")
+  ctx = TrainContext(cell, "x", tmp_path, tmp_path, ("m", ""), None)
+  later = threading.Timer(0.3, lambda: atomic.write_jsonl(tmp_path / pairs.FILE, [{"prompt": "p"}]))
+  later.start()
+  assert pairs.build(c, ctx, None, process_index=1, poll_s=0.05) == tmp_path / pairs.FILE
+  later.join()
+  (tmp_path / pairs.FILE).unlink()
+  atomic.write_json(tmp_path / pairs.ERROR_FILE, {"error": "preset 'x': too few (config.pairs.margin)"})
+  with pytest.raises(DataSizeError, match=r"config\.pairs\.margin"):
+    pairs.build(c, ctx, None, process_index=1, poll_s=0.05)
