@@ -129,8 +129,8 @@ def test_bad_input_is_refused_before_anything_is_loaded(monkeypatch, tmp_path, o
 
 def test_unknown_variant_and_unknown_key():
   from configs.experiments.rebound import get_config
-  with pytest.raises(ValueError, match="variant 'tiny,imdb,ppo'"):
-    get_config("tiny,imdb,ppo")
+  with pytest.raises(ValueError, match="variant 'tiny,imdb,rlhf'"):
+    get_config("tiny,imdb,rlhf")
   with pytest.raises(ValueError, match="unknown model 'llama9'"):
     get_config("llama9,imdb")
   c = get_config("tiny")
@@ -299,7 +299,8 @@ def test_neg_first_swaps_the_stages_data():
 
 @pytest.mark.parametrize("variant", ["tiny,imdb,dpo", "tiny,safety,kto"])
 def test_preference_reverse_steps_and_the_safety_task_run_end_to_end(variant, tmp_path):
-  c = get(variant, n_pos=(16,), n_neg=(0, 8))
+  # the older, mismatched pairs: they need no scorer (matched pairs: tests/test_rebound_pairs.py)
+  c = get(variant, n_pos=(16,), n_neg=(0, 8), **{"pairs.construction": "mismatched"})
   summary = runner.run("rebound", c, tmp_path / "run", report=False)
   assert summary.status == "completed"
   rows = atomic.read_jsonl(tmp_path / "run" / "results.jsonl")

@@ -213,3 +213,37 @@ def test_resumed_run_equals_uninterrupted(stories, tmp_path):
   assert [r["step"] for r in mb] == [1, 2, 3, 4]
   for a, b in zip(ma, mb):
     assert a["score"] == b["score"] and a["kl_coef"] == b["kl_coef"]
+
+
+@pytest.mark.slow   # two short PPO runs with rollouts (compiles generate, scoring and update)
+def test_a_snapshot_lost_to_a_kill_is_written_on_resume(stories, tmp_path, monkeypatch):
+  """export.snapshots in a PPO run: killed between the checkpoint at a snapshot step and the snapshot,
+  the resumed run writes it from the restored state; a last-step snapshot is the final export."""
+  from orbax import checkpoint as ocp
+  from elasticity.convert import load_pretrained
+  from elasticity.train import export
+  from elasticity.train.ppo_loop import train_ppo
+  c = tiny(max_new_tokens=4, ppo_epochs=1)
+  c.train.num_steps, c.checkpoint.every = 2, 1
+  c.export.hf = True
+  c.export.snapshots = "one=1,two=2"
+  write = export.write_snapshots
+
+  def killed(*a, **k):
+    raise KeyboardInterrupt("killed before the snapshot")
+
+  monkeypatch.setattr(export, "write_snapshots", killed)
+  with pytest.raises(KeyboardInterrupt):
+    train_ppo(c, tmp_path / "run", scorer=CountScorer())
+  assert not (tmp_path / "run" / "one").exists()
+  monkeypatch.setattr(export, "write_snapshots", write)
+  gathers = []
+  gather = export.gather_model
+  monkeypatch.setattr(export, "gather_model", lambda *a: gathers.append(1) or gather(*a))
+  assert train_ppo(c, tmp_path / "run", scorer=CountScorer()).status == "completed"
+  assert len(gathers) == 2       # "one" on resume, "two" at step 2, whose gather the export reuses
+  at1 = ocp.StandardCheckpointer().restore(tmp_path / "run" / "checkpoints" / "1" / "state")
+  one, two, final = (load_pretrained(tmp_path / "run" / n) for n in ("one", "two", "hf"))
+  np.testing.assert_array_equal(np.asarray(one.embed[...]), np.asarray(at1["params"]["embed"]))
+  np.testing.assert_array_equal(np.asarray(two.embed[...]), np.asarray(final.embed[...]))
+  assert not np.array_equal(np.asarray(one.embed[...]), np.asarray(two.embed[...]))

@@ -118,10 +118,10 @@ def test_snapshots_export_the_model_at_the_named_steps(stories, tmp_path, monkey
   c.export.snapshot_dir = str(tmp_path / "runs")
   c.export.hf = True
   c.lock()
-  from elasticity.train import loop
+  from elasticity.train import export
   gathers = []
-  gather = loop.gather_model
-  monkeypatch.setattr(loop, "gather_model", lambda *a: gathers.append(1) or gather(*a))
+  gather = export.gather_model
+  monkeypatch.setattr(export, "gather_model", lambda *a: gathers.append(1) or gather(*a))
   assert train(c, tmp_path / "w").status == "completed"
   assert len(gathers) == 2          # steps 2 and 4: the final export reuses step 4's gather
   assert sorted(p.name for p in (tmp_path / "runs").iterdir()) == ["theta1", "theta2"]

@@ -11,17 +11,31 @@ Variants ``<model>,<task>[,<reverse>][,<order>][,<mesh preset>]``:
     smollm2,imdb,sft,neg_first   the same with the stages' data swapped (align toward negative first)
     llama2-7b,imdb               the paper's grid: n⁺ ∈ {1k, 2k, 5k, 10k}, n⁻ ∈ {100, 200, 500, 1k, 2k}
     gemma-2b,safety,dpo          App. B.2: DPO as the reverse step (pairs with the unsafe response chosen)
+    smollm2,imdb,ppo             App. B.2: PPO as the reverse step (reward: the scorer, sign flipped)
     llama2-7b,imdb,sft,neg_first the reversed direction (negative first, then positive)
     llama2-7b,safety,sft,pos_first,tpu_v4   on a TPU v4 pod slice (presets: configs/mesh.py)
 
-task: ``imdb`` or ``safety``; reverse: ``sft`` (default), ``dpo``, ``simpo`` or ``kto``; order:
+task: ``imdb`` or ``safety``; reverse: ``sft`` (default), ``dpo``, ``simpo``, ``kto`` or ``ppo``; order:
 ``pos_first`` (default) or ``neg_first``. The paper's presets use its SFT hyper-parameters
 (``configs/sft.py:paper``: lr 1e-5 constant, global batch 8, one epoch, max length 512, bf16).
 
 Scorers: IMDb continuations are scored by the project's sentiment classifier (default
-``$ELASTICITY_RUNS/sentiment``, made by ``python -m launch.sentiment --workdir=…``); safety ones by a
-local cost/reward model that you set with ``--config.eval.scorer.path`` (with ``sign=-1`` for a cost
-model). ``--config.eval.scorer.path=none`` measures Δγ and the KL only.
+``$ELASTICITY_RUNS/sentiment``, made by ``python -m launch.scorer --config=configs/scorer.py:imdb
+--workdir=…``); safety ones by the project's safety classifier, P(safe) (default
+``$ELASTICITY_RUNS/safety``, from ``configs/scorer.py:safety``), or a local cost/reward model set with
+``--config.eval.scorer.path`` (with ``--config.eval.scorer.sign=-1`` for a cost model).
+``--config.eval.scorer.path=none`` measures Δγ and the KL only.
+
+The reverse step (`elasticity.experiments.rebound.reverse`): DPO/SimPO/KTO train on **prompt-matched
+pairs** by default (``pairs.construction = matched``: ``pairs.samples_per_prompt`` continuations of each
+stage-2 prompt sampled from the stage's start model, chosen/rejected = the scorer's two extremes, kept
+when they differ by ``pairs.margin``, from at most ``pairs.max_prompts`` prompts, 0 = twice the largest
+n⁻; saved in the cell's folder), or on the older ``mismatched`` pairs (the rejected response continues
+another prompt; no scorer needed). PPO (``ppo_train``: the knobs of `elasticity.train.config.ppo_section`)
+rolls out the first n⁻ stage-2 prompts, rewarded by ``ppo_train.scorer`` (path "" = the task's
+``eval.scorer``) times ``ppo_train.reward_sign`` (0 = toward the side stage 2 pulls to: −1 for
+``pos_first``, +1 for ``neg_first``); n⁻ are whole rollout batches (the paper presets keep the n⁻ of
+their grid that are multiples of their batch of 8). The neutral arm trains by SFT whatever the reverse.
 
 n⁺ = 0 is the **control arm** (the base model given the same stage-2 examples, schedule, seeds and
 prompts). ``neutral.dataset`` (``alpaca``, ``truthfulqa``; "" = off) adds the **neutral arm**: stage 2
@@ -47,12 +61,12 @@ from configs.experiments import variants
 from configs.sft import paper
 from elasticity import paths
 from elasticity.eval.scorer_config import scorer_section as eval_scorer_section
-from elasticity.train.config import default_config
+from elasticity.train.config import default_config, ppo_section
 
 PAPER_N_POS = (1000, 2000, 5000, 10000)
 PAPER_N_NEG = (0, 100, 200, 500, 1000, 2000)
 TASKS = ("imdb", "safety")
-REVERSES = ("sft", "dpo", "simpo", "kto")
+REVERSES = ("sft", "dpo", "simpo", "kto", "ppo")
 ORDERS = ("pos_first", "neg_first")
 
 
@@ -100,6 +114,9 @@ def base(model_name: str, path: str, tokenizer: str) -> ml_collections.ConfigDic
   c.eval.max_length = 128          # compression rows (tokens)
   c.eval.batch_size = 16
   c.eval.kl = True                 # KL(π‖π_base) per generated token
+  c.pairs = ml_collections.ConfigDict(dict(construction="matched", samples_per_prompt=4, margin=0.1,
+                                           max_prompts=0))
+  c.ppo_train = ppo_section(reward_sign=0.0)   # 0: toward the side stage 2 pulls to (from c.order)
   c.table3 = ml_collections.ConfigDict(dict(threshold=0.01, bisect_steps=0))
   c.report = ml_collections.ConfigDict(dict(kl_threshold=c.table3.get_ref("threshold")))
   c.runner = ml_collections.ConfigDict(dict(keep_checkpoints=False, keep_exports=False))
@@ -130,6 +147,7 @@ def tiny() -> ml_collections.ConfigDict:
   c.eval.heldout_tokens = 24
   c.eval.max_length = 32
   c.eval.batch_size = 8
+  c.ppo_train.update(dict(max_new_tokens=8, ppo_epochs=1))
   c.runner.keep_exports = True
   return c
 
@@ -185,14 +203,19 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
                                          ("mesh", mesh_presets.PRESETS, "")])
   task, reverse, order, mesh = v["task"], v["reverse"], v["order"], v["mesh"]
   c = variants.base_config("configs/experiments/rebound.py", arg, model, mesh, rest,
-                           "<model>[,imdb|safety][,sft|dpo|simpo|kto][,pos_first|neg_first][,<mesh preset>]",
+                           "<model>[,imdb|safety][,sft|dpo|simpo|kto|ppo][,pos_first|neg_first][,<mesh preset>]",
                            {"tiny": tiny, "smollm2": smollm2}, paper_preset)
   c.variant, c.task, c.reverse, c.order = arg, task, reverse, order
+  if reverse == "ppo" and model not in ("tiny", "smollm2"):   # whole rollout batches (module docstring)
+    batch = int(c.train.train.global_batch_size)
+    c.n_neg = tuple(n for n in c.n_neg if n % batch == 0)
   if task == "safety":
-    c.eval.scorer.path, c.eval.scorer.sign = ("none" if model == "tiny" else ""), -1.0
+    c.eval.scorer.path = "none" if model == "tiny" else os.path.join(_runs_dir(), "safety")
+    c.eval.scorer.sign = 1.0         # P(safe); a cost model: --config.eval.scorer.sign=-1
     c.prompt_tokens = 0
     if model in ("tiny", "smollm2"):
-      c.neutral.on_fail = "report"   # a cost model has no neutral midpoint of its own: shown, not refused
+      # helpful neutral text is rated safe: P(safe) has no neutral midpoint; shown, not refused
+      c.neutral.on_fail = "report"
     if model == "tiny":      # HH dialogues are long: room for whole responses
       c.n_pos, c.n_neg = (0, 16), (0, 8)
       c.data.max_length, c.eval.max_length = 128, 512

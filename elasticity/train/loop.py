@@ -156,16 +156,15 @@ def train(cfg, workdir: str | os.PathLike, *,
                                               m.abstract.config.hidden_size, cfg.data.max_length)
     log = StepLog(writer, ckpt, data.total_steps, cfg.train.log_every, flops,
                   metrics_lib.peak_flops_per_device(cfg.metrics.peak_flops), on_step)
-    snapshots = export.snapshot_plan(cfg, data.total_steps)
-    status, step, state, final_gather = _loop(
-        cfg, data, m, mesh, rules, ckpt, writer, log, train_step, ref, snapshots,
-        cfg.export.snapshot_dir or workdir, evaluator, batch_transform, stop)
+    snapshots = export.Snapshots(cfg, data.total_steps, cfg.export.snapshot_dir or workdir,
+                                 m.graphdef, data.tokenizer)
+    status, step, state = _loop(cfg, data, m, mesh, rules, ckpt, writer, log, train_step, ref,
+                                snapshots, evaluator, batch_transform, stop)
 
   export_dir = None
   if status == "completed" and cfg.export.hf:
-    host_model = final_gather[0] if final_gather else gather_model(m.graphdef, state["params"])
-    export_dir = save_export(host_model, os.path.join(workdir, "hf"), dtype=cfg.export.dtype or None,
-                             tokenizer=data.tokenizer)
+    export_dir = save_export(snapshots.final_model(state["params"]), os.path.join(workdir, "hf"),
+                             dtype=cfg.export.dtype or None, tokenizer=data.tokenizer)
   elapsed = time.perf_counter() - t_start
   logging.info("%s: %d steps (%d this run) in %s", status, step, step - m.start_step, hms(elapsed))
   result = RunResult(status, step, data.total_steps, workdir, export_dir, log.last)
@@ -175,10 +174,10 @@ def train(cfg, workdir: str | os.PathLike, *,
 
 
 def _loop(cfg, data: RunData, m: RunModel, mesh, rules, ckpt: Checkpointer, writer, log: StepLog,
-          train_step: Callable, ref: reference.Reference, snapshots: dict[int, list[str]],
-          snapshot_dir: str, evaluate, batch_transform, stop) -> tuple[str, int, Any, list]:
-  """The steps from the state's step to the end (or a stop): ``(status, step, state, [the final
-  host model, if a last-step snapshot gathered it])``. Saves the final checkpoint."""
+          train_step: Callable, ref: reference.Reference, snapshots: export.Snapshots, evaluate,
+          batch_transform, stop) -> tuple[str, int, Any]:
+  """The steps from the state's step to the end (or a stop): ``(status, step, state)``. Saves the
+  final checkpoint and the planned snapshots."""
   state, stream, total_steps = m.state, data.stream, data.total_steps
   m.state = None                             # donated by the first step: hold no stale reference
   tokens_seen = m.tokens_seen
@@ -190,16 +189,8 @@ def _loop(cfg, data: RunData, m: RunModel, mesh, rules, ckpt: Checkpointer, writ
     return {"tokens_seen": tokens_seen, "total_steps": total_steps, "objective": data.objective.name,
             "model": cfg.model.path or cfg.model.random_init, "mesh": dict(mesh.shape)}
 
-  final_gather: list[Any] = []   # [model] once the last step's parameters are on the host
   status = "completed"
-  # a run killed after its checkpoint at a snapshot step but before the snapshot was written resumes
-  # at that step: write the missing snapshot now (the restored state is that step's model)
-  missing = [n for n in snapshots.get(step, []) if not os.path.isdir(os.path.join(snapshot_dir, n))]
-  if step > 0 and missing:
-    host_model = gather_model(m.graphdef, state["params"])
-    export.write_snapshots(host_model, step, missing, snapshot_dir, cfg, data.tokenizer)
-    if step == total_steps:
-      final_gather = [host_model]
+  snapshots.on_resume(step, state["params"])   # one a killed run did not write
   while step < total_steps:
     host = next(stream)
     if ref.table is not None:
@@ -228,11 +219,7 @@ def _loop(cfg, data: RunData, m: RunModel, mesh, rules, ckpt: Checkpointer, writ
       _run_eval(evaluate, m.graphdef, state, step, writer)
     if ckpt.should_save(step) or preempt:
       ckpt.save(step, state, stream.state(), meta(), wait=preempt)
-    if step in snapshots:
-      host_model = gather_model(m.graphdef, state["params"])
-      export.write_snapshots(host_model, step, snapshots[step], snapshot_dir, cfg, data.tokenizer)
-      if step == total_steps:   # a base run's θ3: the final export reuses this gather
-        final_gather = [host_model]
+    snapshots.after_step(step, state["params"])
     if preempt:
       status = "preempted"
       logging.warning("stopped at step %d on request; checkpoint saved in %s", step, ckpt.directory)
@@ -242,7 +229,7 @@ def _loop(cfg, data: RunData, m: RunModel, mesh, rules, ckpt: Checkpointer, writ
   if status == "completed":
     ckpt.save(step, state, stream.state(), meta(), wait=True)
   ckpt.wait()
-  return status, step, state, final_gather
+  return status, step, state
 
 
 def _run_eval(evaluate, graphdef, state, step: int, writer) -> None:

@@ -15,8 +15,10 @@ The workdir is the SFT one (`elasticity.train.record`: config.json, metrics.json
 hf/, DONE.json); a checkpoint holds the state, the prompt stream's position and the step, and the
 rollout of step k samples with `rollout_seed(seed, k)`, so a resumed run equals an uninterrupted one
 (tests/test_ppo.py). ``stop()`` is polled after every step: True saves a checkpoint and returns
-``status="preempted"`` (SIGTERM via `StopOnSignal` in launch/train.py). Defaults and their sources:
-docs/ppo.md.
+``status="preempted"`` (SIGTERM via `StopOnSignal` in launch/train.py). ``export.snapshots`` exports
+the policy at the named rollout steps as the SFT loop does (`elasticity.train.export.Snapshots`: a
+snapshot a killed run did not write is written on resume), so one run gives the rebound's PPO points
+at every number of rollout prompts. Defaults and their sources: docs/ppo.md.
 """
 
 from __future__ import annotations
@@ -38,8 +40,8 @@ from elasticity.eval.scorers import scorer_from_config
 from elasticity.tokenizers import load_tokenizer
 from elasticity.train import compiled
 from elasticity.train import config as config_lib
-from elasticity.train import ppo_math, ppo_rollout, ppo_step, record
-from elasticity.train.export import gather_model, save_export
+from elasticity.train import export, ppo_math, ppo_rollout, ppo_step, record
+from elasticity.train.export import save_export
 from elasticity.train.init import (eval_datasets, join_and_mesh, load_model, open_run, random_init,
                                    tokenizer_path)
 from elasticity.train.optimizer import make_optimizer
@@ -124,12 +126,13 @@ def train_ppo(cfg, workdir, *, scorer=None, stop: Callable[[], bool] | None = No
                            chunk_size=cfg.objective.chunk_size, max_length=cfg.eval.max_length,
                            batch_size=cfg.eval.batch_size)
       stack.callback(evaluate.release)
+    snapshots = export.Snapshots(cfg, total, cfg.export.snapshot_dir or workdir, graphdef, tokenizer)
     status, step, state, last = _loop(cfg, graphdef, tx, mesh, rules, state, ref_params, stream,
                                       prompts, scorer, tokenizer, ckpt, writer, evaluate, total,
-                                      stop, on_step)
+                                      snapshots, stop, on_step)
   export_dir = None
   if status == "completed" and cfg.export.hf:
-    export_dir = save_export(gather_model(graphdef, state["params"]), os.path.join(workdir, "hf"),
+    export_dir = save_export(snapshots.final_model(state["params"]), os.path.join(workdir, "hf"),
                              dtype=cfg.export.dtype or None, tokenizer=tokenizer)
   logging.info("ppo %s: %d rollout steps in %.1fs", status, step, time.perf_counter() - t0)
   result = RunResult(status, step, total, workdir, export_dir, last)
@@ -139,7 +142,7 @@ def train_ppo(cfg, workdir, *, scorer=None, stop: Callable[[], bool] | None = No
 
 
 def _loop(cfg, graphdef, tx, mesh, rules, state, ref_params, stream, prompts, scorer, tokenizer,
-          ckpt, writer, evaluate, total, stop, on_step):
+          ckpt, writer, evaluate, total, snapshots, stop, on_step):
   p = cfg.ppo
   opt_key = compiled.optimizer_key(cfg.optimizer, total * int(p.ppo_epochs) * int(p.num_minibatches))
   step = int(jax.device_get(state["step"]))
@@ -151,6 +154,7 @@ def _loop(cfg, graphdef, tx, mesh, rules, state, ref_params, stream, prompts, sc
                           lambda: ppo_step.make_score_fn(graphdef, p, chunk))
   update_fn, last, status = None, {}, "completed"
   n_mb = int(p.num_minibatches)
+  snapshots.on_resume(step, state["params"])   # one a killed run did not write
   while step < total:
     idx = next(stream)
     policy = gather_policy(graphdef, state["params"])
@@ -199,6 +203,7 @@ def _loop(cfg, graphdef, tx, mesh, rules, state, ref_params, stream, prompts, sc
     meta = {"objective": "ppo", "total_steps": total}
     if ckpt.should_save(step) or preempt:
       ckpt.save(step, state, stream.state(), meta, wait=preempt)
+    snapshots.after_step(step, state["params"])
     if preempt:
       status = "preempted"
       logging.warning("stopped at step %d on request; checkpoint saved in %s", step, ckpt.directory)

@@ -9,7 +9,8 @@ model of another cell (its **parent**). A point names which model it evaluates:
 - any other name: a snapshot the cell's run exports (``config.export.snapshots``).
 
 Strings in a cell's training config may name folders the runner knows only when it runs:
-``{experiment_dir}`` (the experiment's folder) and ``{cell:<name>}`` (the folder of cell ``<name>``, which
+``{experiment_dir}`` (the experiment's folder), ``{cell_dir}`` (the cell's own folder, e.g. a file its
+experiment's ``before_train`` writes there) and ``{cell:<name>}`` (the folder of cell ``<name>``, which
 must be the parent or listed in ``needs``), e.g. a data file that another cell generated.
 
 A cell's **identity** is a short hash of everything that decides its outcome: its resolved training
@@ -161,9 +162,10 @@ def identities(cells: Sequence[Cell]) -> dict[str, str]:
   return ids
 
 
-def validate_training(cells: Sequence[Cell], model_path: str) -> None:
+def validate_training(cells: Sequence[Cell], model_path: str, *, check_scorer: bool = True) -> None:
   """`elasticity.train.config.validate` on every cell's training config (the runner fills in
-  ``model.path``; ``model_path`` stands in for it), naming the cell in the error."""
+  ``model.path``; ``model_path`` stands in for it), naming the cell in the error; ``check_scorer=False``
+  leaves a PPO cell's reward scorer to the experiment's own check (which names its own key)."""
   for cell in cells:
     if cell.train is None:
       continue
@@ -171,6 +173,6 @@ def validate_training(cells: Sequence[Cell], model_path: str) -> None:
     cfg.unlock()
     cfg.model.path = cfg.model.path or model_path
     try:
-      config_lib.validate(cfg)
+      config_lib.validate(cfg, check_scorer=check_scorer)
     except ValueError as e:
       raise ValueError(f"config.train (cell {cell.name}): {e}") from None

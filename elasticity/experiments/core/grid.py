@@ -1,5 +1,6 @@
 """One work directory's grid: its cells in dependency order, their identities, folders and models,
-the ``{experiment_dir}`` / ``{cell:<name>}`` placeholders of their configs, and their result rows.
+the ``{experiment_dir}`` / ``{cell_dir}`` / ``{cell:<name>}`` placeholders of their configs, and their
+result rows.
 
 `Preempted` is how a run stops on a signal (at a step boundary, with a checkpoint saved, or between
 cells): the runner ends there with status ``"preempted"``; rerunning the same command continues.
@@ -63,7 +64,8 @@ def row(experiment: str, grid: Grid, cell: Cell, point: Point, metrics: dict[str
 
 
 def resolve_placeholders(cfg, cell: Cell, grid: Grid):
-  """The config with ``{experiment_dir}`` and ``{cell:<name>}`` in its strings replaced by folders."""
+  """The config with ``{experiment_dir}``, ``{cell_dir}`` (the cell's own folder) and ``{cell:<name>}``
+  in its strings replaced by folders."""
   allowed = {cell.parent, *cell.needs} - {None}
 
   def sub(text: str) -> str:
@@ -74,6 +76,7 @@ def resolve_placeholders(cfg, cell: Cell, grid: Grid):
                          f"in its needs {sorted(allowed)}")
       return os.fspath(grid.cell_dir(grid.by_name[name]))
     text = text.replace("{experiment_dir}", os.fspath(grid.workdir))
+    text = text.replace("{cell_dir}", os.fspath(grid.cell_dir(cell)))
     return re.sub(r"\{cell:([^}]+)\}", cell_dir, text)
 
   def walk(node):

@@ -5,6 +5,7 @@ An experiment (``elasticity.experiments.rebound``, ``resistance``, ``scaling``) 
     validate(config) -> None                 # every check that needs no model: before anything loads
     plan(config) -> list[Cell]               # the static grid (`elasticity.experiments.core.cells`)
     prepare(config, workdir) -> Evaluator    # data files the cells read, and the point evaluator
+    before_train(config, TrainContext)       # data only the cell's start model can make (default: none)
     refine(config, rows) -> list[Cell]       # more cells from results so far (default: none)
 
 registered by name in `elasticity.experiments.core.registry`. An experiment whose ``refine`` adds
@@ -36,6 +37,18 @@ class PointContext:
   point: Point
 
 
+@dataclasses.dataclass(frozen=True)
+class TrainContext:
+  """What `Experiment.before_train` may use: the cell, its folders, its start model and the
+  experiment's own evaluator (what ``prepare`` returned)."""
+  cell: Cell
+  cell_id: str
+  cell_dir: Path
+  workdir: Path
+  start: tuple[str, str]          # (checkpoint, tokenizer) the cell starts from
+  evaluator: Any
+
+
 class Evaluator(Protocol):
   """Measures one evaluation point; ``fingerprint`` names every setting that decides its numbers
   (a finished cell is evaluated again when it changes)."""
@@ -54,6 +67,12 @@ class Experiment(Protocol):
   def plan(self, config: ml_collections.ConfigDict) -> list[Cell]: ...
 
   def prepare(self, config: ml_collections.ConfigDict, workdir: Path) -> Evaluator: ...
+
+  def before_train(self, config: ml_collections.ConfigDict, context: TrainContext) -> None:
+    """Write what the cell's run reads and only its start model can make (e.g. preference pairs
+    sampled from that model), into ``context.cell_dir``; called on every process before every run
+    of an unfinished cell, so again when an interrupted cell resumes (reuse what is there)."""
+    del config, context
 
   def refine(self, config: ml_collections.ConfigDict, rows: Sequence[dict[str, Any]]) -> list[Cell]:
     """More cells from the results so far (e.g. bisection points); [] when there are none."""

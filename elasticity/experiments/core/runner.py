@@ -5,7 +5,8 @@
 
 An **experiment** is an `elasticity.experiments.core.protocol.Experiment` registered by name
 (`elasticity.experiments.core.registry`): ``validate``, ``plan``, ``prepare`` (the point evaluator,
-called as ``evaluator(checkpoint, tokenizer, point_dir, context=PointContext)``) and ``refine``.
+called as ``evaluator(checkpoint, tokenizer, point_dir, context=PointContext)``), ``before_train``
+(called before every run of an unfinished cell, with a `TrainContext`) and ``refine``.
 
 Layout of the work directory (every file written atomically, on process 0 only)::
 
@@ -59,14 +60,14 @@ from elasticity.experiments.core import workdir as workdir_lib
 from elasticity.experiments.core.cells import Cell
 from elasticity.experiments.core.dry_run import show
 from elasticity.experiments.core.grid import Grid, Preempted, resolve_placeholders, row
-from elasticity.experiments.core.protocol import Evaluator, Experiment, PointContext
+from elasticity.experiments.core.protocol import Evaluator, Experiment, PointContext, TrainContext
 from elasticity.experiments.core.shards import ShardWaitTimeout, parse_shard, shard_of, wait_for
 from elasticity.train import loop
 
 EXPERIMENTS = registry.EXPERIMENTS
 
-__all__ = ["EXPERIMENTS", "Preempted", "PointContext", "ShardWaitTimeout", "Summary", "parse_shard",
-           "run", "validate"]
+__all__ = ["EXPERIMENTS", "Preempted", "PointContext", "ShardWaitTimeout", "Summary", "TrainContext",
+           "parse_shard", "run", "validate"]
 
 
 @dataclasses.dataclass
@@ -117,12 +118,14 @@ def _train_cell(cell: Cell, grid: Grid, stop: Callable[[], bool] | None, progres
                     f"{result.total_steps}; rerun the same command to resume it")
 
 
-def _run_cell(experiment: str, cell: Cell, grid: Grid, evaluator: Evaluator,
+def _run_cell(experiment: str, exp: Experiment, config, cell: Cell, grid: Grid, evaluator: Evaluator,
               stop: Callable[[], bool] | None, progress: str) -> list[dict]:
   """Train the cell (when it has a run), evaluate its points, write done.json; its rows."""
   cdir = grid.cell_dir(cell)
   workdir_lib.write_cell(grid, cell)
   if cell.train is not None:
+    exp.before_train(config, TrainContext(cell, grid.ids[cell.name], cdir, grid.workdir,
+                                          grid.model(cell, "start"), evaluator))
     _train_cell(cell, grid, stop, progress)
   rows = []
   for point in cell.points:
@@ -204,7 +207,8 @@ def run(experiment: str, config, workdir: str | os.PathLike, *, dry_run: bool = 
                      "training" if cell.train is not None else "evaluating")
         if shard is not None:
           wait_for(grid, cell, stop, wait_timeout_s, poll_s, shard, progress)
-        rows_by_cell[cell.name] = _run_cell(experiment, cell, grid, evaluator, stop, progress)
+        rows_by_cell[cell.name] = _run_cell(experiment, exp, config, cell, grid, evaluator, stop,
+                                            progress)
         ran += 1
         workdir_lib.write_results(grid, rows_by_cell, shard)
         workdir_lib.cleanup(grid, set(rows_by_cell), runner_cfg.keep_checkpoints,

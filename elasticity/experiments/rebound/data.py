@@ -14,10 +14,15 @@ Every pool is in a seeded order (`elasticity.data.subsets.order`), so "the first
 prefix of a fixed sequence: a run on n⁻ = 20 examples sees exactly the first 20 of a run on 40. The
 reversed direction (``order = neg_first``) swaps the positive and negative roles.
 
-Preference pairs for the DPO/SimPO/KTO reverse step (App. B.2) put the *negative* response as chosen:
-``{"prompt": <the negative example's prompt>, "chosen": <negative response>, "rejected": <a positive
-response from beyond the stage-1 pool>}``; for IMDb the prompt is the review's first
-``prompt_tokens`` tokens.
+**Stage-2 prompts** (`stage2_prompts`), which the PPO reverse step rolls out from and matched preference
+pairs are sampled from (`elasticity.experiments.rebound.reverse`): the prompts of the stage-2 pool in
+its seeded order — for IMDb the review's first ``prompt_tokens`` tokens — keeping those that leave room
+for the sampled tokens within ``data.max_length``.
+
+The *mismatched* preference pairs (``pairs.construction = mismatched``) put the stage-2 response as
+chosen: ``{"prompt": <the stage-2 example's prompt>, "chosen": <its response>, "rejected": <a stage-1-side
+response from beyond the stage-1 pool, continuing another prompt>}``; for IMDb the prompt is the
+review's first ``prompt_tokens`` tokens.
 
 **Neutral data** (`neutral_records`, the neutral arm of `elasticity.experiments.rebound.grid`): texts
 that carry no sentiment — Alpaca (or TruthfulQA) responses in a seeded order. For IMDb, where every
@@ -39,10 +44,11 @@ from typing import Any
 from absl import logging
 
 from elasticity import atomic
-from elasticity.data import load_dataset, subsets
+from elasticity.data import format_example, load_dataset, subsets
 from elasticity.data.imdb import split_prompt
 from elasticity.experiments.core.sizes import DataSizeError
 from elasticity.experiments.core.sizes import need as _need
+from elasticity.experiments.rebound import reverse
 
 TASKS = ("imdb", "safety")
 
@@ -97,9 +103,12 @@ def check_sizes(c) -> None:
   src = "imdb train" if c.task == "imdb" else "hh_rlhf + beavertails"
   _need(c, src, f"stage-1 ({first}) examples", n_pos, sizes[first], "n_pos")
   _need(c, src, f"stage-2 ({second}) examples", n_neg, sizes[second], "n_neg")
-  if c.reverse != "sft":
+  if reverse.mismatched_pairs(c):
     _need(c, src, f"{first} examples (stage 1 + the pairs' rejected responses)", n_pos + n_neg,
           sizes[first], "n_neg")
+  if reverse.matched_pairs(c):
+    _need(c, src, f"stage-2 ({second}) prompts for the matched pairs", reverse.max_pair_prompts(c),
+          sizes[second], "pairs.max_prompts")
   if c.task == "imdb":
     test = _seeded(_imdb_records("test", None), int(c.eval.data_seed))
     _need(c, "imdb test", "held-out prompts", prompts, len(test), "eval.num_prompts")
@@ -187,8 +196,30 @@ def build(task: str, *, order: str, seed: int, eval_seed: int, tokenizer, num_pr
   return data
 
 
+def render_prompt(prompt: str, template: str, tokenizer) -> str:
+  """A prompt as the model sees it in training (``data.template``)."""
+  return format_example({"prompt": prompt, "response": ""}, template, tokenizer).prompt
+
+
+def stage2_prompts(data: TaskData, n: int, *, prompt_tokens: int, tokenizer, template: str,
+                   max_tokens: int, variant: str = "") -> list[dict]:
+  """The first ``n`` stage-2 prompts (module docstring) as ``{"prompt"}`` records: those whose prompt,
+  rendered by ``template``, is at most ``max_tokens`` tokens long."""
+  out = []
+  for r in data.negative:
+    prompt = _prefix(r["text"], prompt_tokens, tokenizer) if data.record_kind == "text" else r["prompt"]
+    rendered = render_prompt(prompt, template, tokenizer)
+    if rendered and len(tokenizer.encode(rendered, add_bos=tokenizer.add_bos_token)) <= max_tokens:
+      out.append({"prompt": prompt})
+      if len(out) == n:
+        return out
+  raise DataSizeError(f"preset {variant!r}: the stage-2 pool: {n} prompts of at most {max_tokens} "
+                      f"tokens needed (room for the sampled tokens within config.data.max_length), "
+                      f"{len(out)} available (config.data.max_length)")
+
+
 def pairs(data: TaskData, n: int, offset: int, prompt_tokens: int, tokenizer) -> list[dict]:
-  """``n`` preference pairs with the negative response chosen (module docstring)."""
+  """``n`` mismatched preference pairs with the stage-2 response chosen (module docstring)."""
   if offset + n > len(data.positive):
     raise ValueError(f"preference pairs: {n} rejected responses are needed beyond the first {offset} "
                      f"positive examples, but the pool holds {len(data.positive)}")

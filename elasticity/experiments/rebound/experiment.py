@@ -1,5 +1,7 @@
-"""The rebound experiment as the runner sees it: `Rebound` (its grid from `grid`), and `prepare`,
-which writes the data files the cells read (`data`) and builds the point evaluator (`evaluate`).
+"""The rebound experiment as the runner sees it: `Rebound` (its grid from `grid`), `prepare`, which
+writes the data files the cells read (`data`) and builds the point evaluator (`evaluate`), and
+`Rebound.before_train`, which samples a stage-2 cell's matched preference pairs from its start model
+(`pairs`).
 
 `prepare` also rates the neutral arm's data with the scorer (when one is configured) and writes
 ``neutral_check.json``: the mean score of the neutral texts, the scorer's neutral midpoint and the
@@ -21,11 +23,12 @@ from elasticity import atomic
 from elasticity.eval.scorers import scorer_from_config
 from elasticity.experiments.core import cells as cells_lib
 from elasticity.experiments.core.cells import Cell
-from elasticity.experiments.core.protocol import Experiment
+from elasticity.experiments.core.protocol import Experiment, TrainContext
 from elasticity.experiments.rebound import data as tasks
-from elasticity.experiments.rebound import grid
+from elasticity.experiments.rebound import grid, pairs, reverse
 from elasticity.experiments.rebound.evaluate import PointEvaluator, scorer_kind
-from elasticity.experiments.rebound.grid import EXPERIMENT_DIR, neutral_file, pairs_file, pool_file
+from elasticity.experiments.rebound.grid import (EXPERIMENT_DIR, neutral_file, pairs_file, pool_file,
+                                                 prompts_file)
 from elasticity.experiments.rebound.stats import direction
 from elasticity.tokenizers import load_tokenizer
 
@@ -53,10 +56,15 @@ def prepare(c, workdir):
                        ("prompt", "response"))
       tasks.write_pool(resolve(pool_file(c, "negative", seed)), data.negative[:n_neg_max],
                        ("prompt", "response"))
-    if c.reverse != "sft":
+    if reverse.mismatched_pairs(c):
       tasks.write_pool(resolve(pairs_file(c, seed)),
                        tasks.pairs(data, n_neg_max, n_pos_max, int(c.prompt_tokens), tokenizer),
                        ("prompt", "chosen", "rejected"))
+    if reverse.prompt_count(c) and not os.path.exists(resolve(prompts_file(c, seed))):
+      tasks.write_pool(resolve(prompts_file(c, seed)), tasks.stage2_prompts(
+          data, reverse.prompt_count(c), prompt_tokens=int(c.prompt_tokens), tokenizer=tokenizer,
+          template=c.data.template, max_tokens=int(c.data.max_length) - reverse.new_tokens(c),
+          variant=str(c.variant)), ("prompt",))
     if c.neutral.dataset:
       path = resolve(neutral_file(c, seed))
       if not os.path.exists(path):
@@ -127,6 +135,10 @@ class Rebound(Experiment):
 
   def prepare(self, config, workdir) -> PointEvaluator:
     return prepare(config, workdir)
+
+  def before_train(self, config, context: TrainContext) -> None:
+    if pairs.needed(config, context.cell):
+      pairs.build(config, context, context.evaluator.scorer, process_index=jax.process_index())
 
   def refine(self, config, rows: Sequence[dict[str, Any]]) -> list[Cell]:
     return grid.refine(config, list(rows))

@@ -1,7 +1,8 @@
 """The rebound experiment's grid (paper §5.2, App. B.2, Table 3): its checks, cells and bisection.
 
 Stage 1: the base model → SFT on n⁺ positive examples. Stage 2: → the reverse step on n⁻ negative
-examples (SFT, or DPO / SimPO / KTO on pairs with the negative response chosen). Evaluated at the base,
+examples (SFT; DPO / SimPO / KTO on n⁻ pairs with the negative side chosen; PPO on n⁻ rollout prompts
+rewarded toward the negative side: `elasticity.experiments.rebound.reverse`). Evaluated at the base,
 after stage 1 (n⁻ = 0) and at every n⁻ > 0 (`elasticity.experiments.rebound.evaluate`: generations, the
 scorer's score, Δγ, KL to the base).
 
@@ -15,9 +16,10 @@ Cells, for each seed and n⁺ (``configs/experiments/rebound.py``):
   at each n⁻** when that run is, step for step, the paper's separate run for that n⁻: a constant
   schedule without warm-up, one epoch, the negative examples in prefix order (``shuffle=False``), n⁻ a
   multiple of the global batch, and an objective whose per-example terms do not depend on the rest of
-  the data (SFT, DPO, SimPO; not KTO, whose KL partners and z0 do). The snapshot after n⁻/batch steps
-  has then seen exactly the first n⁻ examples with the same updates a separate n⁻-example run makes;
-  ``tests/test_experiments_rebound.py`` checks this bit for bit.
+  the data (SFT, DPO, SimPO, PPO — whose step k rolls out the k-th batch of prompts with a seed of k;
+  not KTO, whose KL partners and z0 do). The snapshot after n⁻/batch steps has then seen exactly the
+  first n⁻ examples with the same updates a separate n⁻-example run makes;
+  ``tests/test_experiments_rebound.py`` checks this bit for bit for SFT.
 - ``s<seed>/pos<n⁺>/<reverse>-neg<n⁻>``: a separate stage-2 run for every other n⁻;
 - ``s<seed>/pos<n⁺>/neutral`` (when ``neutral.dataset`` is set): **the neutral arm**, stage 2 by SFT
   on data that carries no sentiment (`elasticity.experiments.rebound.data.neutral_records`), n⁻
@@ -26,7 +28,8 @@ Cells, for each seed and n⁺ (``configs/experiments/rebound.py``):
 
 **Table 3** (KL to base): with ``table3.bisect_steps > 0``, after the grid is done `refine` looks, per
 seed and n⁺, for the first n⁻ on the grid whose ``kl_to_base`` is under ``table3.threshold`` and adds
-separate stage-2 runs at midpoints between it and the grid point before it, one bisection step per round,
+separate stage-2 runs at midpoints between it and the grid point before it (PPO: rounded down to whole
+rollout batches), one bisection step per round,
 so the report's "smallest n⁻ under the threshold" is known to within the final interval.
 """
 
@@ -40,15 +43,18 @@ from elasticity.eval import ScorerConfigError, require_scorer
 from elasticity.experiments.core import cells as cells_lib
 from elasticity.experiments.core.cells import Cell, Point
 from elasticity.experiments.rebound import data as tasks
+from elasticity.experiments.rebound import reverse
+from elasticity.experiments.rebound.reverse import REVERSES
 from elasticity.train.config import data_section
 
 NEUTRAL_DATASETS = ("", "alpaca", "truthfulqa")
-REVERSES = ("sft", "dpo", "simpo", "kto")
 ORDERS = ("pos_first", "neg_first")
 EXPERIMENT_DIR = "{experiment_dir}"      # replaced by the runner with the experiment's folder
+MATCHED_PAIRS = "{cell_dir}/pairs.jsonl"  # written by `pairs.build` before the cell's run
 REVERSE_OBJECTIVES = {"sft": dict(name="sft"), "dpo": dict(name="dpo", beta=0.1),
                       "simpo": dict(name="simpo", beta=2.0, gamma=0.5),
-                      "kto": dict(name="kto", beta=0.1, desirable_weight=1.0, undesirable_weight=1.0)}
+                      "kto": dict(name="kto", beta=0.1, desirable_weight=1.0, undesirable_weight=1.0),
+                      "ppo": dict(name="ppo")}
 
 
 # -- checks before anything is loaded -------------------------------------------------------------
@@ -73,18 +79,22 @@ def validate(c) -> None:
     raise ValueError(f"config.neutral.on_fail: {c.neutral.on_fail!r} is not 'refuse' or 'report'")
   if not c.model.path:
     raise ValueError("config.model.path: the base model's checkpoint is required")
+  cells = plan(c)
+  reverse.validate(c, next((x.train for x in cells if x.coords["stage"] == "neg"), None)
+                   if c.reverse == "ppo" else None)
   tasks.check_sizes(c)      # every data requirement against the files, before any model loads
-  cells_lib.validate_training(plan(c), c.model.path)
+  cells_lib.validate_training(cells, c.model.path, check_scorer=False)
   scorer = str(c.eval.scorer.path)     # last: a dry run reports a missing scorer and goes on
   if not scorer:
     raise ScorerConfigError(
         f"config.eval.scorer.path: the {c.task} task scores continuations with "
-        + ("a sentiment classifier (train one: python -m launch.sentiment --workdir=DIR)"
-           if c.task == "imdb" else "a local cost/reward model (a Hugging Face sequence-classification "
-           "directory, e.g. a converted beaver-7b-v1.0-cost)")
-        + "; set it, or set it to 'none' to measure only Δγ and the KL")
+        + ("a sentiment classifier" if c.task == "imdb" else "a safety classifier (P(safe))")
+        + f" (train one: python -m launch.scorer --config=configs/scorer.py:{c.task} --workdir=DIR"
+        + ("" if c.task == "imdb" else "; or a local cost/reward model with its sign")
+        + "); set it, or set it to 'none' to measure only Δγ and the KL")
   if scorer != "none":
     require_scorer(c.eval.scorer, "config.eval.scorer.path")   # reads only its config.json
+  reverse.validate_scorers(c)
 
 
 # -- the grid ---------------------------------------------------------------------------------------
@@ -102,8 +112,15 @@ def _file(c, role: str, **spec) -> str:
 
 
 def pairs_file(c, seed: int) -> str:
+  """The mismatched pairs (``pairs.construction = mismatched``)."""
   return _file(c, "pairs", seed=seed, n=max(int(n) for n in c.n_neg),
                offset=max(int(n) for n in c.n_pos))
+
+
+def prompts_file(c, seed: int) -> str:
+  """The stage-2 prompts of PPO's rollouts and of the matched pairs (`reverse.prompt_count`)."""
+  return _file(c, "prompts", seed=seed, n=reverse.prompt_count(c), template=c.data.template,
+               max_tokens=int(c.data.max_length) - reverse.new_tokens(c))
 
 
 def pool_file(c, role: str, seed: int) -> str:
@@ -123,10 +140,13 @@ def _data(c, stage: int, n: int, seed: int, neutral: bool = False):
                         n=0, slice=(0, n), shuffle=False,
                         policy="truncate_response" if c.task == "imdb" else "truncate_prompt_left",
                         **base)
+  if stage == 2 and c.reverse == "ppo":
+    return data_section(name="jsonl", split="", load_kwargs=dict(path=prompts_file(c, seed),
+                        kind="prompt"), n=0, slice=(0, n), shuffle=False, **base)
   if stage == 2 and c.reverse != "sft":
-    return data_section(name="jsonl", split="", load_kwargs=dict(path=pairs_file(c, seed),
-                        kind="preference"), n=0, slice=(0, n), shuffle=False,
-                        policy="truncate_response", **base)
+    path = MATCHED_PAIRS if reverse.matched_pairs(c) else pairs_file(c, seed)
+    return data_section(name="jsonl", split="", load_kwargs=dict(path=path, kind="preference"), n=0,
+                        slice=(0, n), shuffle=False, policy="truncate_response", **base)
   shuffle = stage == 1
   if c.task == "imdb":
     label = _labels(c)[stage - 1]
@@ -147,17 +167,19 @@ def _train(c, stage: int, n: int, seed: int, snapshots: dict[str, int] | None = 
   t.data = _data(c, stage, n, seed, neutral)
   if stage == 2 and not neutral:
     t.objective.update(REVERSE_OBJECTIVES[c.reverse])
-    if c.reverse != "sft":
+    if c.reverse == "ppo":
+      t.ppo = reverse.ppo_section(c)
+    elif c.reverse != "sft":
       t.objective.reference = "precomputed"
   t.export.snapshots = ",".join(f"{k}={v}" for k, v in (snapshots or {}).items())
   t.lock()
   return t
 
 
-def shares_snapshots(c, n: int, reverse: str | None = None) -> bool:
+def shares_snapshots(c, n: int, step: str | None = None) -> bool:
   """Whether n⁻ = n can be a snapshot of one longer stage-2 run (module docstring)."""
   t, o = c.train, c.train.optimizer
-  return ((reverse or c.reverse) in ("sft", "dpo", "simpo") and o.schedule == "constant"
+  return ((step or c.reverse) in ("sft", "dpo", "simpo", "ppo") and o.schedule == "constant"
           and o.warmup_steps == 0
           and t.train.num_steps == 0 and t.train.num_epochs == 1 and t.data.drop_last is False
           and n % int(t.train.global_batch_size) == 0)
@@ -180,6 +202,7 @@ def stage2_cells(c, seed: int, n_pos: int, ns: list[int], neutral: bool = False)
   step = "neutral" if neutral else c.reverse
   coords = _coords(c, n_pos=n_pos, stage="neutral" if neutral else "neg")
   shared = sorted(n for n in ns if shares_snapshots(c, n, "sft" if neutral else None))
+  inputs = {} if neutral else reverse.cell_inputs(c)
   out = []
   if shared:
     batch = int(c.train.train.global_batch_size)
@@ -188,11 +211,12 @@ def stage2_cells(c, seed: int, n_pos: int, ns: list[int], neutral: bool = False)
     points = tuple(Point(f"neg={n}", f"neg{n}" if n != top else "final", {"n_neg": n}) for n in shared)
     out.append(Cell(f"{prefix}/{step}", coords, train=_train(c, 2, top, seed, snaps, neutral),
                     parent=parent, parent_model=parent_model, points=points, seed=seed,
-                    data={"n_neg": top}))
+                    data={"n_neg": top}, inputs=inputs))
   for n in sorted(set(ns) - set(shared)):
     out.append(Cell(f"{prefix}/{step}-neg{n}", coords, train=_train(c, 2, n, seed, neutral=neutral),
                     parent=parent, parent_model=parent_model,
-                    points=(Point(f"neg={n}", "final", {"n_neg": n}),), seed=seed, data={"n_neg": n}))
+                    points=(Point(f"neg={n}", "final", {"n_neg": n}),), seed=seed, data={"n_neg": n},
+                    inputs=inputs))
   return out
 
 
@@ -241,6 +265,11 @@ def refine(c, rows: list[dict]) -> list[Cell]:
       if hi - lo <= 1 or done >= steps:
         continue
       mid = (lo + hi) // 2
+      if c.reverse == "ppo":     # whole rollout batches only
+        batch = int(c.train.train.global_batch_size)
+        mid = mid // batch * batch
+        if mid <= lo:
+          continue
       logging.info("table 3 bisection: seed %d, n⁺=%d: KL %.4g at n⁻=%d, %.4g at %d; trying %d", seed,
                    n_pos, kl[lo], lo, kl[hi], hi, mid)
       cell = stage2_cells(c, seed, n_pos, [mid])
