@@ -100,7 +100,8 @@ def main(argv):
   program.note = note
   print(f"{_WHAT.value} of {name} ({cfg.model.dtype} compute, {cfg.model.param_dtype} params, remat "
         f"{cfg.model.remat}, batch {cfg.train.global_batch_size} × {length}, "
-        f"{cfg.train.num_microbatches} microbatches) for {topo.name}, mesh {dict(mesh.shape)}"
+        f"{cfg.train.num_microbatches} microbatches, layers {'scanned' if program.scanned else 'unrolled'})"
+        f" for {topo.name}, mesh {dict(mesh.shape)}"
         + (f"\n  note: {note}" if note else ""), flush=True)
   t0 = time.perf_counter()
   try:

@@ -12,6 +12,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import jax
 import pytest
 
 from configs import sft as sft_configs
@@ -63,12 +64,26 @@ def test_a_tiny_train_step_compiles_for_a_slice_and_fits(name):
       dict(data=1, fsdp=-1, tensor=1), topo.chips, 8)[0])
   assert mesh.devices.size == topo.chips and mesh.devices.flat[0].platform == "tpu"
   program = programs.train_program(cfg, TINY, mesh)
+  # config.model.scan_layers None: the target's layout (scanned on TPU), not this CPU host's (unrolled)
+  assert cfg.model.scan_layers is None and program.scanned
+  layers = program.args[0]["params"]["layers"]            # one layer's tree, stacked on a leading axis
+  assert 0 not in layers and {x.shape[0] for x in jax.tree.leaves(layers)} == {TINY.num_layers}
   u = memory.usage(program.compile(), topo, program)
   assert u.fits and 0 < u.used < topo.hbm_bytes
   # The state is donated: its buffers are reused for the new state (aliased) and XLA's argument
   # bytes are those of the shards (the state's shardings, read independently of XLA).
   assert u.aliased > 0 and u.arguments >= memory.argument_bytes(program) > 0
   assert u.flops_per_chip > 0
+
+
+def test_an_explicit_layout_is_kept_for_a_slice():
+  need_libtpu()
+  cfg = sft_configs.get_config("tiny")
+  cfg.model.scan_layers = False
+  topo = topologies.parse("v5e-4")
+  mesh = programs.make_mesh(topologies.devices(topo), dict(data=1, fsdp=4, tensor=1))
+  program = programs.train_program(cfg, TINY, mesh)
+  assert not program.scanned and sorted(program.args[0]["params"]["layers"]) == [0, 1]
 
 
 def test_measure_generate_and_kl_compile_for_a_slice():
@@ -91,9 +106,12 @@ def _aot(*args):
 
 def test_the_launcher_refuses_an_impossible_fit_with_exit_3_naming_the_knobs():
   need_libtpu()
+  # config.model.scan_layers None: scanned, as a TPU run lays the layers out (XLA compiles one of the 40
+  # layers, not 40: 4 s instead of 45 s), and refuses the state
   r = _aot("--config=configs/sft.py:tiny", "--model=llama2-13b", "--topology=v5e-4")
   assert r.returncode == 3, r.stdout + r.stderr
   lines = r.stdout.strip().splitlines()
+  assert "layers scanned" in lines[0], lines[0]
   assert lines[-2].startswith("does not fit: the train state alone is")
   assert "--config.model.param_dtype=bfloat16" in lines[-2] and "--topology" in lines[-2]
   used, capacity = map(float, lines[-1].split()[1:])

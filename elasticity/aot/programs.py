@@ -33,6 +33,7 @@ from elasticity.models.config import ModelConfig
 from elasticity.models.generate import SamplingConfig, decoding_fn
 from elasticity.models.scan import with_layers_rule
 from elasticity.train import compiled
+from elasticity.train import config as train_config
 from elasticity.train.data import sft_fields
 from elasticity.train.init import data_kind, dtypes, n_params
 from elasticity.train.losses import objective_from_config
@@ -52,6 +53,7 @@ class Program:
   tokens: int                  # tokens one call processes
   flops: float                 # model FLOPs of one call by the 6·N (train) / 2·N (forward) rule
   note: str = ""
+  scanned: bool = True         # the layers as one scanned layer (False: unrolled)
 
   def lower(self):
     with jax.set_mesh(self.mesh):
@@ -126,7 +128,9 @@ def train_program(cfg, mcfg: ModelConfig, mesh: Mesh) -> Program:
   """The config's train step (model, optimizer, objective, microbatches, remat) on ``mesh``."""
   rules = compiled.hashable(with_layers_rule(cfg.sharding.rules))
   dtype, pdtype = dtypes(cfg)
-  model = abstract_model(mcfg, dtype=dtype, param_dtype=pdtype, scan_layers=bool(cfg.model.scan_layers),
+  # the layout a run on the target would use (config.model.scan_layers None = scanned off CPU)
+  scan = train_config.scan_layers(cfg, platform=mesh.devices.flat[0].platform)
+  model = abstract_model(mcfg, dtype=dtype, param_dtype=pdtype, scan_layers=scan,
                          attention_impl=cfg.model.attention_impl)
   model.remat = None if cfg.model.remat == "none" else cfg.model.remat
   graphdef, _ = split_params(model)
@@ -144,7 +148,8 @@ def train_program(cfg, mcfg: ModelConfig, mesh: Mesh) -> Program:
                          rules=rules)
   rows = b * (2 if data_kind(objective.name) != "sft" else 1)
   flops = train_flops_per_token(n_params(state["params"]), mcfg.num_layers, mcfg.hidden_size, t) * rows * t
-  return Program("train", step, (_abstract(state, shardings), _abstract(batch, b_sh)), mesh, rows * t, flops)
+  return Program("train", step, (_abstract(state, shardings), _abstract(batch, b_sh)), mesh, rows * t, flops,
+                 scanned=scan)
 
 
 # -- evaluation programs --------------------------------------------------------------------------
@@ -190,7 +195,7 @@ def generate_program(mcfg: ModelConfig, mesh: Mesh, *, batch: int, prompt_length
   key = jax.eval_shape(lambda: jax.random.key(0))
   key = jax.ShapeDtypeStruct(key.shape, key.dtype, sharding=rep)
   tokens = batch * (prompt_length + new_tokens)
-  return Program("generate", fn, (params, ids, mask, key), mesh, tokens, 2.0 * n * tokens)
+  return Program("generate", fn, (params, ids, mask, key), mesh, tokens, 2.0 * n * tokens, scanned=False)
 
 
 def kl_program(mcfg: ModelConfig, mesh: Mesh, *, batch: int, length: int, dtype=jnp.bfloat16,

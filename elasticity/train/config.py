@@ -117,12 +117,15 @@ def validate_ppo(cfg: ml_collections.ConfigDict, *, check_scorer: bool = True) -
     raise ValueError("config.data.pack: PPO rollouts are one prompt per row (pack=False)")
 
 
-def scan_layers(cfg) -> bool:
-  """The layer layout a run uses: ``config.model.scan_layers``, or when it is None the backend's
-  default — unrolled on CPU (XLA:CPU runs the scanned backward 1.3-1.5x slower in steady state;
-  bench/RESULTS.md), scanned elsewhere (one layer compiled instead of L)."""
+def scan_layers(cfg, platform: str | None = None) -> bool:
+  """The layer layout a run uses: ``config.model.scan_layers``, or when it is None the default of the
+  platform it runs on (``platform``, else JAX's default backend) — unrolled on CPU (XLA:CPU runs the
+  scanned backward 1.3-1.5x slower in steady state; bench/RESULTS.md), scanned elsewhere (one layer
+  compiled instead of L). `elasticity.aot` passes the target's platform: a TPU program is scanned."""
   value = cfg.model.scan_layers
-  return jax.default_backend() != "cpu" if value is None else bool(value)
+  if value is not None:
+    return bool(value)
+  return (platform or jax.default_backend()) != "cpu"
 
 
 def data_section(**overrides: Any) -> ml_collections.ConfigDict:
