@@ -10,6 +10,9 @@ The suite runs with the persistent compilation cache (`elasticity.compile_cache`
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
+from pathlib import Path
 
 # Eight fake CPU devices for mesh tests; must be set before jax initialises its backends. Appended to
 # the user's own XLA_FLAGS (a device count already there wins).
@@ -31,6 +34,7 @@ import pytest  # noqa: E402
 from elasticity import compile_cache, paths  # noqa: E402
 
 compile_cache.enable()
+ROOT = Path(__file__).resolve().parent.parent
 
 
 def in_ci() -> bool:
@@ -74,3 +78,17 @@ def smollm2_pair(smollm2_gguf):
   ref = transformers.AutoModelForCausalLM.from_pretrained(
       smollm2_gguf.parent, gguf_file=smollm2_gguf.name, dtype=torch.float32).eval()
   return load_pretrained(smollm2_gguf), ref
+
+
+@pytest.fixture(scope="session")
+def tiny_resistance_run(tmp_path_factory):
+  """The workdir of one uninterrupted ``launch.experiment`` run of the ``tiny`` resistance grid, made
+  once for the session (about a CPU-minute): the reference that the resistance tests read and that
+  the SIGKILLed rerun and the two-shard run must reproduce byte for byte. Tests only read it."""
+  workdir = tmp_path_factory.mktemp("resistance") / "run"
+  proc = subprocess.run([sys.executable, "-m", "launch.experiment",
+                         "--config=configs/experiments/resistance.py:tiny", f"--workdir={workdir}"],
+                        cwd=ROOT, env=dict(os.environ, JAX_PLATFORMS="cpu"), capture_output=True,
+                        text=True, timeout=900)
+  assert proc.returncode == 0, proc.stderr[-4000:]
+  return workdir

@@ -214,13 +214,10 @@ def _env():
   return env
 
 
-@pytest.fixture(scope="module")
-def uninterrupted(tmp_path_factory):
-  workdir = tmp_path_factory.mktemp("resistance") / "run"
-  proc = subprocess.run(_cmd(workdir), cwd=ROOT, env=_env(), capture_output=True, text=True,
-                        timeout=900)
-  assert proc.returncode == 0, proc.stderr[-4000:]
-  return workdir
+@pytest.fixture
+def uninterrupted(tiny_resistance_run):
+  """The session's uninterrupted tiny run (conftest; test_experiments_shard.py compares with it too)."""
+  return tiny_resistance_run
 
 
 def test_tiny_grid_records_the_losses_kl_and_compression(uninterrupted, shared):

@@ -2,7 +2,8 @@
 
 Fast tests use a stub experiment (evaluation-only cells, a stub evaluator) run by two threads; the
 end-to-end test runs two ``launch.experiment --shard`` processes on the ``tiny`` resistance grid and
-compares the merged ``results.jsonl`` with a single-process run's, byte for byte.
+compares the merged ``results.jsonl`` with a single-process run's, byte for byte (the session's run,
+conftest's ``tiny_resistance_run``, which test_experiments_resistance.py reads too).
 """
 
 from __future__ import annotations
@@ -134,11 +135,10 @@ def _cmd(workdir, *extra):
 
 
 @pytest.mark.slow
-def test_two_shard_processes_finish_the_tiny_grid_like_one_process(tmp_path, shared):
+def test_two_shard_processes_finish_the_tiny_grid_like_one_process(tmp_path, shared,
+                                                                   tiny_resistance_run):
   env = dict(os.environ, JAX_PLATFORMS="cpu")
-  single = subprocess.run(_cmd(tmp_path / "single"), cwd=ROOT, env=env, capture_output=True,
-                          text=True, timeout=900)
-  assert single.returncode == 0, single.stderr[-3000:]
+  single = tiny_resistance_run                        # one process, the session's run (conftest)
   work = tmp_path / "sharded"
   procs = [subprocess.Popen(_cmd(work, f"--shard={i}/2"), cwd=ROOT, env=env, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True) for i in (0, 1)]
@@ -149,5 +149,5 @@ def test_two_shard_processes_finish_the_tiny_grid_like_one_process(tmp_path, sha
   rep = subprocess.run([sys.executable, "-m", "launch.report", f"--workdir={work}"], cwd=ROOT,
                        env=env, capture_output=True, text=True, timeout=300)
   assert rep.returncode == 0, rep.stderr[-3000:]
-  assert (work / "results.jsonl").read_bytes() == (tmp_path / "single" / "results.jsonl").read_bytes()
+  assert (work / "results.jsonl").read_bytes() == (single / "results.jsonl").read_bytes()
   assert "Table 1" in (work / "report.md").read_text()
