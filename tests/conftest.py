@@ -80,15 +80,19 @@ def smollm2_pair(smollm2_gguf):
   return load_pretrained(smollm2_gguf), ref
 
 
+def resistance_cmd(workdir, variant: str = "tiny", *extra: str) -> list[str]:
+  """``launch.experiment`` on a resistance preset: the command the resistance and shard tests run."""
+  return [sys.executable, "-m", "launch.experiment",
+          f"--config=configs/experiments/resistance.py:{variant}", f"--workdir={workdir}", *extra]
+
+
 @pytest.fixture(scope="session")
 def tiny_resistance_run(tmp_path_factory):
   """The workdir of one uninterrupted ``launch.experiment`` run of the ``tiny`` resistance grid, made
   once for the session (about a CPU-minute): the reference that the resistance tests read and that
   the SIGKILLed rerun and the two-shard run must reproduce byte for byte. Tests only read it."""
   workdir = tmp_path_factory.mktemp("resistance") / "run"
-  proc = subprocess.run([sys.executable, "-m", "launch.experiment",
-                         "--config=configs/experiments/resistance.py:tiny", f"--workdir={workdir}"],
-                        cwd=ROOT, env=dict(os.environ, JAX_PLATFORMS="cpu"), capture_output=True,
+  proc = subprocess.run(resistance_cmd(workdir), cwd=ROOT, env=dict(os.environ, JAX_PLATFORMS="cpu"), capture_output=True,
                         text=True, timeout=900)
   assert proc.returncode == 0, proc.stderr[-4000:]
   return workdir

@@ -11,20 +11,19 @@ import math
 import os
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 
+from conftest import resistance_cmd
 from elasticity import atomic
 from experiment_configs import preset
 from elasticity.experiments import resistance
 from elasticity.experiments.core import runner
 
 ROOT = Path(__file__).resolve().parent.parent
-CONFIG = "configs/experiments/resistance.py"
 
 
 def get(variant: str, **overrides):
@@ -203,9 +202,7 @@ def test_m_checkpoints_give_every_pair_both_ways():
 # -- end to end on the tiny preset ----------------------------------------------------------------------
 
 
-def _cmd(workdir, variant="tiny"):
-  return [sys.executable, "-m", "launch.experiment", f"--config={CONFIG}:{variant}",
-          f"--workdir={workdir}"]
+_cmd = resistance_cmd
 
 
 def _env():

@@ -19,6 +19,7 @@ from pathlib import Path
 import ml_collections
 import pytest
 
+from conftest import resistance_cmd
 from elasticity import atomic
 from elasticity.experiments.core import runner, shards
 from elasticity.experiments.core.cells import Cell, Point
@@ -130,8 +131,7 @@ def test_merge_refuses_rows_of_an_unknown_cell(tmp_path):
 
 
 def _cmd(workdir, *extra):
-  return [sys.executable, "-m", "launch.experiment",
-          "--config=configs/experiments/resistance.py:tiny", f"--workdir={workdir}", *extra]
+  return resistance_cmd(workdir, "tiny", *extra)
 
 
 @pytest.mark.slow
