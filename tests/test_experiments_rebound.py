@@ -297,6 +297,33 @@ def test_neg_first_swaps_the_stages_data():
   assert cells["s42/pos16/sft"].train.data.shuffle is False
 
 
+def test_truthfulqa_answers_expand_each_question_in_the_seeded_order(shared):
+  import csv
+
+  from elasticity.experiments.rebound import data as tasks
+  from elasticity.tokenizers import load_tokenizer
+  tok = load_tokenizer(shared / "models" / "stories260K" / "tok512.bin")
+  with open(shared / "data" / "truthfulqa" / "TruthfulQA.csv", encoding="utf-8-sig", newline="") as f:
+    rows = list(csv.DictReader(f))
+  # independent count: the best answer plus every other correct answer ("a; b; c")
+  expected = sum(1 + len({a.strip() for a in r["Correct Answers"].split(";") if a.strip()}
+                             - {r["Best Answer"].strip()}) for r in rows)
+  assert tasks.neutral_pool_size("truthfulqa_answers") == expected > 2 * len(rows)
+  pool = tasks._neutral_pool("truthfulqa_answers", seed=1)
+  questions = [r["prompt"] for r in tasks._neutral_pool("truthfulqa", seed=1)]
+  firsts = [p["prompt"] for i, p in enumerate(pool) if i == 0 or pool[i - 1]["prompt"] != p["prompt"]]
+  assert firsts == questions       # answers of one question kept together, questions seeded
+  by_q = {r["Question"]: r["Best Answer"] for r in rows}
+  assert all(pool[i]["response"] == by_q[q] for i, q in ((pool.index(p), p["prompt"]) for p in pool[:50])
+             if i == 0 or pool[i - 1]["prompt"] != q)
+  recs = tasks.neutral_records("truthfulqa_answers", task="imdb", seed=1, n=20, max_length=64,
+                               tokenizer=tok)
+  assert len(recs) == 20 and all(len(tok.encode(r["text"])) >= 64 - 20 for r in recs)
+  assert recs[0]["text"].startswith(pool[0]["response"])
+  assert get("smollm2").neutral.dataset == "truthfulqa_answers"
+  assert get("smollm2,safety").neutral.dataset == "alpaca"
+
+
 @pytest.mark.parametrize("variant", ["tiny,imdb,dpo", "tiny,safety,kto"])
 def test_preference_reverse_steps_and_the_safety_task_run_end_to_end(variant, tmp_path):
   # the older, mismatched pairs: they need no scorer (matched pairs: tests/test_rebound_pairs.py)

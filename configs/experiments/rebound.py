@@ -38,7 +38,7 @@ rolls out the first n⁻ stage-2 prompts, rewarded by ``ppo_train.scorer`` (path
 their grid that are multiples of their batch of 8). The neutral arm trains by SFT whatever the reverse.
 
 n⁺ = 0 is the **control arm** (the base model given the same stage-2 examples, schedule, seeds and
-prompts). ``neutral.dataset`` (``alpaca``, ``truthfulqa``; "" = off) adds the **neutral arm**: stage 2
+prompts). ``neutral.dataset`` (``alpaca``, ``truthfulqa``, ``truthfulqa_answers``; "" = off) adds the **neutral arm**: stage 2
 on data without sentiment with the same budget and schedule, from every stage-1 model and from the base;
 the scorer's rating of that data is checked against ``neutral.midpoint`` (default: 0.5 for a
 P(positive) classifier, 0 for a reward) ± ``neutral.tolerance`` and refused (``neutral.on_fail =
@@ -159,7 +159,10 @@ def smollm2() -> ml_collections.ConfigDict:
     path = ""                      # validate() names config.model.path
   c = base("smollm2-135m", path, "")
   c.seeds = (1, 2, 3)
-  c.neutral.dataset = "alpaca"
+  # TruthfulQA's correct answers, joined to 64 tokens: the IMDb classifier rates them 0.525 ± 0.014,
+  # Alpaca's responses 0.706 ± 0.017 (outside 0.5 ± 0.15: the controlled grids of
+  # docs/results/rebound-control.md ran with alpaca and neutral.on_fail=report)
+  c.neutral.dataset = "truthfulqa_answers"
   c.n_pos, c.n_neg = (0, 100, 250, 500), (0, 10, 25, 50, 100, 200)
   c.data.max_length = 64
   t = c.train
@@ -218,6 +221,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     if model in ("tiny", "smollm2"):
       # helpful neutral text is rated safe: P(safe) has no neutral midpoint; shown, not refused
       c.neutral.on_fail = "report"
+      if model == "smollm2":
+        c.neutral.dataset = "alpaca"   # benign instruction data: the known "fine-tuning undoes safety"
     if model == "tiny":      # HH dialogues are long: room for whole responses
       c.n_pos, c.n_neg = (0, 16), (0, 8)
       c.data.max_length, c.eval.max_length = 128, 512

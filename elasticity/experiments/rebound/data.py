@@ -25,7 +25,10 @@ response from beyond the stage-1 pool, continuing another prompt>}``; for IMDb t
 review's first ``prompt_tokens`` tokens.
 
 **Neutral data** (`neutral_records`, the neutral arm of `elasticity.experiments.rebound.grid`): texts
-that carry no sentiment — Alpaca (or TruthfulQA) responses in a seeded order. For IMDb, where every
+that carry no sentiment — Alpaca responses, TruthfulQA best answers, or TruthfulQA's best and other
+correct answers (``truthfulqa_answers``: 2,837 distinct answers of 817 questions) in a seeded order. The IMDb
+classifier rates them 0.706 ± 0.017, 0.513 ± 0.018 (134 texts of 64 tokens only) and 0.525 ± 0.014
+(200 texts of 64 tokens; seed 1, the `smollm2` IMDb preset): only the TruthfulQA sources are neutral to it. For IMDb, where every
 stage-2 example is a review cut to ``data.max_length`` tokens, successive responses are joined (blank
 line between) until a text reaches that many tokens, so a neutral example has the same token budget as
 a negative one; for the safety task the records are used as prompt + response pairs.
@@ -88,8 +91,32 @@ def pool_sizes(task: str, heldout: int) -> dict[str, int]:
   return {"positive": hh - heldout, "negative": bt + hh - heldout}
 
 
+NEUTRAL_SOURCES = ("alpaca", "truthfulqa", "truthfulqa_answers")
+
+
+def _neutral_pool(name: str, seed: int | None = None) -> list[dict]:
+  """The neutral source's ``{"prompt", "response"}`` records, in the ``seed`` order when given.
+
+  ``truthfulqa_answers`` expands each question into its best answer and every other correct answer
+  (in that order, each once, kept together), after the questions are put in the seeded order.
+  """
+  if name not in NEUTRAL_SOURCES:
+    raise ValueError(f"config.neutral.dataset: {name!r} is not one of {NEUTRAL_SOURCES}")
+  src = list(load_dataset("truthfulqa" if name == "truthfulqa_answers" else name, None,
+                          **({"on_error": "skip"} if name == "alpaca" else {})))
+  if seed is not None:
+    src = _seeded(src, seed)
+  if name != "truthfulqa_answers":
+    return src
+  out = []
+  for r in src:
+    answers = list(dict.fromkeys([r["response"], *r["correct_answers"]]))   # once each, in order
+    out.extend({"prompt": r["prompt"], "response": a} for a in answers)
+  return out
+
+
 def neutral_pool_size(name: str) -> int:
-  return len(load_dataset(name, None, **({"on_error": "skip"} if name == "alpaca" else {})))
+  return len(_neutral_pool(name))
 
 
 def check_sizes(c) -> None:
@@ -128,8 +155,7 @@ def neutral_records(name: str, *, task: str, seed: int, n: int, max_length: int,
                     variant: str = "") -> list[dict]:
   """``n`` neutral stage-2 examples (module docstring) in the ``seed`` order: ``{"text"}`` records of
   at least ``max_length`` tokens for IMDb (responses joined), ``{"prompt", "response"}`` otherwise."""
-  src = _seeded(list(load_dataset(name, None, **({"on_error": "skip"} if name == "alpaca" else {}))),
-                seed)
+  src = _neutral_pool(name, seed)
   if task != "imdb":
     if n > len(src):
       raise DataSizeError(f"preset {variant!r}: dataset {name}: {n} neutral records needed, "

@@ -47,7 +47,7 @@ from elasticity.experiments.rebound import reverse
 from elasticity.experiments.rebound.reverse import REVERSES
 from elasticity.train.config import data_section
 
-NEUTRAL_DATASETS = ("", "alpaca", "truthfulqa")
+NEUTRAL_DATASETS = ("", *tasks.NEUTRAL_SOURCES)
 ORDERS = ("pos_first", "neg_first")
 EXPERIMENT_DIR = "{experiment_dir}"      # replaced by the runner with the experiment's folder
 MATCHED_PAIRS = "{cell_dir}/pairs.jsonl"  # written by `pairs.build` before the cell's run
