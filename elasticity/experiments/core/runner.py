@@ -39,7 +39,10 @@ single-process run's, then writes the report. A shard never deletes an export th
 says so): run the same command without ``--shard`` afterwards to add them.
 
 Disk (`workdir.cleanup`): a finished cell's checkpoints are deleted unless ``runner.keep_checkpoints``;
-its exports are deleted once no pending cell starts from them unless ``runner.keep_exports``.
+its exports are deleted once no pending cell starts from them unless ``runner.keep_exports``. A cell
+added later (a new arm or stage-2 size in the same workdir) whose parent's export was deleted gets it
+back (`_restore_start`): the parent is trained again from its recorded config, and must end exactly
+where it ended the first time (steps and last metrics in ``DONE.json``), or the run stops naming both.
 """
 
 from __future__ import annotations
@@ -47,6 +50,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import os
+import shutil
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -62,12 +66,12 @@ from elasticity.experiments.core.dry_run import show
 from elasticity.experiments.core.grid import Grid, Preempted, resolve_placeholders, row
 from elasticity.experiments.core.protocol import Evaluator, Experiment, PointContext, TrainContext
 from elasticity.experiments.core.shards import ShardWaitTimeout, parse_shard, shard_of, wait_for
-from elasticity.train import loop
+from elasticity.train import loop, record
 
 EXPERIMENTS = registry.EXPERIMENTS
 
-__all__ = ["EXPERIMENTS", "Preempted", "PointContext", "ShardWaitTimeout", "Summary", "TrainContext",
-           "parse_shard", "run", "validate"]
+__all__ = ["EXPERIMENTS", "Preempted", "PointContext", "RestoreMismatch", "ShardWaitTimeout", "Summary",
+           "TrainContext", "parse_shard", "run", "validate"]
 
 
 @dataclasses.dataclass
@@ -93,7 +97,8 @@ def validate(experiment: str, config, *, dry_run: bool = False) -> None:
     logging.warning("dry run: %s (a real run stops here)", e)
 
 
-def _train_cell(cell: Cell, grid: Grid, stop: Callable[[], bool] | None, progress: str) -> None:
+def _train_cell(cell: Cell, grid: Grid, stop: Callable[[], bool] | None, progress: str,
+                train_dir: Path | None = None) -> None:
   cfg = copy.deepcopy(cell.train)
   cfg.unlock()
   path, tok = grid.model(cell, "start")
@@ -112,10 +117,59 @@ def _train_cell(cell: Cell, grid: Grid, stop: Callable[[], bool] | None, progres
     logging.info("%s step %d/%d  loss %.4f  ETA %s", progress, step, total,
                  float(metrics.get("loss", float("nan"))), time.strftime("%H:%M:%S", time.gmtime(eta)))
 
-  result = loop.train(cfg, grid.cell_dir(cell) / "train", stop=stop, on_step=on_step)
+  result = loop.train(cfg, train_dir or grid.cell_dir(cell) / "train", stop=stop, on_step=on_step)
   if result.status != "completed":
     raise Preempted(f"cell {cell.name!r} ({grid.ids[cell.name]}) stopped at step {result.step}/"
                     f"{result.total_steps}; rerun the same command to resume it")
+
+
+def _restore_start(exp: Experiment, config, cell: Cell, grid: Grid, evaluator: Evaluator,
+                   stop: Callable[[], bool] | None, progress: str) -> None:
+  """Make again the finished parent's export this cell starts from, when cleanup deleted it before the
+  cell joined the grid (a new arm or n⁻ added to a finished grid; module docstring).
+
+  The parent is trained again into ``cells/<parent>/restore/`` (recursively, when its own start is
+  gone too); its recorded end (``DONE.json``: steps and last metrics) must equal the first run's
+  exactly, or a `RestoreMismatch` names both and nothing is moved; then its exports replace the
+  deleted ones in ``cells/<parent>/train/`` and the restore folder, which the runner wrote, goes.
+  """
+  if cell.parent is None:
+    return
+  parent = grid.by_name[cell.parent]
+  path, _ = grid.model(cell, "start")
+  if parent.train is None or os.path.exists(path):
+    return
+  pdir = grid.cell_dir(parent)
+  first = record.read_done(pdir / "train")
+  if first is None:
+    raise FileNotFoundError(f"cell {cell.name!r}: it starts from {path}, which is missing, and its "
+                            f"parent {parent.name!r} ({grid.ids[parent.name]}) has not completed")
+  _restore_start(exp, config, parent, grid, evaluator, stop, progress)
+  logging.info("%s its start model %s was deleted after %r finished: training %r again to make it",
+               progress, path, parent.name, parent.name)
+  restore = pdir / "restore"
+  exp.before_train(config, TrainContext(parent, grid.ids[parent.name], pdir, grid.workdir,
+                                        grid.model(parent, "start"), evaluator))
+  _train_cell(parent, grid, stop, f"{progress} [restoring {parent.name}]", restore)
+  again = record.read_done(restore)
+  mine = {k: again.get(k) for k in ("step", "total_steps", "last")}
+  theirs = {k: first.get(k) for k in ("step", "total_steps", "last")}
+  if mine != theirs:
+    raise RestoreMismatch(f"cell {parent.name!r} ({grid.ids[parent.name]}): trained again to restore "
+                          f"its deleted exports, it ended at {mine}, the first run at {theirs} "
+                          f"(another code version or backend?); nothing moved, see {restore}; run "
+                          "the new cells in a new workdir")
+  if not workdir_lib.is_writer():
+    return
+  for name in ["final", *sorted(parent.snapshot_names())]:
+    sub = "hf" if name == "final" else name
+    if (restore / sub).exists() and not (pdir / "train" / sub).exists():
+      os.replace(restore / sub, pdir / "train" / sub)
+  shutil.rmtree(restore, ignore_errors=True)
+
+
+class RestoreMismatch(RuntimeError):
+  """A parent trained again to restore its deleted exports did not end where its first run did."""
 
 
 def _run_cell(experiment: str, exp: Experiment, config, cell: Cell, grid: Grid, evaluator: Evaluator,
@@ -124,6 +178,7 @@ def _run_cell(experiment: str, exp: Experiment, config, cell: Cell, grid: Grid, 
   cdir = grid.cell_dir(cell)
   workdir_lib.write_cell(grid, cell)
   if cell.train is not None:
+    _restore_start(exp, config, cell, grid, evaluator, stop, progress)
     exp.before_train(config, TrainContext(cell, grid.ids[cell.name], cdir, grid.workdir,
                                           grid.model(cell, "start"), evaluator))
     _train_cell(cell, grid, stop, progress)
