@@ -26,12 +26,13 @@ review's first ``prompt_tokens`` tokens.
 
 **Neutral data** (`neutral_records`, the neutral arm of `elasticity.experiments.rebound.grid`): texts
 that carry no sentiment — Alpaca responses, TruthfulQA best answers, or TruthfulQA's best and other
-correct answers (``truthfulqa_answers``: 2,837 distinct answers of 817 questions) in a seeded order. The IMDb
-classifier rates them 0.706 ± 0.017, 0.513 ± 0.018 (134 texts of 64 tokens only) and 0.525 ± 0.014
-(200 texts of 64 tokens; seed 1, the `smollm2` IMDb preset): only the TruthfulQA sources are neutral to it. For IMDb, where every
-stage-2 example is a review cut to ``data.max_length`` tokens, successive responses are joined (blank
-line between) until a text reaches that many tokens, so a neutral example has the same token budget as
-a negative one; for the safety task the records are used as prompt + response pairs.
+correct answers (``truthfulqa_answers``: 2,837 distinct answers of 817 questions) in a seeded order.
+The IMDb classifier rates them 0.706 ± 0.017, 0.513 ± 0.018 (134 texts of 64 tokens only) and
+0.525 ± 0.014 (200 texts of 64 tokens; seed 1, the `smollm2` IMDb preset): only the TruthfulQA
+sources are neutral to it. For IMDb, where every stage-2 example is a review cut to
+``data.max_length`` tokens, successive responses are joined (blank line between) until a text reaches
+that many tokens, so a neutral example has the same token budget as a negative one; for the safety
+task the records are used as prompt + response pairs.
 
 Files that training cells read are written once into ``<experiment dir>/data/`` (JSON lines, atomic),
 named by a digest of what decides their content, so a config change writes a new file.
