@@ -66,6 +66,13 @@ def test_the_statistics_of_the_arms_by_hand(tmp_path):
   assert by_n[10]["drop: aligned − control"].startswith("0.15 [")          # 0.2 − 0.05
   assert by_n[20]["level: aligned − control"].startswith("0.1 [")          # 0.4 − 0.3
   assert by_n[20]["gain lost (neutral)"].startswith("0.375 [")             # (0.9 − 0.75) / 0.4
+  assert by_n[20]["neutral drop: aligned − base"].startswith("0.15 [")     # 0.15 − (0.5 − 0.5)
+  drift = {**LEVELS, ("neutral", 0, 20): 0.45}          # the base drifts under neutral data too
+  (panel,) = rebound.panels(rows(tmp_path, drift))
+  a = arms.Arms(panel)
+  by_n = {r["n"]: r for r in arms.statistics_table(a, arms.stage1_table(a)[1])}
+  assert by_n[20]["neutral drop: aligned − base"].startswith("0.1 [")      # 0.15 − (0.5 − 0.45)
+  assert by_n[20]["gain lost (neutral)"].startswith("0.375 [")             # uncorrected: unchanged
   cross = {r["arm"]: r["n back at the base level"] for r in arms.crossing_table(a)}
   assert cross["aligned n⁺=100, negative"].startswith("16.7 [")            # 10 + 10·0.2/0.3
   assert cross["aligned n⁺=100, neutral"].startswith("∞")

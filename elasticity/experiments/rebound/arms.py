@@ -101,7 +101,7 @@ def stage1_table(arms: Arms) -> tuple[list[dict], dict[int, bool]]:
 def statistics_table(arms: Arms, aligned: dict[int, bool]) -> list[dict]:
   """Per n⁺ > 0 and n: undone fraction, aligned − control, neutral fraction lost (intervals)."""
   out = []
-  control = arms.curve(0)
+  control, base_neu = arms.curve(0), arms.curve(0, neutral=True)
   for n_pos in arms.n_pos():
     if n_pos == 0:
       continue
@@ -120,6 +120,10 @@ def statistics_table(arms: Arms, aligned: dict[int, bool]) -> list[dict]:
       mn = (arms.matrix({None: arms.base}, neg[0], neu[n]) if arms.base is not None and n in neu
             else None)
       row["gain lost (neutral)"] = fmt_interval(stats.undone(*mn)) if mn else "–"
+      mb = (arms.matrix({None: arms.base}, neg[0], neu[n], base_neu[n])
+            if arms.base is not None and n in neu and n in base_neu else None)
+      row["neutral drop: aligned − base"] = (
+          fmt_interval(stats.versus_control(*mb, d=arms.d)["drop_difference"]) if mb else "–")
       out.append(row)
   return out
 
@@ -229,7 +233,10 @@ def sections(panel_list: Sequence, ctx: Context) -> list[Section]:
                   "fraction of the stage-1 gain undone by n negative examples, the aligned arm's drop "
                   "from its own start minus the control's (positive: the aligned model moves more "
                   "than the base under the same data), their level difference, and the fraction of "
-                  "the gain lost under n neutral examples (a spring predicts > 0, a pull ≈ 0).\n\n"
+                  "the gain lost under n neutral examples (a spring predicts > 0, a pull ≈ 0), and the "
+                  "aligned arm's drop under neutral data minus the base's (the base's own drift "
+                  "removed; a pull in proportion to the distance from the data's level also makes "
+                  "it positive, so it decides only where the data's rating is near the base's).\n\n"
                   + markdown_table(st).rstrip())
     cr = crossing_table(arms)
     if cr:
