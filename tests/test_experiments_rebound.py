@@ -314,8 +314,8 @@ def test_truthfulqa_answers_expand_each_question_in_the_seeded_order(shared):
   firsts = [p["prompt"] for i, p in enumerate(pool) if i == 0 or pool[i - 1]["prompt"] != p["prompt"]]
   assert firsts == questions       # answers of one question kept together, questions seeded
   by_q = {r["Question"]: r["Best Answer"] for r in rows}
-  assert all(pool[i]["response"] == by_q[q] for i, q in ((pool.index(p), p["prompt"]) for p in pool[:50])
-             if i == 0 or pool[i - 1]["prompt"] != q)
+  assert all(p["response"] == by_q[p["prompt"]] for i, p in enumerate(pool[:50])
+             if i == 0 or pool[i - 1]["prompt"] != p["prompt"])   # each question's best answer first
   recs = tasks.neutral_records("truthfulqa_answers", task="imdb", seed=1, n=20, max_length=64,
                                tokenizer=tok)
   assert len(recs) == 20 and all(len(tok.encode(r["text"])) >= 64 - 20 for r in recs)
