@@ -123,13 +123,20 @@ def _train_cell(cell: Cell, grid: Grid, stop: Callable[[], bool] | None, progres
                     f"{result.total_steps}; rerun the same command to resume it")
 
 
+def _restore_dir(pdir: Path, shard: tuple[int, int] | None) -> Path:
+  """Where the parent is trained again: one folder per shard, so that two shards restoring the same
+  parent at once never train into one workdir (each checks its own run; the first to finish moves)."""
+  return pdir / ("restore" if shard is None else f"restore.{shard[0]}-of-{shard[1]}")
+
+
 def _restore_start(exp: Experiment, config, cell: Cell, grid: Grid, evaluator: Evaluator,
-                   stop: Callable[[], bool] | None, progress: str) -> None:
+                   stop: Callable[[], bool] | None, progress: str,
+                   shard: tuple[int, int] | None = None) -> None:
   """Make again the finished parent's export this cell starts from, when cleanup deleted it before the
   cell joined the grid (a new arm or n⁻ added to a finished grid; module docstring).
 
-  The parent is trained again into ``cells/<parent>/restore/`` (recursively, when its own start is
-  gone too); its recorded end (``DONE.json``: steps and last metrics) must equal the first run's
+  The parent is trained again into ``cells/<parent>/restore/`` (``restore.<i>-of-<n>/`` under
+  ``--shard``; recursively, when its own start is gone too); its recorded end (``DONE.json``: steps and last metrics) must equal the first run's
   exactly, or a `RestoreMismatch` names both and nothing is moved; then its exports replace the
   deleted ones in ``cells/<parent>/train/`` and the restore folder, which the runner wrote, goes.
   """
@@ -144,10 +151,10 @@ def _restore_start(exp: Experiment, config, cell: Cell, grid: Grid, evaluator: E
   if first is None:
     raise FileNotFoundError(f"cell {cell.name!r}: it starts from {path}, which is missing, and its "
                             f"parent {parent.name!r} ({grid.ids[parent.name]}) has not completed")
-  _restore_start(exp, config, parent, grid, evaluator, stop, progress)
+  _restore_start(exp, config, parent, grid, evaluator, stop, progress, shard)
   logging.info("%s its start model %s was deleted after %r finished: training %r again to make it",
                progress, path, parent.name, parent.name)
-  restore = pdir / "restore"
+  restore = _restore_dir(pdir, shard)
   exp.before_train(config, TrainContext(parent, grid.ids[parent.name], pdir, grid.workdir,
                                         grid.model(parent, "start"), evaluator))
   _train_cell(parent, grid, stop, f"{progress} [restoring {parent.name}]", restore)
@@ -164,7 +171,11 @@ def _restore_start(exp: Experiment, config, cell: Cell, grid: Grid, evaluator: E
   for name in ["final", *sorted(parent.snapshot_names())]:
     sub = "hf" if name == "final" else name
     if (restore / sub).exists() and not (pdir / "train" / sub).exists():
-      os.replace(restore / sub, pdir / "train" / sub)
+      try:
+        os.replace(restore / sub, pdir / "train" / sub)
+      except OSError:                  # another shard's equal restore got there first
+        if not (pdir / "train" / sub).exists():
+          raise
   shutil.rmtree(restore, ignore_errors=True)
 
 
@@ -173,12 +184,13 @@ class RestoreMismatch(RuntimeError):
 
 
 def _run_cell(experiment: str, exp: Experiment, config, cell: Cell, grid: Grid, evaluator: Evaluator,
-              stop: Callable[[], bool] | None, progress: str) -> list[dict]:
+              stop: Callable[[], bool] | None, progress: str,
+              shard: tuple[int, int] | None = None) -> list[dict]:
   """Train the cell (when it has a run), evaluate its points, write done.json; its rows."""
   cdir = grid.cell_dir(cell)
   workdir_lib.write_cell(grid, cell)
   if cell.train is not None:
-    _restore_start(exp, config, cell, grid, evaluator, stop, progress)
+    _restore_start(exp, config, cell, grid, evaluator, stop, progress, shard)
     exp.before_train(config, TrainContext(cell, grid.ids[cell.name], cdir, grid.workdir,
                                           grid.model(cell, "start"), evaluator))
     _train_cell(cell, grid, stop, progress)
@@ -263,7 +275,7 @@ def run(experiment: str, config, workdir: str | os.PathLike, *, dry_run: bool = 
         if shard is not None:
           wait_for(grid, cell, stop, wait_timeout_s, poll_s, shard, progress)
         rows_by_cell[cell.name] = _run_cell(experiment, exp, config, cell, grid, evaluator, stop,
-                                            progress)
+                                            progress, shard)
         ran += 1
         workdir_lib.write_results(grid, rows_by_cell, shard)
         workdir_lib.cleanup(grid, set(rows_by_cell), runner_cfg.keep_checkpoints,
