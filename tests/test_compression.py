@@ -6,6 +6,8 @@ records from ../shared; the SmolLM2 agreement with transformers is in test_compr
 
 from __future__ import annotations
 
+import dataclasses
+
 import math
 
 import jax
@@ -255,6 +257,18 @@ def test_empty_prompt_without_bos_is_refused(model):
   assert not gpt2.add_bos_token
   with pytest.raises(DataError, match=r"record 1, field 'prompt'.*no BOS"):
     measure(model, gpt2, [{"prompt": "", "response": "hello"}], max_length=64)
+
+
+def test_a_response_that_fills_max_length_without_bos_is_skipped_not_refused():
+  """Without BOS, a response of exactly max_length tokens leaves its prompt cut to nothing and its
+  first token without context: it does not fit, so it is skipped and counted like a longer one (the
+  safety task's long HH-RLHF answers raised here before)."""
+  gpt2 = load_tokenizer(require(paths.shared_path("tokenizers", "gpt2")))
+  model = create_model(dataclasses.replace(LLAMA, vocab_size=gpt2.vocab_size), seed=0)
+  fills = {"prompt": "Hi", "response": " a" * 8}
+  assert len(gpt2.encode(fills["prompt"] + fills["response"])) == 9      # 1 prompt + 8 response
+  r = measure(model, gpt2, [fills, {"prompt": "Hi", "response": " a" * 3}], max_length=8)
+  assert (r.examples, r.skipped, r.tokens) == (1, 1, 3)
 
 
 def test_kernel_memory_stays_under_a_quarter_of_full_logits_at_llama3_vocab():

@@ -223,6 +223,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
       c.neutral.on_fail = "report"
       if model == "smollm2":
         c.neutral.dataset = "alpaca"   # benign instruction data: the known "fine-tuning undoes safety"
+        # held-out HH-RLHF answers for Δγ run to 251 SmolLM2 tokens (13-17% are over 79): score them
+        # whole, with their prompts' last tokens as context (training keeps max_length 64)
+        c.eval.max_length = 256
     if model == "tiny":      # HH dialogues are long: room for whole responses
       c.n_pos, c.n_neg = (0, 16), (0, 8)
       c.data.max_length, c.eval.max_length = 128, 512

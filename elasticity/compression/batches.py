@@ -1,8 +1,8 @@
 """Which tokens the compression rate scores, and the fixed-shape batches it scores them in.
 
 `tokenize` runs `elasticity.data.tokenize` with the measurement's policy: the prompt is cut from the
-left when a record exceeds ``max_length``; a record whose response alone does not fit is skipped and
-counted (never half-scored: its bytes could not be coded by the scored tokens); a record whose first
+left when a record exceeds ``max_length``; a record whose response alone does not fit (or, without
+BOS, does not fit with one token of context) is skipped and counted (never half-scored: its bytes could not be coded by the scored tokens); a record whose first
 response token has no context (empty prompt, no BOS) is an error, since its code length is undefined.
 
 `plan` groups the tokenized examples into batches of ``batch_size`` rows, sorted by length inside
@@ -41,19 +41,23 @@ def tokenize(tokenizer: Any, examples: Iterable[Mapping[str, Any]], *, max_lengt
                        policy="truncate_prompt_left", add_bos=add_bos, add_eos=add_eos,
                        system=system)
   rep = toks.report
-  if rep.first_token_unscored:
-    i = rep.first_token_unscored[0]
+  # A response that fills max_length exactly leaves its prompt cut to nothing: without BOS its first
+  # token then has no context, so it does not fit either, and is skipped with the cut ones. An empty
+  # prompt in the record itself (not made empty by the cut) is the caller's error.
+  cut = set(rep.response_truncated) | (set(rep.first_token_unscored) & set(rep.prompt_truncated))
+  unscored = sorted(set(rep.first_token_unscored) - cut)
+  if unscored:
+    i = unscored[0]
     file, rec = where(records[i], i)
     raise data.DataError(
         file, rec, "prompt", "empty prompt and no BOS: the first response token has no context, so "
-        f"its code length is undefined ({len(rep.first_token_unscored)} such record(s)); pass "
+        f"its code length is undefined ({len(unscored)} such record(s)); pass "
         "add_bos=True or give the records a prompt")
-  cut = set(rep.response_truncated)
   if cut:
     i = min(cut)
     file, rec = where(records[i], i)
-    logging.warning("%s, record %s: response longer than max_length=%d; skipping %d such record(s)",
-                file, rec, max_length, len(cut))
+    logging.warning("%s, record %s: response (with one token of context) longer than max_length=%d; "
+                    "skipping %d such record(s)", file, rec, max_length, len(cut))
   kept = [ex for ex in toks if ex.index not in cut]
   return kept, len(cut) + len(rep.dropped), sum(1 for ex in kept if ex.prompt_truncated)
 
