@@ -115,6 +115,7 @@ def test_identity_changes_only_for_the_cells_a_value_reaches():
     ({"n_neg": (0,)}, "config.n_neg: want at least one stage-2 size > 0"),
     ({"neutral.dataset": "imdb"}, "config.neutral.dataset: 'imdb' is not one of"),
     ({"neutral.on_fail": "ignore"}, "config.neutral.on_fail"),
+    ({"eval.score_as": "median"}, "config.eval.score_as: 'median' is not one of"),
     ({"eval.scorer.path": "/no/such/scorer"}, "config.eval.scorer.path=./no/such/scorer.: scorer folder /no/such/scorer does not exist"),
     ({"train.optimizer.lr": -1.0}, "config.train"),
 ])
@@ -391,6 +392,15 @@ def test_rescore_replaces_only_the_scores_from_saved_generations(uninterrupted, 
   for name in ("results.jsonl", "experiment.json", "generations.jsonl.gz"):
     shutil.copy(reference / name, bare / name)
   assert rescore(bare, tmp_path / "clf") == after
+  # eval.score_as = probability: the score is the mean P itself, per prompt in score_values
+  meta_bare = atomic.read_json(bare / "experiment.json")
+  meta_bare["config"]["eval"]["score_as"] = "probability"
+  atomic.write_json(bare / "experiment.json", meta_bare)
+  for a, b in zip(after, rescore(bare, tmp_path / "clf")):
+    assert b["metrics"]["p_positive"] == a["metrics"]["p_positive"]
+    assert b["metrics"]["score"] == pytest.approx(a["metrics"]["p_positive"], rel=1e-12)
+    assert b["metrics"]["score_values"] != a["metrics"]["score_values"]
+    assert float(np.mean(b["metrics"]["score_values"])) == pytest.approx(b["metrics"]["score"], rel=1e-12)
   report = subprocess.run([sys.executable, "-m", "launch.report", f"--workdir={workdir}"], cwd=ROOT,
                           env=_env(), capture_output=True, text=True, timeout=300)
   assert report.returncode == 0, report.stderr[-3000:]

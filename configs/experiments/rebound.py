@@ -109,6 +109,7 @@ def base(model_name: str, path: str, tokenizer: str) -> ml_collections.ConfigDic
                                                    seed=0, batch_size=50))
   c.eval.scorer = scorer_section(os.path.join(_runs_dir(), "sentiment"))
   c.eval.score_text = "completion"  # or "prompt_completion"
+  c.eval.score_as = "share"        # a classifier's score: the share called positive, or "probability"
   c.eval.heldout = 200             # held-out positive and negative responses each, for Δγ
   c.eval.heldout_tokens = 64       # IMDb: responses are the first tokens of test reviews
   c.eval.max_length = 128          # compression rows (tokens)
@@ -226,6 +227,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         # held-out HH-RLHF answers for Δγ run to 251 SmolLM2 tokens (13-17% are over 79): score them
         # whole, with their prompts' last tokens as context (training keeps max_length 64)
         c.eval.max_length = 256
+        # the safety classifier's P(safe) sits near 0.5 (base continuations: mean 0.475, 3% over 0.5):
+        # a share would start at its floor, so the score is P(safe) itself
+        c.eval.score_as = "probability"
     if model == "tiny":      # HH dialogues are long: room for whole responses
       c.n_pos, c.n_neg = (0, 16), (0, 8)
       c.data.max_length, c.eval.max_length = 128, 512

@@ -8,9 +8,10 @@ At each point the runner hands `PointEvaluator` a model checkpoint and the point
    experiment (`elasticity.experiments.rebound.rescore`).
 2. **Score** (when a scorer is configured): the scorer's value of each continuation (``score_text``:
    the continuation alone, or prompt + continuation). A classifier giving P(positive) yields ``score``
-   = the share of continuations it calls positive (P > 0.5) and ``p_positive`` = the mean probability;
+   = the share of continuations it calls positive (P > 0.5; ``eval.score_as = "probability"``: the
+   mean P(positive) itself) and ``p_positive`` = the mean probability;
    a reward/cost model yields ``score`` = the mean sign-oriented reward. ``score_values`` keeps the
-   per-prompt values whose mean is ``score`` (0/1 or the reward), in prompt order, for the report's
+   per-prompt values whose mean is ``score`` (0/1, P or the reward), in prompt order, for the report's
    bootstrap intervals over prompts.
    **The stage-1 check**, at a stage-1 point: ``stage1_gain`` = d·(score − base score) (d = +1 when
    stage 1 trains toward the positive label, −1 for ``neg_first``), ``stage1_gain_se`` its paired
@@ -43,6 +44,7 @@ from elasticity.eval.kl import kl_to_reference
 from elasticity.eval.preference import compression_preference
 from elasticity.experiments.core import cells as cells_lib
 from elasticity.experiments.core import checkpoints
+from elasticity.experiments.rebound.grid import SCORE_AS
 from elasticity.experiments.rebound.stats import stage1_check
 
 
@@ -51,10 +53,19 @@ def scorer_kind(scorer) -> str:
   return "reward" if int(getattr(scorer, "num_labels", 2)) == 1 else "probability"
 
 
-def score_metrics(values: np.ndarray, kind: str) -> dict[str, float | list[float]]:
+def score_metrics(values: np.ndarray, kind: str, score_as: str = "share"
+                  ) -> dict[str, float | list[float]]:
+  """A point's score metrics from the scorer's values, one per continuation.
+
+  A classifier's continuation scores 1[P(positive) > 0.5] (``score_as = "share"``: ``score`` is the
+  share called positive) or P(positive) itself (``"probability"``: for a classifier whose outputs sit
+  near 0.5, where a share has a floor or a ceiling); a reward or cost model's, its value.
+  """
+  if score_as not in SCORE_AS:
+    raise ValueError(f"config.eval.score_as: {score_as!r} is not one of {SCORE_AS}")
   values = np.asarray(values, dtype=np.float64)
   if kind == "probability":
-    per = (values > 0.5).astype(np.float64)
+    per = (values > 0.5).astype(np.float64) if score_as == "share" else values
     return {"score": float(np.mean(per)), "p_positive": float(np.mean(values)),
             "score_values": [float(v) for v in per]}
   return {"score": float(np.mean(values)), "score_sd": float(np.std(values)),
@@ -82,6 +93,7 @@ class PointEvaluator:
     self.scorer = scorer
     self.base_point_dir = Path(base_point_dir) if base_point_dir is not None else None
     self.direction = float(direction)
+    self.score_as = str(ev.get("score_as", "share"))
     self._base = None
     self._compression = None     # one compression.Scorer for every point: compiled once
     s = ev.sampling
@@ -92,7 +104,8 @@ class PointEvaluator:
         "generation": self.generation_fingerprint, "scorer": scorer_id,
         "score_text": ev.score_text, "heldout": [heldout_pos, heldout_neg],
         "compression": dict(max_length=int(ev.max_length), batch_size=int(ev.batch_size)),
-        "kl": bool(ev.kl), "base": [base_path, base_tokenizer]})
+        "kl": bool(ev.kl), "base": [base_path, base_tokenizer],
+        **({} if self.score_as == "share" else {"score_as": self.score_as})})
 
   # -- models -----------------------------------------------------------------------------------
   load = staticmethod(checkpoints.load)
@@ -117,7 +130,7 @@ class PointEvaluator:
     if self.scorer is None:
       return {}
     values = self.scorer.score(score_texts(rows, self.ev.score_text))
-    return score_metrics(values, scorer_kind(self.scorer))
+    return score_metrics(values, scorer_kind(self.scorer), self.score_as)
 
   def __call__(self, model_path: str, tokenizer_path: str, point_dir: str | os.PathLike,
                context=None) -> dict[str, float]:
@@ -164,7 +177,7 @@ class PointEvaluator:
     return out
 
 
-def rescore_rows(rows: list[dict], scorer, score_text: str) -> dict[str, Any]:
+def rescore_rows(rows: list[dict], scorer, score_text: str, score_as: str = "share") -> dict[str, Any]:
   """Score metrics of saved generation rows with another scorer (no generation)."""
   values = scorer.score(score_texts(rows, score_text))
-  return score_metrics(values, scorer_kind(scorer))
+  return score_metrics(values, scorer_kind(scorer), score_as)

@@ -47,6 +47,8 @@ from elasticity.experiments.rebound import reverse
 from elasticity.experiments.rebound.reverse import REVERSES
 from elasticity.train.config import data_section
 
+SCORE_AS = ("share", "probability")     # config.eval.score_as (`evaluate.score_metrics`)
+
 NEUTRAL_DATASETS = ("", *tasks.NEUTRAL_SOURCES)
 ORDERS = ("pos_first", "neg_first")
 EXPERIMENT_DIR = "{experiment_dir}"      # replaced by the runner with the experiment's folder
@@ -73,6 +75,8 @@ def validate(c) -> None:
     raise ValueError(f"config.n_neg: want distinct sizes >= 0, got {list(c.n_neg)}")
   if not c.seeds or len(set(int(x) for x in c.seeds)) != len(c.seeds):
     raise ValueError(f"config.seeds: want at least one seed, all distinct, got {list(c.seeds)}")
+  if c.eval.get("score_as", "share") not in SCORE_AS:
+    raise ValueError(f"config.eval.score_as: {c.eval.score_as!r} is not one of {SCORE_AS}")
   if c.neutral.dataset not in NEUTRAL_DATASETS:
     raise ValueError(f"config.neutral.dataset: {c.neutral.dataset!r} is not one of {NEUTRAL_DATASETS}")
   if c.neutral.on_fail not in ("refuse", "report"):

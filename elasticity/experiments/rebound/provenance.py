@@ -72,6 +72,9 @@ def section(meta: Mapping[str, Any]) -> Section | None:
   else:
     lines.append(f"- **Scores** (`score`, `p_positive`, `score_values` and everything computed from "
                  f"them): {_scorer(ev)} on the {c.eval.score_text.replace('_', ' + ')}.")
+  if c.eval.get("score_as", "share") == "probability" and str(ev.path) not in ("", "none"):
+    lines[-1] += (" A classifier's `score` is its mean probability (`eval.score_as = probability`), "
+                  "not the share of continuations over 0.5.")
   lines.append("- **Δγ and the KL to the base**: no scorer (compression of held-out responses; the "
                "policy's own continuations).")
   lines.append(f"- **Reverse step** ({c.reverse}): {reverse_step(c)}")

@@ -79,6 +79,7 @@ def rescore(workdir: str | os.PathLike, scorer_dir: str | os.PathLike, *, score_
   workdir = Path(workdir)
   meta = atomic.read_json(workdir / "experiment.json")
   score_text = score_text or meta.get("config", {}).get("eval", {}).get("score_text", "completion")
+  score_as = meta.get("config", {}).get("eval", {}).get("score_as", "share")
   rows = atomic.read_jsonl(workdir / "results.jsonl")
   archive = read_archive(workdir / ARCHIVE) if (workdir / ARCHIVE).exists() else {}
   missing = [f"{r['cell']}/{r['point']}" for r in rows
@@ -92,7 +93,7 @@ def rescore(workdir: str | os.PathLike, scorer_dir: str | os.PathLike, *, score_
     path = _gen_path(workdir, r)
     gens = gen_lib.load(path)[0] if path.exists() else archive[(r["cell"], r["point"])]
     metrics = {k: v for k, v in r["metrics"].items() if k not in SCORE_KEYS + STALE_KEYS}
-    metrics.update(rescore_rows(gens, scorer, score_text))
+    metrics.update(rescore_rows(gens, scorer, score_text, score_as))
     new_rows.append({**r, "metrics": metrics})
   by_cell: dict[str, list[dict]] = {}
   for r in new_rows:
