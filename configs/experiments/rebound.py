@@ -22,8 +22,9 @@ task: ``imdb`` or ``safety``; reverse: ``sft`` (default), ``dpo``, ``simpo``, ``
 Scorers: IMDb continuations are scored by the project's sentiment classifier (default
 ``$ELASTICITY_RUNS/sentiment``, made by ``python -m launch.scorer --config=configs/scorer.py:imdb
 --workdir=…``); safety ones by the project's safety classifier, P(safe) (default
-``$ELASTICITY_RUNS/safety``, from ``configs/scorer.py:safety``), or a local cost/reward model set with
-``--config.eval.scorer.path`` (with ``--config.eval.scorer.sign=-1`` for a cost model).
+``$ELASTICITY_RUNS/safety``, from ``configs/scorer.py:safety``; the ``smollm2`` preset's score is the mean
+P(safe), ``eval.score_as = probability``, since that classifier's outputs sit near 0.5), or a local
+cost/reward model set with ``--config.eval.scorer.path`` (with ``--config.eval.scorer.sign=-1`` for a cost model).
 ``--config.eval.scorer.path=none`` measures Δγ and the KL only.
 
 The reverse step (`elasticity.experiments.rebound.reverse`): DPO/SimPO/KTO train on **prompt-matched
