@@ -79,6 +79,24 @@ def test_the_statistics_of_the_arms_by_hand(tmp_path):
   assert cross["base, negative"] == "starts there"
 
 
+def test_more_stage1_data_against_less_by_hand(tmp_path):
+  """A second aligned arm, n⁺ = 50: 0.7 → 0.6 (n 10) → 0.55 (n 20), against n⁺ = 100's 0.9 → 0.7 → 0.4."""
+  more = {**LEVELS, ("pos", 50, 0): 0.7, ("neg", 50, 10): 0.6, ("neg", 50, 20): 0.55}
+  (panel,) = rebound.panels(rows(tmp_path, more))
+  a = arms.Arms(panel)
+  _, aligned = arms.stage1_table(a)
+  by_n = {r["n"]: r for r in arms.dose_table(a, aligned)}
+  assert set(by_n) == {10, 20} and by_n[10]["n⁺ low → high"] == "50 → 100"
+  assert by_n[10]["drop: high − low"].startswith("0.1 [")                  # 0.2 − 0.1
+  assert by_n[20]["drop: high − low"].startswith("0.35 [")                 # 0.5 − 0.15
+  assert by_n[20]["gain undone: high − low"].startswith("0.5 [")           # 0.5/0.4 − 0.15/0.2
+  assert float(by_n[10]["gain undone: high − low"].split()[0]) == pytest.approx(0, abs=1e-12)
+  #                                                                          0.2/0.4 − 0.1/0.2
+  assert "More stage-1 data, faster rebound?" in arms.sections([panel], ctx(tmp_path))[-1].body
+  (panel,) = rebound.panels(rows(tmp_path))
+  assert arms.dose_table(arms.Arms(panel), {100: True}) == []               # one aligned level
+
+
 def test_the_report_flags_a_stage_1_that_did_not_align(tmp_path):
   levels = dict(LEVELS)
   levels[("pos", 100, 0)] = 0.55            # +0.05 over 40 prompts: under two standard errors

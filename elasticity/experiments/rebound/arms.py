@@ -4,7 +4,8 @@ interval (`elasticity.experiments.rebound.stats`, `elasticity.report.intervals`)
 From the rows of a panel (`elasticity.experiments.rebound.report.Panel`) with per-prompt scores
 (``score_values``): the stage-1 check per n⁺ (and the flag "stage 1 did not align: rebound not
 testable"), then per n⁺ > 0 and stage-2 count n the fraction of the stage-1 gain undone, the
-aligned-minus-control difference, the fraction lost under neutral data, the n at which each arm is back
+aligned-minus-control difference, the fraction lost under neutral data, the larger n⁺ arm against the
+smaller (more stage-1 data, faster rebound?), the n at which each arm is back
 at the base level, the four curves (aligned/base × negative/neutral) with intervals, the neutral data's
 rating by the scorer (``neutral_check.json``), and Δγ against the score, raw and within n levels.
 """
@@ -128,6 +129,29 @@ def statistics_table(arms: Arms, aligned: dict[int, bool]) -> list[dict]:
   return out
 
 
+def dose_table(arms: Arms, aligned: dict[int, bool]) -> list[dict]:
+  """Per pair of consecutive n⁺ > 0 levels and n: the larger n⁺ arm against the smaller
+  (`stats.dose`, intervals)."""
+  out = []
+  if arms.base is None:
+    return out
+  levels = [n for n in arms.n_pos() if n > 0]
+  for lo, hi in zip(levels, levels[1:]):
+    clo, chi = arms.curve(lo), arms.curve(hi)
+    if 0 not in clo or 0 not in chi:
+      continue
+    for n in sorted(k for k in chi if k > 0 and k in clo):
+      m = arms.matrix({None: arms.base}, clo[0], clo[n], chi[0], chi[n])
+      if m is None:
+        continue
+      iv = stats.dose(*m, d=arms.d)
+      out.append({"n⁺ low → high": f"{lo} → {hi}", "n": n,
+                  "stage 1": ("both aligned" if aligned.get(lo) and aligned.get(hi) else NOT_ALIGNED),
+                  "drop: high − low": fmt_interval(iv["drop_difference"]),
+                  "gain undone: high − low": fmt_interval(iv["undone_difference"])})
+  return out
+
+
 def crossing_table(arms: Arms) -> list[dict]:
   out = []
   if arms.base is None:
@@ -238,6 +262,13 @@ def sections(panel_list: Sequence, ctx: Context) -> list[Section]:
                   "removed; a pull in proportion to the distance from the data's level also makes "
                   "it positive, so it decides only where the data's rating is near the base's).\n\n"
                   + markdown_table(st).rstrip())
+    dt = dose_table(arms, aligned)
+    if dt:
+      body.append("**More stage-1 data, faster rebound?** (the paper's §5.2: the curves for larger n⁺ "
+                  "fall faster) The larger n⁺ arm's drop from its own start minus the smaller's after "
+                  "the same n, and the difference of their fractions of the gain undone (positive: "
+                  "the larger n⁺ falls more; 95% intervals over prompts and seeds):\n\n"
+                  + markdown_table(dt).rstrip())
     cr = crossing_table(arms)
     if cr:
       body.append("**Back at the base level** (n interpolated; ∞: not reached):\n\n"
@@ -251,5 +282,5 @@ def sections(panel_list: Sequence, ctx: Context) -> list[Section]:
 
 
 
-__all__ = ["Arms", "NOT_ALIGNED", "correlation_row", "crossing_table", "four_curves", "neutral_note",
+__all__ = ["Arms", "NOT_ALIGNED", "correlation_row", "crossing_table", "dose_table", "four_curves", "neutral_note",
            "sections", "stage1_table", "statistics_table"]

@@ -22,6 +22,8 @@ With ``d`` the direction of stage 1 (+1 when it trains toward the positive label
 - `versus_control`: the aligned arm's drop from its own start minus the control's,
   (S1 − S(n)) − (B − C(n)), times d (positive: the aligned model moves more than the base does under
   the same data), and the level difference d·(S(n) − C(n));
+- `dose`: two aligned arms (n⁺ low and high) after the same n: the high arm's drop minus the low arm's,
+  and the difference of their fractions undone (the paper: more stage-1 data, faster rebound);
 - `correlation`: Pearson r between Δγ and the score over the evaluated points (one per seed and grid
   point), raw and with the stage-2 count's trend removed (each n level's mean subtracted from both:
   the within-level, i.e. partial, correlation), each with an interval from resampling the points.
@@ -94,6 +96,23 @@ def versus_control(base, stage1, at, control, d: float = 1.0, **kw) -> dict[str,
           lambda b, s1, s, c: d * ((s1.mean() - s.mean()) - (b.mean() - c.mean())),
           [base, stage1, at, control], **kw),
       "level_difference": bootstrap(lambda s, c: d * (s.mean() - c.mean()), [at, control], **kw),
+  }
+
+
+def dose(base, stage1_lo, at_lo, stage1_hi, at_hi, d: float = 1.0, **kw) -> dict[str, Interval]:
+  """More stage-1 data, faster rebound? Two aligned arms (n⁺ low and high) after the same n examples:
+  {"drop_difference": d·((S1_hi − S_hi(n)) − (S1_lo − S_lo(n))), "undone_difference": the high arm's
+  fraction of its gain undone minus the low arm's} (positive: the arm with more stage-1 data falls
+  more; the second measure removes the larger start's longer way down)."""
+  def frac(b, s1, s):
+    return _ratio(s1.mean() - s.mean(), s1.mean() - b.mean())
+  return {
+      "drop_difference": bootstrap(
+          lambda s1l, sl, s1h, sh: d * ((s1h.mean() - sh.mean()) - (s1l.mean() - sl.mean())),
+          [stage1_lo, at_lo, stage1_hi, at_hi], **kw),
+      "undone_difference": bootstrap(
+          lambda b, s1l, sl, s1h, sh: frac(b, s1h, sh) - frac(b, s1l, sl),
+          [base, stage1_lo, at_lo, stage1_hi, at_hi], **kw),
   }
 
 
