@@ -282,5 +282,5 @@ def sections(panel_list: Sequence, ctx: Context) -> list[Section]:
 
 
 
-__all__ = ["Arms", "NOT_ALIGNED", "correlation_row", "crossing_table", "dose_table", "four_curves", "neutral_note",
-           "sections", "stage1_table", "statistics_table"]
+__all__ = ["Arms", "NOT_ALIGNED", "correlation_row", "crossing_table", "dose_table", "four_curves",
+           "neutral_note", "sections", "stage1_table", "statistics_table"]
