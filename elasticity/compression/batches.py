@@ -3,7 +3,8 @@
 `tokenize` runs `elasticity.data.tokenize` with the measurement's policy: the prompt is cut from the
 left when a record exceeds ``max_length``; a record whose response alone does not fit (or, without
 BOS, does not fit with one token of context) is skipped and counted (never half-scored: its bytes
-could not be coded by the scored tokens); a record whose first response token has no context (empty prompt, no BOS) is an error, since its code length is undefined.
+could not be coded by the scored tokens); a record whose first response token has no context (empty
+prompt, no BOS) is an error, since its code length is undefined.
 
 `plan` groups the tokenized examples into batches of ``batch_size`` rows, sorted by length inside
 windows (deterministic), either one example per row padded to the smallest of a few ``buckets``
