@@ -206,13 +206,17 @@ def _run_cell(experiment: str, exp: Experiment, config, cell: Cell, grid: Grid, 
   return rows
 
 
-def _finished(grid: Grid, cell: Cell, evaluator: Evaluator) -> list[dict] | None:
-  """The cell's rows when its done.json holds the current evaluation fingerprint."""
+def _finished(experiment: str, grid: Grid, cell: Cell, evaluator: Evaluator) -> list[dict] | None:
+  """The cell's rows when its done.json holds the current evaluation fingerprint, labelled as this
+  grid names the cell: a cell's identity covers what it computes, not its name or coordinates, so a
+  finished cell copied from another grid (the same stage-1 run under another reverse step) keeps its
+  metrics and takes this grid's labels."""
   marker = grid.cell_dir(cell) / "done.json"
   if marker.exists():
     done = atomic.read_json(marker)
     if done.get("fingerprint") == evaluator.fingerprint:
-      return done["rows"]
+      points = {p.name: p for p in cell.points}
+      return [row(experiment, grid, cell, points[r["point"]], r["metrics"]) for r in done["rows"]]
   return None
 
 
@@ -265,7 +269,7 @@ def run(experiment: str, config, workdir: str | os.PathLike, *, dry_run: bool = 
         if stop is not None and stop():
           raise Preempted("stopped on a signal between cells; rerun the same command to continue")
         progress = f"[cell {len(rows_by_cell) + 1}/{len(mine)} {cell.name}]"
-        done = _finished(grid, cell, evaluator)
+        done = _finished(experiment, grid, cell, evaluator)
         if done is not None:
           rows_by_cell[cell.name] = done
           logging.info("%s done already (%s)", progress, grid.ids[cell.name])
