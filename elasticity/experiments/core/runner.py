@@ -137,8 +137,9 @@ def _restore_start(exp: Experiment, config, cell: Cell, grid: Grid, evaluator: E
 
   The parent is trained again into ``cells/<parent>/restore/`` (``restore.<i>-of-<n>/`` under
   ``--shard``; recursively, when its own start is gone too); its recorded end (``DONE.json``: steps
-  and last metrics) must equal the first run's exactly, or a `RestoreMismatch` names both and nothing is moved; then its exports replace the
-  deleted ones in ``cells/<parent>/train/`` and the restore folder, which the runner wrote, goes.
+  and last metrics) must equal the first run's exactly, or a `RestoreMismatch` names both and nothing
+  is moved; then its exports replace the deleted ones in ``cells/<parent>/train/`` and the restore
+  folder, which the runner wrote, goes.
   """
   if cell.parent is None:
     return
