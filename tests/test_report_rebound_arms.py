@@ -163,3 +163,12 @@ def test_neutral_data_rated_off_neutral_is_refused_or_reported(tmp_path):
   out = check_neutral(c, recs, _Scorer(0.9), tmp_path)
   assert not out["neutral"]
   assert json.loads((tmp_path / "neutral_check.json").read_text())["mean"] == pytest.approx(0.9)
+
+
+def test_a_grid_without_neutral_runs_draws_two_arms(tmp_path):
+  no_neutral = {k: v for k, v in LEVELS.items() if k[0] != "neutral"}
+  (panel,) = rebound.panels(rows(tmp_path, no_neutral))
+  assert sorted(arms.arm_series(arms.Arms(panel), 100)) == [
+      "aligned (n⁺=100), negative", "base (n⁺=0), negative"]
+  (panel,) = rebound.panels(rows(tmp_path))
+  assert len(arms.arm_series(arms.Arms(panel), 100)) == 4

@@ -17,6 +17,7 @@ from __future__ import annotations
 import io
 import math
 import os
+import textwrap
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
@@ -26,6 +27,11 @@ from elasticity import atomic
 from elasticity.report.results import Stat
 
 DPI = 110
+
+
+def _wrap(title: str) -> str:
+  """A title in lines that fit the figure (a panel's label can be longer than its width)."""
+  return "\n".join(textwrap.wrap(title, 64))
 
 
 def save(fig, path: str | os.PathLike) -> Path:
@@ -94,7 +100,7 @@ def curves(path: str | os.PathLike, series: Mapping[str, Sequence[tuple[float, S
     _count_axis(ax, xs_all)
   ax.set_xlabel(xlabel)
   ax.set_ylabel(ylabel)
-  ax.set_title(title, fontsize=10)
+  ax.set_title(_wrap(title), fontsize=10)
   ax.grid(alpha=0.3)
   ax.legend(fontsize=8)
   fig.tight_layout()
@@ -132,7 +138,7 @@ def heatmap(path: str | os.PathLike, values: Mapping[tuple[float, float], Stat],
   ax.set_yticks(range(len(ys)), [f"{y:g}" for y in ys])
   ax.set_xlabel(xlabel)
   ax.set_ylabel(ylabel)
-  ax.set_title(title, fontsize=10)
+  ax.set_title(_wrap(title), fontsize=10)
   fig.colorbar(im, ax=ax, label=cbar_label)
   fig.tight_layout()
   return save(fig, path)
@@ -173,7 +179,7 @@ def interval_curves(path: str | os.PathLike, series: Mapping[str, Sequence[tuple
   _count_axis(ax, xs_all)
   ax.set_xlabel(xlabel)
   ax.set_ylabel(ylabel)
-  ax.set_title(title, fontsize=10)
+  ax.set_title(_wrap(title), fontsize=10)
   ax.grid(alpha=0.3)
   ax.legend(fontsize=8)
   fig.tight_layout()

@@ -174,8 +174,9 @@ def crossing_table(arms: Arms) -> list[dict]:
   return out
 
 
-def four_curves(arms: Arms, ctx: Context, n_pos: int) -> str | None:
-  """One plot: aligned (n⁺) and base × negative and neutral, score with 95% intervals."""
+def arm_series(arms: Arms, n_pos: int) -> dict[str, list[tuple[float, Interval]]]:
+  """The arms' score curves with 95% intervals: aligned (n⁺) and base × negative and neutral; a
+  neutral arm only where it has points after its start (a grid without neutral runs draws two)."""
   series: dict[str, list[tuple[float, Interval]]] = {}
   for start, label in ((n_pos, f"aligned (n⁺={n_pos})"), (0, "base (n⁺=0)")):
     for neutral in (False, True):
@@ -184,17 +185,24 @@ def four_curves(arms: Arms, ctx: Context, n_pos: int) -> str | None:
         m = arms.matrix(groups)
         if m is not None:
           pts.append((n, mean_interval(m[0])))
-      if pts:
+      if pts and (not neutral or any(n > 0 for n, _ in pts)):
         series[f"{label}, {'neutral' if neutral else 'negative'}"] = pts
+  return series
+
+
+def four_curves(arms: Arms, ctx: Context, n_pos: int) -> str | None:
+  """One plot of `arm_series`, score with 95% intervals."""
+  series = arm_series(arms, n_pos)
   if not series:
     return None
+  what = {2: "two", 3: "three"}.get(len(series), "four") + " arms"
   base = mean_interval(arms.base) if arms.base is not None else None
   path, ref = ctx.plot(f"arms_score_npos{n_pos}_{arms.panel.name}")
   plots.interval_curves(path, series, xlabel="stage-2 examples n (0 = the arm's start)",
                         ylabel="score (95% interval over prompts and seeds)",
-                        title=f"four arms, n⁺={n_pos} — {arms.panel.label}", baseline=base,
+                        title=f"{what}, n⁺={n_pos} — {arms.panel.label}", baseline=base,
                         dashed=[k for k in series if k.endswith("neutral")])
-  return image(f"score of the four arms (n⁺={n_pos}), {arms.panel.label}", ref)
+  return image(f"score of the {what} (n⁺={n_pos}), {arms.panel.label}", ref)
 
 
 def correlation_row(panel) -> dict[str, Any] | None:
@@ -282,5 +290,5 @@ def sections(panel_list: Sequence, ctx: Context) -> list[Section]:
 
 
 
-__all__ = ["Arms", "NOT_ALIGNED", "correlation_row", "crossing_table", "dose_table", "four_curves",
-           "neutral_note", "sections", "stage1_table", "statistics_table"]
+__all__ = ["Arms", "NOT_ALIGNED", "arm_series", "correlation_row", "crossing_table", "dose_table",
+           "four_curves", "neutral_note", "sections", "stage1_table", "statistics_table"]
