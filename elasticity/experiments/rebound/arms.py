@@ -195,7 +195,7 @@ def four_curves(arms: Arms, ctx: Context, n_pos: int) -> str | None:
   series = arm_series(arms, n_pos)
   if not series:
     return None
-  what = {2: "two", 3: "three"}.get(len(series), "four") + " arms"
+  what = {1: "one arm", 2: "two arms", 3: "three arms"}.get(len(series), "four arms")
   base = mean_interval(arms.base) if arms.base is not None else None
   path, ref = ctx.plot(f"arms_score_npos{n_pos}_{arms.panel.name}")
   plots.interval_curves(path, series, xlabel="stage-2 examples n (0 = the arm's start)",

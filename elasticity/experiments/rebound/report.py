@@ -22,7 +22,9 @@ after stage 1, and the smallest stage-2 count whose ``kl_to_base`` is under the 
 bisection rows alike. It is found per seed and reported as mean ± s.d. over the seeds that reached
 it, with how many did; "not reached" when none did. First of all, "Scorers and the reverse step"
 (`elasticity.experiments.rebound.provenance`) says which scorer made every number and what the reverse
-step was, with its reward's sign.
+step was, with its reward's sign; then "Degenerate continuations"
+(`elasticity.experiments.rebound.degenerate`) flags the points whose saved continuations repeat
+themselves, whose score is not evidence.
 """
 
 from __future__ import annotations
@@ -34,7 +36,7 @@ from typing import Any
 
 import numpy as np
 
-from elasticity.experiments.rebound import arms, provenance
+from elasticity.experiments.rebound import arms, degenerate, provenance
 from elasticity.experiments.rebound.rescore import export_generations
 from elasticity.report import plots
 from elasticity.report.document import Context, Section, image
@@ -303,7 +305,8 @@ def build_rebound(rows: Sequence[Row], ctx: Context) -> list[Section]:
   if (ctx.workdir / "results.jsonl").exists() and (ctx.workdir / "cells").is_dir():
     export_generations(ctx.workdir)
   panel_list = panels(rows)
-  sections = [s for s in [provenance.section(ctx.experiment)] if s is not None]
+  sections = [s for s in [provenance.section(ctx.experiment), degenerate.section(rows, ctx)]
+              if s is not None]
   t3 = table3(panel_list, threshold)
   if t3:
     sections.append(Section(
