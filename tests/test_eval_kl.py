@@ -154,6 +154,86 @@ def test_matches_torch_float64_transformers_models(tmp_path):
   np.testing.assert_allclose(rep.mean, want.sum() / rep.tokens, rtol=1e-5)
 
 
+def test_kl_terms_against_float64_and_far_apart_logits():
+  """`kl_terms` (E_p[d] + log E_p[exp(−d)]) equals Σ p (log p − log q) in float64, also when the
+  reference's logits exceed the policy's by more than exp's float32 range (no overflow)."""
+  from elasticity.eval.kl import kl_terms
+  rng = np.random.default_rng(3)
+  zp = rng.normal(0, 3, (6, 200))
+  zr = zp + rng.normal(0, 0.3, zp.shape)
+  zr[0, 7] = zp[0].max() + 120.0                          # q puts its mass where p has little
+  zr[1] = zp[1]                                           # identical rows: exactly 0 in exact arithmetic
+  lp, lq = log_softmax64(zp), log_softmax64(zr)
+  want = np.sum(np.exp(lp) * (lp - lq), -1)
+  got = np.asarray(kl_terms(jnp.asarray(zp, jnp.float32), jnp.asarray(zr, jnp.float32)))
+  assert np.all(np.isfinite(got)) and want[0] > 50 and want[1] == 0.0
+  # float32 inputs: 2·√200·u of the logits' magnitude (≤ 12) per term ⇒ 1e-5 absolute kept
+  np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-5)
+
+
+def test_smollm2_against_a_sharpened_copy_stays_within_float64_reach(smollm2_gguf):
+  """SmolLM2-135M (49,152 tokens) against a copy with a sharper final norm and noisy last MLPs
+  (KL 10–17 nats a sequence): per sequence within 1e-5 of float64 on full-forward logits (measured
+  ≤ 4.4e-6). A 3-D [shards, chunk, V] reduction layout was 4–6e-5 off here on XLA:CPU."""
+  base = load_pretrained(smollm2_gguf)
+  graphdef, state = nnx.split(base)
+  rng = np.random.default_rng(0)
+
+  def sharpen(path, x):
+    k = jax.tree_util.keystr(path)
+    if "final_norm" in k:
+      return x * 1.4
+    if any(f"[{i}]['mlp']['down']" in k for i in (28, 29)):
+      return x + jnp.asarray(rng.normal(0, 0.02, x.shape), x.dtype)
+    return x
+
+  policy = nnx.merge(graphdef, jax.tree_util.tree_map_with_path(sharpen, state))
+  seqs = [rng.integers(100, 20000, n).tolist() for n in (40, 56, 33, 50)]
+  starts = [8, 8, 4, 10]
+  want = reference_kl([full_logits(policy, [x])[0] for x in seqs],
+                      [full_logits(base, [x])[0] for x in seqs], seqs, starts)
+  got = kl_to_reference(policy, base, seqs, starts, batch_size=2)
+  assert want.min() > 5.0
+  np.testing.assert_allclose(got.per_sequence, want, rtol=1e-5)
+
+
+def test_policy_hidden_skips_the_policy_forward_and_gives_the_same_kl(pair):
+  """Given the policy's activations (from the full forward, or from the KV-cache sampler), only the
+  reference runs a forward, and the KL equals the two-forward path's."""
+  from elasticity.models.generate import generate
+  p, q = pair
+  seqs = ragged(CFG.vocab_size, LENGTHS)
+  both = kl_to_reference(p, q, seqs, STARTS, chunk_size=4, batch_size=2)
+  hidden = [np.asarray(p.hidden_states(jnp.asarray([x], jnp.int32)))[0, s - 1:len(x) - 1]
+            for x, s in zip(seqs, STARTS)]
+  got = kl_to_reference(p, q, seqs, STARTS, chunk_size=4, batch_size=2, policy_hidden=hidden)
+  assert got.tokens == both.tokens and got.per_sequence_tokens == both.per_sequence_tokens
+  np.testing.assert_allclose(got.per_sequence, both.per_sequence, rtol=f32_tol(61, stack_depth(2)),
+                             atol=1e-7)
+  # The policy's parameters are read only for its unembedding (lm_head; untied here): garbage in
+  # every other one changes nothing.
+  graphdef, state = nnx.split(p)
+  broken = jax.tree_util.tree_map_with_path(
+      lambda path, x: x if "lm_head" in jax.tree_util.keystr(path) else x * 0 + 7.0, state)
+  again = kl_to_reference(nnx.merge(graphdef, broken), q, seqs, STARTS, chunk_size=4, batch_size=2,
+                          policy_hidden=hidden)
+  assert again.per_sequence == got.per_sequence
+  # From the sampler: rows of continue-style generations carry the decoder's activations.
+  prompts = [x[:s] for x, s in zip(seqs, STARTS) if s < len(x)]
+  out = generate(p, prompts, max_new_tokens=5, temperature=1.0, seed=2, return_hidden=True)
+  rows = [{"prompt_ids": a, "completion_ids": t, "policy_hidden": h}
+          for a, t, h in zip(prompts, out.tokens, out.hidden)]
+  want = kl_on_generations(p, q, [{k: r[k] for k in ("prompt_ids", "completion_ids")} for r in rows],
+                           chunk_size=4, batch_size=2)
+  fast = kl_on_generations(p, q, rows, chunk_size=4, batch_size=2)
+  assert want.sum_kl > 1.0
+  np.testing.assert_allclose(fast.per_sequence, want.per_sequence, rtol=2e-5, atol=1e-6)
+  with pytest.raises(ValueError, match=r"policy_hidden\[1\]: expected floats of shape \(3, 32\)"):
+    kl_to_reference(p, q, seqs, STARTS, policy_hidden=[hidden[0], hidden[0], *hidden[2:]])
+  with pytest.raises(ValueError, match=r"one array per sequence \(5\), got 4"):
+    kl_to_reference(p, q, seqs, STARTS, policy_hidden=hidden[:4])
+
+
 def test_bad_input_is_named(pair):
   p, _ = pair
   other = sharp_model(ModelConfig(family="llama", vocab_size=50, hidden_size=16, intermediate_size=32,

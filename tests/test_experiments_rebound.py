@@ -256,6 +256,48 @@ def test_tiny_rebound_end_to_end(uninterrupted):
   assert wall < 240, f"tiny grid took {wall:.0f}s"
 
 
+def test_a_point_evaluated_again_gives_the_same_bits_and_the_base_point_runs_no_kl(
+    uninterrupted, tmp_path, monkeypatch):
+  """The sampler's activations are kept beside the generations, so evaluating a point again (a
+  resumed or re-evaluated cell) gives its KL bit for bit; without them both models run, and agree
+  to float32 rounding. The base point's KL is 0 without a forward, and the base is loaded once."""
+  import shutil
+  from elasticity.experiments.rebound import evaluate
+  from elasticity.experiments.rebound.experiment import prepare
+  workdir = uninterrupted[0]
+  rows = atomic.read_jsonl(workdir / "results.jsonl")
+  r = next(x for x in rows if x["coords"]["stage"] == "neg" and x["coords"]["n_pos"]
+           and x["point"] == "neg=8")
+  base = next(x for x in rows if x["coords"]["stage"] == "base")
+  cell_dir = workdir / "cells" / r["cell"]
+  assert (cell_dir / "points" / "neg=8" / "policy_hidden.npz").is_file()
+  assert not (workdir / "cells" / base["cell"] / "points" / "base" / "policy_hidden.npz").exists()
+  c = get("tiny")
+  ev = prepare(c, tmp_path / "w")
+  point = tmp_path / "point"
+  shutil.copytree(cell_dir / "points" / "neg=8", point)
+  model = os.fspath(cell_dir / "train" / "neg8")
+  again = ev(model, "", point)
+  assert r["metrics"]["kl_to_base"] > 1e-3
+  # The KL bit for bit (one device here as in the run); Δγ's scorer shards over this test process's
+  # 8 host devices (the run had one), so its sums are ordered otherwise: float32 rounding apart.
+  assert again["kl_to_base"] == r["metrics"]["kl_to_base"]
+  assert again["generated_tokens"] == r["metrics"]["generated_tokens"]
+  assert again == pytest.approx(r["metrics"], rel=1e-6)
+  (point / "policy_hidden.npz").unlink()
+  both = ev(model, "", point)
+  assert both["kl_to_base"] == pytest.approx(r["metrics"]["kl_to_base"], rel=1e-5)
+  assert not (point / "policy_hidden.npz").exists()     # read-back rows: nothing new written
+  # The base point.
+  loads = []
+  monkeypatch.setattr(evaluate, "kl_to_reference", lambda *a, **k: pytest.fail("KL computed"))
+  fresh = prepare(c, tmp_path / "w2")
+  monkeypatch.setattr(fresh, "load", lambda *a: loads.append(a) or evaluate.PointEvaluator.load(*a))
+  m = fresh(c.model.path, c.model.tokenizer, tmp_path / "base")
+  assert m == pytest.approx(base["metrics"], rel=1e-6) and m["kl_to_base"] == 0.0 and len(loads) == 1
+  assert fresh.base() is not None and len(loads) == 1
+
+
 def test_sigkill_in_a_cell_then_rerun_gives_the_same_results(uninterrupted, tmp_path):
   reference, _, _ = uninterrupted
   workdir = tmp_path / "run"

@@ -72,6 +72,25 @@ def test_stop_tokens_cut_rows_and_sampling_is_seeded():
   assert a != generate(model, PROMPTS, max_new_tokens=9, temperature=1.0, seed=8).tokens
 
 
+def test_returned_hidden_states_are_the_full_forwards_and_change_no_token():
+  """``return_hidden``: the same tokens (sampled, with a stop token), and each new token's activations
+  equal the full forward's final-normed state at the position that predicts it."""
+  model = create_model(CFG, seed=5)
+  kw = dict(max_new_tokens=7, temperature=1.0, seed=11)
+  plain = generate(model, PROMPTS, **kw)
+  stop = plain.tokens[1][3]
+  plain = generate(model, PROMPTS, stop_tokens=[stop], **kw)
+  got = generate(model, PROMPTS, stop_tokens=[stop], return_hidden=True, **kw)
+  assert plain.hidden is None
+  assert got.tokens == plain.tokens and got.stopped == plain.stopped and any(got.stopped)
+  assert any(len(t) < 7 for t in got.tokens)             # a cut row: hidden follows the cut
+  for prompt, new, h in zip(PROMPTS, got.tokens, got.hidden):
+    seq = np.asarray([prompt + new], np.int32)
+    full = np.asarray(model.hidden_states(jnp.asarray(seq)))[0]
+    assert h.shape == (len(new), CFG.hidden_size)
+    np.testing.assert_allclose(h, full[len(prompt) - 1:len(prompt) - 1 + len(new)], atol=2e-5)
+
+
 def test_stories260k_greedy_from_bos(shared):
   from elasticity.tokenizers import load_tokenizer
   ckpt = require(shared / "models" / "stories260K" / "stories260K.bin")

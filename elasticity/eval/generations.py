@@ -90,8 +90,8 @@ def encode_prompts(tokenizer: Any, prompts: Sequence[str], add_bos: bool | None 
 
 def continue_prompts(model: CausalLM, tokenizer: Any, prompts: Sequence[str], *, max_new_tokens: int,
                      temperature: float, top_p: float, seed: int, batch_size: int,
-                     add_bos: bool | None = None, stop_tokens: Sequence[int] | None = None
-                     ) -> list[dict[str, Any]]:
+                     add_bos: bool | None = None, stop_tokens: Sequence[int] | None = None,
+                     keep_hidden: bool = False) -> list[dict[str, Any]]:
   """Sample one continuation per prompt; rows in prompt order (see the module docstring).
 
   Args:
@@ -103,6 +103,9 @@ def continue_prompts(model: CausalLM, tokenizer: Any, prompts: Sequence[str], *,
     batch_size: prompts per `generate` call.
     add_bos: None follows the tokenizer.
     stop_tokens: ids that end a continuation (None: the tokenizer's EOS, if it has one).
+    keep_hidden: also keep, as ``row["policy_hidden"]``, the model's final-normed activations
+      [len(completion_ids), D] from which each new token was drawn (`elasticity.eval.kl` computes the
+      KL to a reference from them without the policy's second forward). Not saved by `save`.
   """
   max_new_tokens = _check_int("max_new_tokens", max_new_tokens, 1)
   batch_size = _check_int("batch_size", batch_size, 1)
@@ -128,7 +131,7 @@ def continue_prompts(model: CausalLM, tokenizer: Any, prompts: Sequence[str], *,
     filled = batch + [batch[-1]] * (batch_size - len(batch))
     out = generate(model, filled, max_new_tokens=max_new_tokens, temperature=float(temperature),
                    top_p=float(top_p), stop_tokens=stops, pad_id=tokenizer.pad_id,
-                   seed=batch_seed(seed, j))
+                   seed=batch_seed(seed, j), return_hidden=keep_hidden)
     for r, ids in enumerate(batch):
       new = [int(t) for t in out.tokens[r]]
       stopped = bool(out.stopped[r])
@@ -136,6 +139,8 @@ def continue_prompts(model: CausalLM, tokenizer: Any, prompts: Sequence[str], *,
       rows.append({"index": start + r, "prompt": prompts[start + r], "prompt_ids": ids,
                    "completion": tokenizer.decode(text_ids), "completion_ids": new,
                    "stopped": stopped})
+      if keep_hidden:
+        rows[-1]["policy_hidden"] = out.hidden[r]
     log.info("generated %d/%d continuations", len(rows), len(encoded))
   return rows
 
@@ -194,5 +199,43 @@ def load(path: str | os.PathLike) -> tuple[list[dict[str, Any]], dict[str, Any]]
   return [dict(r) for r in rows], meta
 
 
-__all__ = ["FORMAT", "batch_seed", "continue_prompts", "encode_prompts", "load", "sampling_section",
-           "save"]
+# --------------------------------------------------------------------------------------------------
+# the policy's activations beside generations.jsonl
+# --------------------------------------------------------------------------------------------------
+
+
+def save_hidden(path: str | os.PathLike, rows: Sequence[Mapping[str, Any]], fingerprint: str) -> Path:
+  """Write the rows' ``policy_hidden`` (float32, exact for bfloat16 models too) atomically as one
+  ``.npz``: the activations concatenated [Σ completion lengths, D], each row's length, and
+  ``fingerprint`` (the generations' own), which `load_hidden` checks."""
+  lengths = np.array([len(r["completion_ids"]) for r in rows], np.int64)
+  for i, (r, n) in enumerate(zip(rows, lengths)):
+    h = np.asarray(r.get("policy_hidden"))
+    if h.ndim != 2 or h.shape[0] != n:
+      raise ValueError(f"{path}: row {i}: field 'policy_hidden' must be [{n}, D] (one row per new "
+                       f"token), got {h.shape}")
+  hidden = np.concatenate([np.asarray(r["policy_hidden"], np.float32) for r in rows])
+  return atomic.write_with(path, lambda tmp: np.savez(tmp, hidden=hidden, lengths=lengths,
+                                                      fingerprint=np.array(fingerprint)),
+                           suffix=".npz")
+
+
+def load_hidden(path: str | os.PathLike, rows: Sequence[Mapping[str, Any]], fingerprint: str
+                ) -> list[np.ndarray] | None:
+  """Per row, the activations `save_hidden` wrote for these rows; None when the file is missing, or
+  was written for other generations (another fingerprint or other completion lengths)."""
+  path = Path(path)
+  if not path.is_file():
+    return None
+  with np.load(path) as f:
+    if str(f["fingerprint"]) != fingerprint:
+      return None
+    lengths = f["lengths"]
+    if lengths.tolist() != [len(r["completion_ids"]) for r in rows]:
+      return None
+    hidden = f["hidden"]
+  return np.split(hidden, np.cumsum(lengths)[:-1])
+
+
+__all__ = ["FORMAT", "batch_seed", "continue_prompts", "encode_prompts", "load", "load_hidden",
+           "sampling_section", "save", "save_hidden"]

@@ -10,6 +10,18 @@ in nats, summed over the whole vocabulary (no sampling estimate). The report kee
 ``mean`` = ``sum_kl / tokens`` (KL per generated token), one division at the end; per-sequence sums
 are kept too. Sums are accumulated in float64 on the host from the float32 per-position values.
 
+Per position it is computed from the two logit vectors z_p, z_r with d = z_p − z_r and
+p = softmax(z_p) as ``KL = E_p[d] + log E_p[exp(−d)]`` (the log-normalisers' difference is
+log E_p[exp(−d)]): two vocabulary-wide exponentials instead of the three of two log-softmaxes and p,
+and no difference of two ~log V normalisers, so it is both faster and closer to float64
+(`kl_terms`; ``bench/kl_terms.py`` measures both against the two-log-softmax form).
+
+**The policy's forward can be skipped**: ``policy_hidden`` gives, per sequence, the policy's
+final-normed activations at the scored positions — what the sampler computed anyway
+(`elasticity.eval.generations.continue_prompts(keep_hidden=True)`) — and only the reference runs a
+forward; the policy's logits are its unembedding of them. Activations from the KV-cache decoder
+equal the full forward's to float32 rounding (tests/test_eval_kl.py).
+
 Memory: neither model's [B, T, V] logits are ever held. Both models' final-normed hidden states
 [B, T, D] are computed, the scored positions (the ones whose logits predict a completion token) are
 gathered — host-computed indices, padded to a multiple of the chunk — and projected onto the
@@ -79,17 +91,32 @@ class KLReport:
             "kl_sequences": self.sequences}
 
 
-def sharded_fn(graph_p, graph_r, shardings_p, shardings_r, mesh: Mesh, rules: shd.Rules, chunk: int):
+def kl_terms(zp: Array, zr: Array) -> Array:
+  """KL(softmax(zp) ‖ softmax(zr)) over the last axis, float32 logits (module docstring)."""
+  mp = jnp.max(zp, axis=-1, keepdims=True)
+  e = jnp.exp(zp - mp)                                   # p · Σe
+  s = jnp.sum(e, axis=-1)
+  d = zp - zr
+  c = jnp.max(-d, axis=-1, keepdims=True)                # exp(−d − c) ≤ 1: never overflows
+  return (jnp.sum(e * d, axis=-1) / s + jnp.log(jnp.sum(e * jnp.exp(-d - c), axis=-1) / s)
+          + c[..., 0])
+
+
+def sharded_fn(graph_p, graph_r, shardings_p, shardings_r, mesh: Mesh, rules: shd.Rules, chunk: int,
+               given_hidden: bool = False):
   """The jitted per-position KL of gathered positions on ``mesh``, and the shardings of its inputs.
 
   ``(state_p, state_r, ids [B, T], mask [B, T], idx [S, C]) → [S, C]``: the rows are split into the
   S batch shards of the mesh (rows ``s·B/S … (s+1)·B/S − 1`` are shard s's), and ``idx[s]`` holds
   positions local to shard s's rows (row-major in its ``B/S × T`` block), so the gather of hidden
   states never crosses shards; the vocabulary projection runs ``chunk`` positions of every shard at
-  a time. Returns ``(fn, batch sharding, idx sharding)``; cached per structure, mesh and chunk.
+  a time. With ``given_hidden`` a sixth argument ``hp [S, C, D]`` holds the policy's activations at
+  the same slots and the policy runs no forward. Returns ``(fn, batch sharding, idx sharding)``;
+  cached per structure, mesh, chunk and ``given_hidden`` (``hp`` is sharded like ``idx``, on its
+  first axis).
   """
   return _sharded_fn(graph_p, graph_r, _tree_key(shardings_p), _tree_key(shardings_r), mesh,
-                     tuple(rules), int(chunk))
+                     tuple(rules), int(chunk), bool(given_hidden))
 
 
 def _tree_key(tree):
@@ -98,7 +125,7 @@ def _tree_key(tree):
 
 
 @functools.lru_cache(maxsize=16)
-def _sharded_fn(graph_p, graph_r, key_p, key_r, mesh: Mesh, rules, chunk: int):
+def _sharded_fn(graph_p, graph_r, key_p, key_r, mesh: Mesh, rules, chunk: int, given_hidden: bool):
   shards = shd.batch_divisor(mesh, rules)
   b_sh = shd.batch_sharding(mesh, 2, rules)
   idx_sh = shd.batch_sharding(mesh, 2, rules)        # [S, C]: shard s's slots on shard s
@@ -106,27 +133,35 @@ def _sharded_fn(graph_p, graph_r, key_p, key_r, mesh: Mesh, rules, chunk: int):
   sh_p = jax.tree.unflatten(key_p[0], key_p[1])
   sh_r = jax.tree.unflatten(key_r[0], key_r[1])
 
-  def run(state_p, state_r, ids, mask, idx):
+  def chunks(g):                                                         # [S, C, D] → [n, S, c, D]
+    return g.reshape(shards, -1, chunk, g.shape[-1]).swapaxes(0, 1)
+
+  def run(state_p, state_r, ids, mask, idx, hp=None):
     policy, reference = nnx.merge(graph_p, state_p), nnx.merge(graph_r, state_r)
 
     def gathered(model):
       h = model.hidden_states(ids, attention_mask=mask)                  # [B, T, D]
       h = h.reshape(shards, -1, h.shape[-1])                             # [S, B/S·T, D]
-      g = jnp.take_along_axis(h, idx[..., None], axis=1)                 # [S, C, D]
-      return g.reshape(shards, -1, chunk, h.shape[-1]).swapaxes(0, 1)    # [n, S, c, D]
+      return chunks(jnp.take_along_axis(h, idx[..., None], axis=1))      # [S, C, D] → chunks
 
-    hp, hr = gathered(policy), gathered(reference)
+    hp = gathered(policy) if hp is None else chunks(hp)
+    hr = gathered(reference)
     wp, wr = policy.output_embedding(), reference.output_embedding()
 
     def one(args):
-      a, b = args
-      lp = jax.nn.log_softmax(policy.logits_from_hidden(a, wp), axis=-1)    # [S, c, V] float32
-      lr = jax.nn.log_softmax(reference.logits_from_hidden(b, wr), axis=-1)
-      return jnp.sum(jnp.exp(lp) * (lp - lr), axis=-1)
+      # Rows [S·c, D] → [S·c, V] float32 logits: XLA:CPU sums a 2-D array's rows far more exactly
+      # than a 3-D [S, c, V] one's (on a SmolLM2 point, KL per sequence within 5e-8 of float64 against
+      # 2.5e-5 relative; tests/test_eval_kl.py).
+      a, b = (x.reshape(-1, x.shape[-1]) for x in args)
+      return kl_terms(policy.logits_from_hidden(a, wp),
+                      reference.logits_from_hidden(b, wr)).reshape(args[0].shape[:-1])
 
     return jax.lax.map(one, (hp, hr)).swapaxes(0, 1).reshape(shards, -1)   # [S, C]
 
-  fn = jax.jit(run, in_shardings=(sh_p, sh_r, b_sh, b_sh, idx_sh), out_shardings=rep)
+  shardings = (sh_p, sh_r, b_sh, b_sh, idx_sh)
+  if given_hidden:
+    shardings += (shd.batch_sharding(mesh, 3, rules),)
+  fn = jax.jit(run, in_shardings=shardings, out_shardings=rep)
   return fn, b_sh, idx_sh
 
 
@@ -166,9 +201,26 @@ def _validate(sequences: Any, completion_start: Any, vocab: int) -> tuple[list[n
   return seqs, starts
 
 
+def _validate_hidden(hidden: Sequence[Any], counts: np.ndarray, width: int) -> list[np.ndarray]:
+  if isinstance(hidden, np.ndarray) or not isinstance(hidden, Sequence) or len(hidden) != len(counts):
+    got = len(hidden) if isinstance(hidden, Sequence) else type(hidden).__name__
+    raise ValueError(f"kl_to_reference: policy_hidden must be a list of one array per sequence "
+                     f"({len(counts)}), got {got}")
+  out, dtype = [], None
+  for i, (h, c) in enumerate(zip(hidden, counts)):
+    h = np.asarray(h)
+    if h.shape != (int(c), width) or not np.issubdtype(h.dtype, np.floating):
+      raise ValueError(f"kl_to_reference: policy_hidden[{i}]: expected floats of shape ({int(c)}, "
+                       f"{width}) (completion length, hidden size), got {h.dtype} {h.shape}")
+    dtype = dtype or h.dtype
+    out.append(h.astype(dtype, copy=False))
+  return out
+
+
 def kl_to_reference(policy: CausalLM, reference: CausalLM, sequences: Sequence[Sequence[int]],
                     completion_start: Sequence[int], *, chunk_size: int = 128, batch_size: int = 8,
-                    mesh: Mesh | None = None, rules: shd.Rules | None = None) -> KLReport:
+                    mesh: Mesh | None = None, rules: shd.Rules | None = None,
+                    policy_hidden: Sequence[Any] | None = None) -> KLReport:
   """Exact KL(policy‖reference) per generated token on ``sequences`` (see the module docstring).
 
   Args:
@@ -182,6 +234,9 @@ def kl_to_reference(policy: CausalLM, reference: CausalLM, sequences: Sequence[S
     mesh: a ``(data, fsdp, tensor)`` mesh, as the compression `Scorer` takes: rows over the batch
       axes, both models' parameters by their logical axes (``rules``, default
       `elasticity.sharding.DEFAULT_RULES`). Default: the default device alone.
+    policy_hidden: per sequence, the policy's final-normed activations [its completion length, D]
+      at the positions that predict its completion tokens (row k predicts token
+      ``completion_start + k``), e.g. ``Generation.hidden``; then the policy runs no forward.
   """
   vp, vr = int(policy.config.vocab_size), int(reference.config.vocab_size)
   wp, wr = policy.output_embedding().shape, reference.output_embedding().shape
@@ -196,6 +251,8 @@ def kl_to_reference(policy: CausalLM, reference: CausalLM, sequences: Sequence[S
   n = len(seqs)
   per_seq = np.zeros(n, np.float64)
   counts = np.array([len(x) - s for x, s in zip(seqs, starts)], np.int64)
+  if policy_hidden is not None:
+    policy_hidden = _validate_hidden(policy_hidden, counts, int(policy.config.hidden_size))
   if n == 0 or counts.sum() == 0:
     return KLReport(0.0, 0, tuple(per_seq.tolist()), tuple(counts.tolist()))
 
@@ -225,21 +282,30 @@ def kl_to_reference(policy: CausalLM, reference: CausalLM, sequences: Sequence[S
     cap = min(1 << max(3, (need[t] - 1).bit_length()), per_shard * t)
     chunk = min(chunk_size, cap)
     cap = -(-cap // chunk) * chunk
-    fn, b_sh, idx_sh = sharded_fn(graph_p, graph_r, sh_p, sh_r, mesh, rules, chunk)
+    given = policy_hidden is not None
+    fn, b_sh, idx_sh = sharded_fn(graph_p, graph_r, sh_p, sh_r, mesh, rules, chunk, given)
     ids = np.zeros((batch_size, t), np.int32)
     mask = np.zeros((batch_size, t), bool)
     idx = np.zeros((shards, cap), np.int32)
+    if given:
+      hp = np.zeros((shards, cap, policy_hidden[0].shape[-1]), policy_hidden[0].dtype)
     owner = [[] for _ in range(shards)]
     for r, i in enumerate(b):
       x, s = seqs[i], starts[i]
       ids[r, :len(x)], mask[r, :len(x)] = x, True
       shard, k = divmod(r, per_shard)
       pos = np.arange(s - 1, len(x) - 1) + k * t        # logits at t - 1 predict token t
-      idx[shard, len(owner[shard]):len(owner[shard]) + len(pos)] = pos
+      at = slice(len(owner[shard]), len(owner[shard]) + len(pos))
+      idx[shard, at] = pos
+      if given:
+        hp[shard, at] = policy_hidden[i]
       owner[shard] += [i] * len(pos)
     put = lambda x, sh: jax.make_array_from_callback(x.shape, sh, lambda i: x[i])  # noqa: E731
+    args = [params_p, params_r, put(ids, b_sh), put(mask, b_sh), put(idx, idx_sh)]
+    if given:
+      args.append(put(hp, shd.batch_sharding(mesh, 3, rules)))
     with jax.set_mesh(mesh):
-      kl = np.asarray(fn(params_p, params_r, put(ids, b_sh), put(mask, b_sh), put(idx, idx_sh)))
+      kl = np.asarray(fn(*args))
     for shard, who in enumerate(owner):
       np.add.at(per_seq, np.asarray(who, np.int64), kl[shard, :len(who)].astype(np.float64))
   return KLReport(float(per_seq.sum()), int(counts.sum()), tuple(per_seq.tolist()),
@@ -249,7 +315,9 @@ def kl_to_reference(policy: CausalLM, reference: CausalLM, sequences: Sequence[S
 def kl_on_generations(policy: CausalLM, reference: CausalLM, rows: Sequence[Mapping[str, Any]], *,
                       chunk_size: int = 128, batch_size: int = 8, mesh: Mesh | None = None,
                       rules: shd.Rules | None = None) -> KLReport:
-  """`kl_to_reference` on rows of `elasticity.eval.generations` (prompt_ids + completion_ids)."""
+  """`kl_to_reference` on rows of `elasticity.eval.generations` (prompt_ids + completion_ids); when
+  every row carries ``policy_hidden`` (``continue_prompts(keep_hidden=True)``) the policy runs no
+  forward."""
   seqs, starts = [], []
   for i, row in enumerate(rows):
     for field in ("prompt_ids", "completion_ids"):
@@ -257,8 +325,10 @@ def kl_on_generations(policy: CausalLM, reference: CausalLM, rows: Sequence[Mapp
         raise ValueError(f"kl_on_generations: row {i}: field {field!r} must be a list of token ids")
     seqs.append([*row["prompt_ids"], *row["completion_ids"]])
     starts.append(len(row["prompt_ids"]))
+  hidden = ([row["policy_hidden"] for row in rows]
+            if rows and all("policy_hidden" in row for row in rows) else None)
   return kl_to_reference(policy, reference, seqs, starts, chunk_size=chunk_size,
-                         batch_size=batch_size, mesh=mesh, rules=rules)
+                         batch_size=batch_size, mesh=mesh, rules=rules, policy_hidden=hidden)
 
 
 __all__ = ["KLReport", "default_mesh", "kl_on_generations", "kl_to_reference", "sharded_fn"]

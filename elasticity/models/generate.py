@@ -46,6 +46,9 @@ CDF_BLOCK = 256
 class Generation:
   tokens: list[list[int]]           # new tokens per row, stop token included if one was produced
   stopped: list[bool]               # whether each row ended on a stop token
+  # With ``return_hidden``: per row, the final-normed activations [len(tokens), D] whose logits each
+  # new token was drawn from (row k = the state after the prompt and tokens[:k]); else None.
+  hidden: list[np.ndarray] | None = None
 
 
 def left_pad(prompts: Sequence[Sequence[int]], pad_id: int, multiple: int = 8) -> tuple[np.ndarray, np.ndarray]:
@@ -105,8 +108,15 @@ def sample_logits(logits: Array, key: Array, temperature: float, top_p: float,
   return choice.astype(jnp.int32)
 
 
+def _compiled(graphdef, sampling: SamplingConfig, pad_id: int, hidden: bool = False):
+  """The jitted decoder; ``hidden`` also returns [B, max_new_tokens, D] activations (the policy's
+  state before each new token, which `elasticity.eval.kl` turns into its logits without a second
+  forward). The sampled tokens do not depend on ``hidden`` (tests/test_generate.py)."""
+  return _decoder(graphdef, sampling, int(pad_id), bool(hidden))
+
+
 @functools.lru_cache(maxsize=32)
-def _compiled(graphdef, sampling: SamplingConfig, pad_id: int):
+def _decoder(graphdef, sampling: SamplingConfig, pad_id: int, hidden: bool):
   stops = jnp.asarray(sampling.stop_tokens or (-1,), jnp.int32)
 
   def run(state, ids, mask, key):
@@ -119,13 +129,15 @@ def _compiled(graphdef, sampling: SamplingConfig, pad_id: int):
     out = jnp.full((b, n), pad_id, jnp.int32)
     done = jnp.zeros((b,), bool)
     stopped = jnp.zeros((b,), bool)
+    # One slot past the end: the last step's state (which draws nothing) lands there and is dropped.
+    hs = jnp.zeros((b, n + 1, h.shape[-1]), h.dtype).at[:, 0].set(h[:, -1]) if hidden else None
 
     def cond(carry):
-      i, _, _, _, done, _, _ = carry
+      i, _, _, _, done, _, _, _ = carry
       return (i < n) & ~jnp.all(done)
 
     def body(carry):
-      i, logits, cache, out, done, stopped, key = carry
+      i, logits, cache, out, done, stopped, key, hs = carry
       key, sub = jax.random.split(key)
       tok = sample_logits(logits, sub, sampling.temperature, sampling.top_p, sampling.method)
       active = ~done
@@ -135,11 +147,13 @@ def _compiled(graphdef, sampling: SamplingConfig, pad_id: int):
       stopped = stopped | is_stop
       done = done | is_stop
       h, cache = model.hidden_states(tok[:, None], attention_mask=active[:, None], cache=cache)
-      return i + 1, model.logits_from_hidden(h[:, -1]), cache, out, done, stopped, key
+      if hidden:
+        hs = jax.lax.dynamic_update_slice_in_dim(hs, h[:, -1:], i + 1, axis=1)
+      return i + 1, model.logits_from_hidden(h[:, -1]), cache, out, done, stopped, key, hs
 
-    carry = (jnp.zeros((), jnp.int32), logits, cache, out, done, stopped, key)
-    i, _, _, out, done, stopped, _ = jax.lax.while_loop(cond, body, carry)
-    return out, stopped, i
+    carry = (jnp.zeros((), jnp.int32), logits, cache, out, done, stopped, key, hs)
+    i, _, _, out, done, stopped, _, hs = jax.lax.while_loop(cond, body, carry)
+    return (out, stopped, i, hs[:, :n]) if hidden else (out, stopped, i)
 
   return jax.jit(run)
 
@@ -152,9 +166,11 @@ def decoding_fn(graphdef, sampling: SamplingConfig, pad_id: int):
 
 def generate(model: CausalLM, prompts: Sequence[Sequence[int]], *, max_new_tokens: int = 64,
              temperature: float = 0.0, top_p: float = 1.0, stop_tokens: Sequence[int] = (),
-             pad_id: int | None = None, seed: int = 0, method: str = "inverse_cdf") -> Generation:
+             pad_id: int | None = None, seed: int = 0, method: str = "inverse_cdf",
+             return_hidden: bool = False) -> Generation:
   """Continue each token-id prompt; returns the new tokens (cut after the first stop token).
-  ``method``: the sampler (`METHODS`; ignored when greedy)."""
+  ``method``: the sampler (`METHODS`; ignored when greedy). ``return_hidden``: also each new token's
+  final-normed activations (`Generation.hidden`)."""
   if max_new_tokens < 1:
     raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
   if not 0.0 < top_p <= 1.0:
@@ -167,12 +183,14 @@ def generate(model: CausalLM, prompts: Sequence[Sequence[int]], *, max_new_token
                             tuple(int(t) for t in stop_tokens), method)
   ids, mask = left_pad(prompts, pad)
   graphdef, state = nnx.split(model)
-  out, stopped, steps = _compiled(graphdef, sampling, pad)(state, ids, mask, jax.random.key(seed))
-  out, stopped, steps = np.asarray(out), np.asarray(stopped), int(steps)
+  res = _compiled(graphdef, sampling, pad, return_hidden)(state, ids, mask, jax.random.key(seed))
+  out, stopped, steps = np.asarray(res[0]), np.asarray(res[1]), int(res[2])
+  hs = np.asarray(res[3]) if return_hidden else None
   tokens = []
   for r in range(len(prompts)):
     row = out[r, :steps].tolist()
     if stopped[r]:
       row = row[:next(i for i, t in enumerate(row) if t in sampling.stop_tokens) + 1]
     tokens.append(row)
-  return Generation(tokens=tokens, stopped=stopped.tolist())
+  hidden = [hs[r, :len(t)] for r, t in enumerate(tokens)] if return_hidden else None
+  return Generation(tokens=tokens, stopped=stopped.tolist(), hidden=hidden)

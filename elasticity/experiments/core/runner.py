@@ -14,7 +14,8 @@ Layout of the work directory (every file written atomically, on process 0 only):
     data/                   files the cells train on (e.g. `elasticity.experiments.rebound.data`)
     cells/<id>/cell.json    the cell as resolved (name, coordinates, parent id, training config)
     cells/<id>/train/       the training workdir (checkpoints, metrics.jsonl, hf/, snapshots)
-    cells/<id>/points/<p>/  generations.jsonl, metrics.json of each evaluation point
+    cells/<id>/points/<p>/  generations.jsonl, metrics.json of each evaluation point (the rebound
+                            evaluator adds policy_hidden.npz, the policy's activations for the KL)
     cells/<id>/done.json    the cell's result rows and evaluation fingerprint, written last
     results.jsonl           every finished cell's rows, in plan order
     report.md, plots/       from results.jsonl (`registry.build_report`)
