@@ -22,8 +22,9 @@ from elasticity import atomic
 from elasticity.report.tables import columns
 
 RESULTS = Path(__file__).resolve().with_name("RESULTS.md")
-HEADER = ("# Benchmark results\n\nWritten by the scripts in `bench/` (one section each, rewritten on "
-          "every run). Numbers are from the machine named in each section.\n")
+HEADER = ("# Benchmark results\n\nWritten by the scripts in `bench/` (one section each; a run rewrites "
+          "only its section's generated block, text around it is kept). Numbers are from the machine "
+          "named in each section.\n")
 
 
 def fmt(value: Any) -> str:
@@ -100,27 +101,42 @@ def _cpu_name() -> str:
   return platform.processor() or platform.machine()
 
 
-def record(section_title: str, markdown: str, path: str | os.PathLike = RESULTS) -> Path:
-  """Replace (or append) the section ``## <section_title>`` of ``path`` with ``markdown``, atomically.
+BEGIN = "<!-- generated: the script rewrites this block on every run; text outside it is kept -->"
+END = "<!-- end generated -->"
 
-  A section runs from its ``## `` heading to the next ``## `` heading or the end of the file; the
-  other sections are kept byte for byte.
+
+def record(section_title: str, markdown: str, path: str | os.PathLike = RESULTS) -> Path:
+  """Write ``markdown`` as the generated block of the section ``## <section_title>`` of ``path``,
+  atomically; nothing else is lost.
+
+  The block sits between the `BEGIN` and `END` marker lines. A run replaces the section's block and
+  keeps every line of the section around it (the analysis written by hand under a table); a section
+  without a block (written before the markers, or by hand) gets one right under its heading, its
+  text kept below it; a missing section is appended. A section runs from its ``## `` heading to the
+  next ``## `` heading or the end of the file; the other sections are kept byte for byte.
   """
   if "\n" in section_title or not section_title.strip():
     raise ValueError(f"record: section title must be one non-empty line, got {section_title!r}")
   path = Path(path)
   text = path.read_text(encoding="utf-8") if path.exists() else HEADER
   heading = f"## {section_title.strip()}"
-  body = f"{heading}\n\n{markdown.strip()}\n"
+  block = [f"{BEGIN}\n", f"{markdown.strip()}\n", f"{END}\n"]
   lines = text.splitlines(keepends=True)
   start = next((i for i, l in enumerate(lines) if l.rstrip("\n") == heading), None)
   if start is None:
-    text = text.rstrip("\n") + "\n\n" + body
+    return atomic.write_text(path, text.rstrip("\n") + "\n\n" + "".join([f"{heading}\n", "\n", *block]))
+  end = next((i for i in range(start + 1, len(lines)) if lines[i].startswith("## ")), len(lines))
+  body = lines[start + 1:end]
+  marks = [i for i, l in enumerate(body) if l.rstrip("\n") in (BEGIN, END)]
+  if len(marks) >= 2 and body[marks[0]].rstrip("\n") == BEGIN and body[marks[1]].rstrip("\n") == END:
+    body = body[:marks[0]] + block + body[marks[1] + 1:]
   else:
-    end = next((i for i in range(start + 1, len(lines)) if lines[i].startswith("## ")), len(lines))
-    tail = "".join(lines[end:])
-    text = "".join(lines[:start]) + body + ("\n" + tail if tail else "")
-  return atomic.write_text(path, text)
+    rest = "".join(body).strip("\n")
+    body = ["\n", *block] + (["\n", rest + "\n"] if rest else [])
+  tail = lines[end:]
+  if tail and body and body[-1].strip():
+    body.append("\n")
+  return atomic.write_text(path, "".join(lines[:start + 1] + body + tail))
 
 
 def gemm_rates(m: int = 1024, shapes=((576, 1536), (1536, 576), (576, 49152)), repeats: int = 10

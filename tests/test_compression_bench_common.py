@@ -41,6 +41,30 @@ def test_record_replaces_only_its_own_section(tmp_path):
   assert not [p for p in tmp_path.iterdir() if p.name != "RESULTS.md"]  # no temporary left behind
 
 
+def test_record_keeps_the_text_written_around_its_block(tmp_path):
+  """A run rewrites only its generated block: the analysis written under a table survives, and a
+  section written before the markers keeps its text below the new block."""
+  from bench.common import BEGIN, END
+  path = tmp_path / "RESULTS.md"
+  record("eval (bench/e.py)", "table 1", path)
+  record("other (bench/o.py)", "other table", path)
+  text = path.read_text()
+  path.write_text(text.replace(f"table 1\n{END}\n", f"table 1\n{END}\n\nWhy: analysis by hand.\n"))
+  record("eval (bench/e.py)", "table 2", path)
+  text = path.read_text()
+  assert "table 1" not in text and "table 2" in text and "Why: analysis by hand.\n" in text
+  assert text.index("table 2") < text.index("Why:") < text.index("## other") < text.index("other table")
+  assert text.count(BEGIN) == text.count(END) == 2
+  # A legacy section (no markers): the new block goes under the heading, the old text is kept.
+  path.write_text("# Benchmark results\n\n## legacy (bench/l.py)\n\nold table\n\n### notes\nkept\n\n"
+                  "## next\n\nx\n")
+  record("legacy (bench/l.py)", "new table", path)
+  assert path.read_text() == ("# Benchmark results\n\n## legacy (bench/l.py)\n\n" + BEGIN + "\nnew table\n"
+                              + END + "\n\nold table\n\n### notes\nkept\n\n## next\n\nx\n")
+  record("legacy (bench/l.py)", "newer table", path)
+  assert "new table" not in path.read_text() and "old table\n\n### notes\nkept" in path.read_text()
+
+
 def test_record_refuses_multiline_titles(tmp_path):
   with pytest.raises(ValueError):
     record("a\nb", "x", tmp_path / "R.md")
