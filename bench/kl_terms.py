@@ -36,6 +36,7 @@ _ROUNDS = flags.DEFINE_integer("rounds", 3, "Alternating rounds (the fastest of 
 _CHUNKS = flags.DEFINE_integer("chunks", 38, "Chunks of 128 positions (38: one point's ~4,800).")
 
 V, D, C = 49152, 576, 128
+SECTION = "KL terms (bench/kl_terms.py)"
 
 
 def main(_):
@@ -79,18 +80,20 @@ def main(_):
   err = {name: float(np.max(np.abs(np.asarray(sides[name](h_p[:k], h_r[:k]), np.float64) - want)))
          for name in ("two log-softmaxes", "kl_terms (ours)")}
 
+  from bench.common import print_table, ratio, record
+
   load = os.getloadavg()[0]
-  print("## KL terms (bench/kl_terms.py)\n")
-  print(f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, Python "
-        f"{sys.version.split()[0]}, jax {jax.__version__}; {_CHUNKS.value} chunks × {C} positions × "
-        f"{V} tokens, D = {D}; {_ROUNDS.value} alternating rounds; 1-minute load average after: "
-        f"{load:.2f}. Mean KL per position {want.mean():.4f} nats.\n")
-  print("| what | fastest s | median s | max abs error vs float64 (nats, per position) |")
-  print("|---|---|---|---|")
-  for name, ts in times.items():
-    print(f"| {name} | {min(ts):.3f} | {float(np.median(ts)):.3f} | {err[name]:.3g} |")
-  ratio = min(times["two log-softmaxes"]) / min(times["kl_terms (ours)"])
-  print(f"\nratio kl_terms_vs_two_log_softmax {ratio:.3f}")
+  head = (f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, Python "
+          f"{sys.version.split()[0]}, jax {jax.__version__}; {_CHUNKS.value} chunks × {C} positions × "
+          f"{V} tokens, D = {D}; {_ROUNDS.value} alternating rounds; 1-minute load average after: "
+          f"{load:.2f}. Mean KL per position {want.mean():.4f} nats.")
+  print(head)
+  table = print_table([{"what": name, "fastest s": min(ts), "median s": float(np.median(ts)),
+                        "max abs error vs float64 (nats, per position)": err[name]}
+                       for name, ts in times.items()])
+  line = ratio("kl_terms_vs_two_log_softmax",
+               min(times["two log-softmaxes"]) / min(times["kl_terms (ours)"]))
+  record(SECTION, f"{head}\n\n{table.strip()}\n\n`{line}`")
 
 
 if __name__ == "__main__":

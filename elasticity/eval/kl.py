@@ -149,9 +149,9 @@ def _sharded_fn(graph_p, graph_r, key_p, key_r, mesh: Mesh, rules, chunk: int, g
     wp, wr = policy.output_embedding(), reference.output_embedding()
 
     def one(args):
-      # Rows [S·c, D] → [S·c, V] float32 logits: XLA:CPU sums a 2-D array's rows far more exactly
-      # than a 3-D [S, c, V] one's (on a SmolLM2 point, KL per sequence within 5e-8 of float64 against
-      # 2.5e-5 relative; tests/test_eval_kl.py).
+      # Rows [S·c, D] → [S·c, V] float32 logits: XLA:CPU reduces a 2-D array's rows far more exactly
+      # than a 3-D [S, c, V] one's (a real SmolLM2 point's mean KL: 1.1e-7 from float64 against
+      # 1.6e-5; bench/RESULTS.md "KL terms", tests/test_eval_kl.py).
       a, b = (x.reshape(-1, x.shape[-1]) for x in args)
       return kl_terms(policy.logits_from_hidden(a, wp),
                       reference.logits_from_hidden(b, wr)).reshape(args[0].shape[:-1])
