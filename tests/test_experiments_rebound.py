@@ -45,6 +45,23 @@ def test_a_dry_run_warns_about_a_missing_scorer_and_a_real_run_refuses(tmp_path,
   assert not (tmp_path / "w").exists()
 
 
+
+def test_a_dry_run_says_when_a_missing_scorer_changes_the_cell_ids(tmp_path, caplog):
+  """Matched pairs are rated by the scorer, so its files enter the stage-2 ids: a dry run before the
+  scorer exists says so; the sft grid's ids do not depend on it, and its warning does not say so."""
+  import logging
+  missing = {"eval.scorer.path": str(tmp_path / "no-classifier")}
+  with caplog.at_level(logging.WARNING):
+    runner.run("rebound", get("tiny,imdb,dpo", **missing), tmp_path / "w", dry_run=True)
+  (dpo,) = [r.getMessage() for r in caplog.records if "dry run:" in r.getMessage()]
+  assert "no-classifier" in dpo and "ids listed here are not the ones the run will use" in dpo
+  caplog.clear()
+  with caplog.at_level(logging.WARNING):
+    runner.run("rebound", get("tiny,imdb,sft", **missing), tmp_path / "w", dry_run=True)
+  (sft,) = [r.getMessage() for r in caplog.records if "dry run:" in r.getMessage()]
+  assert "no-classifier" in sft and "ids" not in sft
+
+
 def test_dry_run_of_the_paper_preset_lists_the_grid_without_loading_a_model(monkeypatch, capsys):
   import elasticity.convert as models
 

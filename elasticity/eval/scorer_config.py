@@ -24,7 +24,10 @@ SECTION_KEYS = ("path", "kind", "sign", "positive_label", "allow_pickle", "batch
 
 
 class ScorerConfigError(ValueError):
-  """A scorer is missing or misconfigured; the message names the config key to set."""
+  """A scorer is missing or misconfigured; the message names the config key to set. ``note``: what
+  else a dry run, which goes on past it, should say (e.g. that cell ids depend on the scorer)."""
+
+  note: str = ""
 
 
 @runtime_checkable

@@ -95,7 +95,7 @@ def validate(experiment: str, config, *, dry_run: bool = False) -> None:
   except ScorerConfigError as e:
     if not dry_run:
       raise
-    logging.warning("dry run: %s (a real run stops here)", e)
+    logging.warning("dry run: %s (a real run stops here)%s", e, f". {e.note}" if e.note else "")
 
 
 def _train_cell(cell: Cell, grid: Grid, stop: Callable[[], bool] | None, progress: str,

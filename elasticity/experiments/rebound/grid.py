@@ -89,16 +89,22 @@ def validate(c) -> None:
   tasks.check_sizes(c)      # every data requirement against the files, before any model loads
   cells_lib.validate_training(cells, c.model.path, check_scorer=False)
   scorer = str(c.eval.scorer.path)     # last: a dry run reports a missing scorer and goes on
-  if not scorer:
-    raise ScorerConfigError(
-        f"config.eval.scorer.path: the {c.task} task scores continuations with "
-        + ("a sentiment classifier" if c.task == "imdb" else "a safety classifier (P(safe))")
-        + f" (train one: python -m launch.scorer --config=configs/scorer.py:{c.task} --workdir=DIR"
-        + ("" if c.task == "imdb" else "; or a local cost/reward model with its sign")
-        + "); set it, or set it to 'none' to measure only Δγ and the KL")
-  if scorer != "none":
-    require_scorer(c.eval.scorer, "config.eval.scorer.path")   # reads only its config.json
-  reverse.validate_scorers(c)
+  try:
+    if not scorer:
+      raise ScorerConfigError(
+          f"config.eval.scorer.path: the {c.task} task scores continuations with "
+          + ("a sentiment classifier" if c.task == "imdb" else "a safety classifier (P(safe))")
+          + f" (train one: python -m launch.scorer --config=configs/scorer.py:{c.task} --workdir=DIR"
+          + ("" if c.task == "imdb" else "; or a local cost/reward model with its sign")
+          + "); set it, or set it to 'none' to measure only Δγ and the KL")
+    if scorer != "none":
+      require_scorer(c.eval.scorer, "config.eval.scorer.path")   # reads only its config.json
+    reverse.validate_scorers(c)
+  except ScorerConfigError as e:
+    if reverse.cell_inputs(c):
+      e.note = ("The stage-2 cells' ids include the scorer folder's files (it rates their pairs or "
+                "rewards): until it is in place, the ids listed here are not the ones the run will use")
+    raise
 
 
 # -- the grid ---------------------------------------------------------------------------------------
