@@ -275,3 +275,10 @@ def test_sharded_like_the_scorer_one_device_bitwise_eight_devices_within_float32
   # another partition of the same sums: 2·√(61·stack_depth(2))·u (tolerances.py)
   np.testing.assert_allclose(got.per_sequence, base.per_sequence, rtol=f32_tol(61, stack_depth(2)),
                              atol=1e-7)
+  # The policy's activations given: sharded like the gathered slots (rows over the batch axes).
+  hidden = [np.asarray(p.hidden_states(jnp.asarray([x], jnp.int32)))[0, s - 1:len(x) - 1]
+            for x, s in zip(seqs, STARTS)]
+  fast = kl_to_reference(p, q, seqs, STARTS, chunk_size=4, batch_size=2, mesh=mesh,
+                         policy_hidden=hidden)
+  assert fast.per_sequence_tokens == base.per_sequence_tokens
+  np.testing.assert_allclose(fast.per_sequence, want, rtol=1e-5, atol=1e-7)
