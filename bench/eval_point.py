@@ -138,7 +138,7 @@ def child_ours(spec: dict) -> dict:
   _compile_listener(phases)
   evaluate.gen_lib.continue_prompts = _timed(phases, "generation", evaluate.gen_lib.continue_prompts)
   evaluate.compression_preference = _timed(phases, "delta_gamma", evaluate.compression_preference)
-  evaluate.kl_to_reference = _timed(phases, "kl", evaluate.kl_to_reference)
+  evaluate.kl_on_generations = _timed(phases, "kl", evaluate.kl_on_generations)
   PointEvaluator.load = staticmethod(_timed(phases, "load checkpoint", evaluate.checkpoints.load))
   PointEvaluator.score = _timed(phases, "classifier", PointEvaluator.score)
   c = ml_collections.ConfigDict(json.loads(spec["config"]))

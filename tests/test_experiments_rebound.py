@@ -307,7 +307,7 @@ def test_a_point_evaluated_again_gives_the_same_bits_and_the_base_point_runs_no_
   assert not (point / "policy_hidden.npz").exists()     # read-back rows: nothing new written
   # The base point.
   loads = []
-  monkeypatch.setattr(evaluate, "kl_to_reference", lambda *a, **k: pytest.fail("KL computed"))
+  monkeypatch.setattr(evaluate, "kl_on_generations", lambda *a, **k: pytest.fail("KL computed"))
   fresh = prepare(c, tmp_path / "w2")
   monkeypatch.setattr(fresh, "load", lambda *a: loads.append(a) or evaluate.PointEvaluator.load(*a))
   m = fresh(c.model.path, c.model.tokenizer, tmp_path / "base")

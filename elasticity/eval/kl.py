@@ -277,6 +277,7 @@ def kl_to_reference(policy: CausalLM, reference: CausalLM, sequences: Sequence[S
   sh_p, sh_r = shd.param_shardings(state_p, mesh, rules), shd.param_shardings(state_r, mesh, rules)
   params_p = jax.device_put(nnx.to_pure_dict(state_p), sh_p)
   params_r = jax.device_put(nnx.to_pure_dict(state_r), sh_r)
+  hp_sh = shd.batch_sharding(mesh, 3, rules) if policy_hidden is not None else None
 
   for b, t in zip(batches, row_lens):
     cap = min(1 << max(3, (need[t] - 1).bit_length()), per_shard * t)
@@ -303,7 +304,7 @@ def kl_to_reference(policy: CausalLM, reference: CausalLM, sequences: Sequence[S
     put = lambda x, sh: jax.make_array_from_callback(x.shape, sh, lambda i: x[i])  # noqa: E731
     args = [params_p, params_r, put(ids, b_sh), put(mask, b_sh), put(idx, idx_sh)]
     if given:
-      args.append(put(hp, shd.batch_sharding(mesh, 3, rules)))
+      args.append(put(hp, hp_sh))
     with jax.set_mesh(mesh):
       kl = np.asarray(fn(*args))
     for shard, who in enumerate(owner):

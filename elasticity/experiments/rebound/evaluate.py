@@ -45,7 +45,7 @@ from absl import logging
 
 from elasticity import atomic, compression
 from elasticity.eval import generations as gen_lib
-from elasticity.eval.kl import kl_to_reference
+from elasticity.eval.kl import kl_on_generations
 from elasticity.eval.preference import compression_preference
 from elasticity.experiments.core import cells as cells_lib
 from elasticity.experiments.core import checkpoints
@@ -174,13 +174,8 @@ class PointEvaluator:
     metrics.update({k: float(pref[k]) for k in ("bpb_pos", "bpb_neg", "delta_gamma")})
     if self.ev.kl and is_base:
       metrics["kl_to_base"] = 0.0          # KL(π_base‖π_base): zero by definition (module docstring)
-    elif self.ev.kl:
-      seqs = [list(r["prompt_ids"]) + list(r["completion_ids"]) for r in rows]
-      starts = [len(r["prompt_ids"]) for r in rows]
-      hidden = ([r["policy_hidden"] for r in rows] if all("policy_hidden" in r for r in rows)
-                else None)
-      rep = kl_to_reference(model, self.base(), seqs, starts, batch_size=int(self.ev.batch_size),
-                            policy_hidden=hidden)
+    elif self.ev.kl:                       # rows with policy_hidden: only the base runs a forward
+      rep = kl_on_generations(model, self.base(), rows, batch_size=int(self.ev.batch_size))
       metrics["kl_to_base"] = float(rep.mean)
     metrics["generated_tokens"] = float(sum(len(r["completion_ids"]) for r in rows))
     if context is not None and context.cell.coords.get("stage") == "pos":
