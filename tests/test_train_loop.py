@@ -186,6 +186,37 @@ def test_restart_after_sigterm_equals_uninterrupted_run(stories, tmp_path):
     np.testing.assert_array_equal(x, y)
 
 
+def test_without_a_last_checkpoint_a_kill_before_done_recomputes_the_same_steps(stories, tmp_path):
+  """``checkpoint.at_end=False`` (the experiment runner's cells, whose checkpoints are deleted once
+  done): the last step is not checkpointed, the run and its export are those of the default; killed
+  between its last step and ``DONE.json`` (both removed here), the rerun resumes from the latest
+  periodic checkpoint and writes the same export bit for bit."""
+  def cfg_with(at_end):
+    c = small_config(num_steps=5)
+    c.unlock()
+    c.export.hf = True
+    c.checkpoint.at_end = at_end
+    c.lock()
+    return c
+  ref = train(cfg_with(True), tmp_path / "ref")
+  run = train(cfg_with(False), tmp_path / "run")
+  assert ref.status == run.status == "completed" and ref.last == run.last
+  steps = lambda w: Checkpointer(os.path.join(w, "checkpoints")).all_steps()  # noqa: E731
+  assert steps(tmp_path / "ref") == [2, 4, 5] and steps(tmp_path / "run") == [2, 4]
+  weights = lambda w: (w / "hf" / "model.safetensors").read_bytes()  # noqa: E731
+  assert weights(tmp_path / "run") == weights(tmp_path / "ref")
+  want = losses(tmp_path / "ref")
+  assert losses(tmp_path / "run") == want
+
+  os.remove(tmp_path / "run" / "DONE.json")               # killed during the export
+  shutil.rmtree(tmp_path / "run" / "hf")
+  again = train(cfg_with(False), tmp_path / "run")
+  assert again.status == "completed" and again.last == ref.last
+  assert losses(tmp_path / "run") == want                # steps 5 recomputed from step 4, bitwise
+  assert weights(tmp_path / "run") == weights(tmp_path / "ref")
+  assert steps(tmp_path / "run") == [2, 4]
+
+
 def test_nan_in_batch_stops_with_the_step_and_keeps_last_good_checkpoint(stories, tmp_path):
   cfg = small_config(num_steps=6)
 

@@ -95,10 +95,15 @@ def damage(step_dir: str | os.PathLike) -> str | None:
 
 
 class Checkpointer:
-  """Save every ``every`` steps, keep the newest ``keep``; restore the latest (or a given) step."""
+  """Save every ``every`` steps, keep the newest ``keep``; restore the latest (or a given) step.
+
+  ``at_end=False``: no checkpoint of a run's last step (`should_save` with ``total_steps``, and the
+  loops' final save): for runs whose completion is recorded elsewhere and whose checkpoints are
+  deleted once complete (the experiment runner's cells).
+  """
 
   def __init__(self, directory: str | os.PathLike, *, every: int = 0, keep: int = 3,
-               async_save: bool = True):
+               async_save: bool = True, at_end: bool = True):
     if every < 0:
       raise ValueError(f"checkpoint.every: must be >= 0 (0 = only at the end), got {every}")
     if keep is not None and keep < 1:
@@ -106,6 +111,7 @@ class Checkpointer:
     self.directory = os.fspath(os.path.abspath(directory))
     self.every = int(every)
     self.async_save = bool(async_save)
+    self.at_end = bool(at_end)
     self._lock = threading.Lock()
     self._pending: set[int] = set()     # saved, not yet sealed
     self._verified: set[int] = set()    # sealed by this process or checked against their manifest
@@ -180,7 +186,11 @@ class Checkpointer:
   def all_steps(self) -> list[int]:
     return list(self.manager.all_steps())
 
-  def should_save(self, step: int) -> bool:
+  def should_save(self, step: int, total_steps: int | None = None) -> bool:
+    """Whether ``step`` gets a periodic checkpoint; the last step (``>= total_steps``) only when
+    ``at_end``."""
+    if total_steps is not None and step >= total_steps and not self.at_end:
+      return False
     return self.every > 0 and step % self.every == 0
 
   def save(self, step: int, state: Any, data_state: Mapping[str, Any], meta: Mapping[str, Any], *,

@@ -245,7 +245,8 @@ def open_run(cfg, workdir: str, stack: contextlib.ExitStack):
   """(checkpointer, metric writer) of a run in ``workdir``, closed by ``stack``; the metrics log is
   trimmed to the checkpoint the run resumes from (every objective's loop starts this way)."""
   ckpt = Checkpointer(os.path.join(workdir, "checkpoints"), every=cfg.checkpoint.every,
-                      keep=cfg.checkpoint.keep, async_save=cfg.checkpoint.async_save)
+                      keep=cfg.checkpoint.keep, async_save=cfg.checkpoint.async_save,
+                      at_end=cfg.checkpoint.get("at_end", True))
   stack.callback(ckpt.close)
   record.trim_metrics(workdir, ckpt.latest_step() or 0)
   writer = metrics_lib.MetricWriter(workdir, tensorboard=cfg.metrics.tensorboard)

@@ -217,7 +217,7 @@ def _loop(cfg, data: RunData, m: RunModel, mesh, rules, ckpt: Checkpointer, writ
       pending = None
     if eval_due:
       _run_eval(evaluate, m.graphdef, state, step, writer)
-    if ckpt.should_save(step) or preempt:
+    if ckpt.should_save(step, total_steps) or preempt:
       ckpt.save(step, state, stream.state(), meta(), wait=preempt)
     snapshots.after_step(step, state["params"])
     if preempt:
@@ -226,7 +226,7 @@ def _loop(cfg, data: RunData, m: RunModel, mesh, rules, ckpt: Checkpointer, writ
       break
   if pending is not None:
     log(pending)
-  if status == "completed":
+  if status == "completed" and ckpt.at_end:
     ckpt.save(step, state, stream.state(), meta(), wait=True)
   ckpt.wait()
   return status, step, state

@@ -201,14 +201,14 @@ def _loop(cfg, graphdef, tx, mesh, rules, state, ref_params, stream, prompts, sc
         writer.write(step, res, kind="eval")
     preempt = bool(stop()) if stop is not None else False
     meta = {"objective": "ppo", "total_steps": total}
-    if ckpt.should_save(step) or preempt:
+    if ckpt.should_save(step, total) or preempt:
       ckpt.save(step, state, stream.state(), meta, wait=preempt)
     snapshots.after_step(step, state["params"])
     if preempt:
       status = "preempted"
       logging.warning("stopped at step %d on request; checkpoint saved in %s", step, ckpt.directory)
       break
-  if status == "completed":
+  if status == "completed" and ckpt.at_end:
     ckpt.save(step, state, stream.state(), {"objective": "ppo", "total_steps": total}, wait=True)
   ckpt.wait()
   return status, step, state, last

@@ -50,6 +50,7 @@ RESUMABLE_KEYS: tuple[str, ...] = (
     "checkpoint.every",
     "checkpoint.keep",
     "checkpoint.async_save",
+    "checkpoint.at_end",
     "distributed",
     "mesh",
     "sharding",

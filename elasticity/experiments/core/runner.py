@@ -39,7 +39,9 @@ single-process run's, then writes the report. A shard never deletes an export th
 ``done.json`` (in any shard) starts from. ``refine()`` cells are not run under ``--shard`` (a warning
 says so): run the same command without ``--shard`` afterwards to add them.
 
-Disk (`workdir.cleanup`): a finished cell's checkpoints are deleted unless ``runner.keep_checkpoints``;
+Disk (`workdir.cleanup`): a finished cell's checkpoints are deleted unless ``runner.keep_checkpoints``
+(and then its run does not checkpoint its last step at all, ``checkpoint.at_end``: its ``DONE.json``
+and exports are what the grid keeps);
 its exports are deleted once no pending cell starts from them unless ``runner.keep_exports``. A cell
 added later (a new arm or stage-2 size in the same workdir) whose parent's export was deleted gets it
 back (`_restore_start`): the parent is trained again from its recorded config, and must end exactly
@@ -99,12 +101,16 @@ def validate(experiment: str, config, *, dry_run: bool = False) -> None:
 
 
 def _train_cell(cell: Cell, grid: Grid, stop: Callable[[], bool] | None, progress: str,
-                train_dir: Path | None = None) -> None:
+                train_dir: Path | None = None, *, keep_checkpoints: bool = True) -> None:
+  """Train the cell. Without ``keep_checkpoints`` (cleanup deletes a finished cell's checkpoints) the
+  last step is not checkpointed: the run's ``DONE.json`` and exports are what the grid keeps."""
   cfg = copy.deepcopy(cell.train)
   cfg.unlock()
   path, tok = grid.model(cell, "start")
   cfg.model.path, cfg.model.tokenizer = path, tok
   cfg.export.snapshot_dir = ""          # snapshots inside the cell's train workdir
+  if not keep_checkpoints:
+    cfg.checkpoint.at_end = False
   cfg.lock()
   cfg = resolve_placeholders(cfg, cell, grid)
   t0, last = time.perf_counter(), [0.0]
@@ -159,7 +165,8 @@ def _restore_start(exp: Experiment, config, cell: Cell, grid: Grid, evaluator: E
   restore = _restore_dir(pdir, shard)
   exp.before_train(config, TrainContext(parent, grid.ids[parent.name], pdir, grid.workdir,
                                         grid.model(parent, "start"), evaluator))
-  _train_cell(parent, grid, stop, f"{progress} [restoring {parent.name}]", restore)
+  _train_cell(parent, grid, stop, f"{progress} [restoring {parent.name}]", restore,
+              keep_checkpoints=False)                   # the restore folder goes below
   again = record.read_done(restore)
   mine = {k: again.get(k) for k in ("step", "total_steps", "last")}
   theirs = {k: first.get(k) for k in ("step", "total_steps", "last")}
@@ -195,7 +202,8 @@ def _run_cell(experiment: str, exp: Experiment, config, cell: Cell, grid: Grid, 
     _restore_start(exp, config, cell, grid, evaluator, stop, progress, shard)
     exp.before_train(config, TrainContext(cell, grid.ids[cell.name], cdir, grid.workdir,
                                           grid.model(cell, "start"), evaluator))
-    _train_cell(cell, grid, stop, progress)
+    _train_cell(cell, grid, stop, progress,
+                keep_checkpoints=bool(config.runner.get("keep_checkpoints", True)))
   rows = []
   for point in cell.points:
     path, tok = grid.model(cell, point.model)
