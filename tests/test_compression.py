@@ -143,6 +143,8 @@ def baseline(model, tok, records):
     dict(mesh="one_device"),
     dict(mesh="data2_fsdp2_tensor2"),                                # parameters sharded
     dict(mesh="data2_fsdp2_tensor2_explicit"),                       # Explicit axis types
+    dict(batch_size=5, trim_last=True, mesh="one_device"),            # last batch: 1 row, not 5
+    dict(batch_size=5, trim_last=True, mesh="data2_fsdp2_tensor2"),   # 4 rows, not 8 (4 batch shards)
 ], ids=lambda v: ",".join(f"{k}={x}" for k, x in v.items()))
 def test_measure_is_invariant(model, tok, records, baseline, variant):
   kw = dict(max_length=512, batch_size=8, buckets=(128, 256, 512))
@@ -157,6 +159,20 @@ def test_measure_is_invariant(model, tok, records, baseline, variant):
   assert (got.tokens, got.bytes, got.examples, got.skipped) == (
       baseline.tokens, baseline.bytes, baseline.examples, baseline.skipped)
   assert got.bits == pytest.approx(baseline.bits, rel=RTOL)
+
+
+def test_trim_last_gives_the_last_partial_batch_only_its_rows(tok, records):
+  from elasticity.compression.batches import plan, tokenize
+  kept, _, _ = tokenize(tok, records, max_length=512)
+  assert len(kept) == 21                  # 3 of the 24 records do not fit
+  for shards, want in ((1, [5, 5, 5, 5, 1]), (4, [8, 8, 8, 8, 4]), (8, [8, 8, 8, 8, 8])):
+    padded = plan(kept, batch_size=5, max_length=512, shards=shards)
+    trimmed = plan(kept, batch_size=5, max_length=512, shards=shards, trim_last=True)
+    assert [b.batch_size for b in padded] == [-(-5 // shards) * shards] * 5
+    assert [b.batch_size for b in trimmed] == want, shards
+    assert [b.rows for b in trimmed] == [b.rows for b in padded]          # the same examples
+    for b in trimmed:                     # a capacity never exceeds the positions of a batch shard
+      assert b.capacity <= b.batch_size // shards * b.length
 
 
 def test_default_mesh_uses_all_eight_devices(model):

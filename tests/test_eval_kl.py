@@ -234,6 +234,44 @@ def test_policy_hidden_skips_the_policy_forward_and_gives_the_same_kl(pair):
     kl_to_reference(p, q, seqs, STARTS, policy_hidden=hidden[:4])
 
 
+def test_trim_last_runs_the_last_batch_without_empty_rows_and_gives_the_same_kl(pair, monkeypatch):
+  """``trim_last``: 5 scored sequences in batches of 4 run as 4 + 1 rows (4 + 2 over 2 batch
+  shards), not 4 + 4; the KL is the padded run's (other row counts reorder nothing a row computes;
+  bitwise on the machine this was written on, held to float32 here)."""
+  import elasticity.eval.kl as kl_lib
+  p, q = pair
+  lengths, starts = [9, 4, 13, 6, 7, 5], [3, 1, 7, 6, 2, 1]      # one empty completion: 5 scored
+  seqs = ragged(CFG.vocab_size, lengths, seed=7)
+  shapes = []
+  real = kl_lib.sharded_fn
+
+  def spy(*args, **kwargs):
+    fn, b_sh, idx_sh = real(*args, **kwargs)
+
+    def run(params_p, params_r, ids, *rest):
+      shapes.append(ids.shape[0])
+      return fn(params_p, params_r, ids, *rest)
+    return run, b_sh, idx_sh
+  monkeypatch.setattr(kl_lib, "sharded_fn", spy)
+  one = shd.make_mesh(data=1, fsdp=1, tensor=1, devices=jax.devices()[:1])
+  padded = kl_to_reference(p, q, seqs, starts, chunk_size=4, batch_size=4, mesh=one)
+  trimmed = kl_to_reference(p, q, seqs, starts, chunk_size=4, batch_size=4, mesh=one, trim_last=True)
+  assert shapes == [4, 4, 4, 1]
+  assert trimmed.per_sequence_tokens == padded.per_sequence_tokens
+  np.testing.assert_allclose(trimmed.per_sequence, padded.per_sequence,
+                             rtol=f32_tol(61, stack_depth(2)), atol=1e-7)
+  if jax.device_count() < 4:
+    return
+  shapes.clear()
+  two = shd.make_mesh(data=2, fsdp=1, tensor=2, devices=jax.devices()[:4])
+  sharded = kl_to_reference(p, q, seqs, starts, chunk_size=4, batch_size=4, mesh=two, trim_last=True)
+  assert shapes == [4, 2]
+  np.testing.assert_allclose(sharded.per_sequence, padded.per_sequence,
+                             rtol=f32_tol(61, stack_depth(2)), atol=1e-7)
+  rows = [{"prompt_ids": x[:s], "completion_ids": x[s:]} for x, s in zip(seqs, starts)]
+  assert kl_on_generations(p, q, rows, chunk_size=4, batch_size=4, mesh=one, trim_last=True) == trimmed
+
+
 def test_bad_input_is_named(pair):
   p, _ = pair
   other = sharp_model(ModelConfig(family="llama", vocab_size=50, hidden_size=16, intermediate_size=32,

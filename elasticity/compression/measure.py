@@ -53,7 +53,7 @@ def measure(model: CausalLM | Scorer, tokenizer: Any, examples: Iterable[Mapping
             packing: bool = False, padding_side: str = "right", chunk_size: int = 512,
             buckets: tuple[int, ...] | None = None, mesh: Mesh | None = None, name: str = "",
             progress: bool = False, stats: dict | None = None,
-            scan_layers: bool = True) -> CompressionReport:
+            scan_layers: bool = True, trim_last: bool = False) -> CompressionReport:
   """The compression rate of ``model`` on ``examples`` (``{"prompt", "response"}`` records).
 
   Args:
@@ -80,6 +80,9 @@ def measure(model: CausalLM | Scorer, tokenizer: Any, examples: Iterable[Mapping
     stats: if given, filled with ``tokens_processed`` (real tokens, prompts included), ``seconds``
       (after tokenization) and ``batches``.
     scan_layers: score with the layers scanned (`Scorer`); ignored with a `Scorer`.
+    trim_last: the last, partial batch has only the rows it needs (`batches.plan`): one more
+      compiled shape, for a `Scorer` reused across many measurements. The examples' bits do not
+      depend on it (tests/test_compression_trim.py).
   """
   tokenizer = as_tokenizer(tokenizer)
   if padding_side not in ("right", "left"):
@@ -90,7 +93,7 @@ def measure(model: CausalLM | Scorer, tokenizer: Any, examples: Iterable[Mapping
                                       template=template, add_bos=add_bos, add_eos=add_eos,
                                       system=system)
   planned = plan(kept, batch_size=batch_size, max_length=max_length, packing=packing,
-                 buckets=buckets, shards=scorer.shards)
+                 buckets=buckets, shards=scorer.shards, trim_last=trim_last)
   bar = _Progress(progress, len(kept), name)
   totals = {"bits": 0.0, "tokens": 0, "bytes": 0, "examples": 0, "processed": 0}
   t0 = time.perf_counter()

@@ -220,7 +220,7 @@ def _validate_hidden(hidden: Sequence[Any], counts: np.ndarray, width: int) -> l
 def kl_to_reference(policy: CausalLM, reference: CausalLM, sequences: Sequence[Sequence[int]],
                     completion_start: Sequence[int], *, chunk_size: int = 128, batch_size: int = 8,
                     mesh: Mesh | None = None, rules: shd.Rules | None = None,
-                    policy_hidden: Sequence[Any] | None = None) -> KLReport:
+                    policy_hidden: Sequence[Any] | None = None, trim_last: bool = False) -> KLReport:
   """Exact KL(policy‖reference) per generated token on ``sequences`` (see the module docstring).
 
   Args:
@@ -230,7 +230,9 @@ def kl_to_reference(policy: CausalLM, reference: CausalLM, sequences: Sequence[S
       itself means an empty completion, which scores nothing).
     chunk_size: positions per vocabulary-projection chunk (per batch shard).
     batch_size: rows per forward (rounded up to a multiple of the mesh's batch shards; the last
-      batch is filled up with empty rows).
+      batch is filled up with empty rows, or with ``trim_last`` has only the rows it needs, rounded
+      up to the batch shards: one more compiled shape, for callers that evaluate many times, as an
+      experiment's points do; the values do not depend on it, tests/test_eval_kl.py).
     mesh: a ``(data, fsdp, tensor)`` mesh, as the compression `Scorer` takes: rows over the batch
       axes, both models' parameters by their logical axes (``rules``, default
       `elasticity.sharding.DEFAULT_RULES`). Default: the default device alone.
@@ -260,16 +262,17 @@ def kl_to_reference(policy: CausalLM, reference: CausalLM, sequences: Sequence[S
   rules = with_layers_rule(rules if rules is not None else shd.DEFAULT_RULES)
   shards = shd.batch_divisor(mesh, rules)
   batch_size = -(-batch_size // shards) * shards
-  per_shard = batch_size // shards
   lengths = np.array([len(x) for x in seqs])
   buckets = length_buckets(int(lengths.max()), smallest=8)
   order = [i for i in np.argsort(lengths, kind="stable").tolist() if counts[i] > 0]
   batches = [order[k:k + batch_size] for k in range(0, len(order), batch_size)]
   row_lens = [next(x for x in buckets if x >= lengths[b].max()) for b in batches]
+  n_rows = [-(-len(b) // shards) * shards if trim_last else batch_size for b in batches]
   # One capacity per row length: the most positions any shard of its batches scores, rounded up to
   # a power of two (so other data of similar size reuses the compilation), at most every position.
   need: dict[int, int] = {}
-  for b, t in zip(batches, row_lens):
+  for b, t, rows in zip(batches, row_lens, n_rows):
+    per_shard = rows // shards
     most = max(int(counts[b[s * per_shard:(s + 1) * per_shard]].sum()) for s in range(shards))
     need[t] = max(need.get(t, 0), most)
   graph_p, state_p = nnx.split(policy)
@@ -279,14 +282,15 @@ def kl_to_reference(policy: CausalLM, reference: CausalLM, sequences: Sequence[S
   params_r = jax.device_put(nnx.to_pure_dict(state_r), sh_r)
   hp_sh = shd.batch_sharding(mesh, 3, rules) if policy_hidden is not None else None
 
-  for b, t in zip(batches, row_lens):
+  for b, t, rows in zip(batches, row_lens, n_rows):
+    per_shard = rows // shards
     cap = min(1 << max(3, (need[t] - 1).bit_length()), per_shard * t)
     chunk = min(chunk_size, cap)
     cap = -(-cap // chunk) * chunk
     given = policy_hidden is not None
     fn, b_sh, idx_sh = sharded_fn(graph_p, graph_r, sh_p, sh_r, mesh, rules, chunk, given)
-    ids = np.zeros((batch_size, t), np.int32)
-    mask = np.zeros((batch_size, t), bool)
+    ids = np.zeros((rows, t), np.int32)
+    mask = np.zeros((rows, t), bool)
     idx = np.zeros((shards, cap), np.int32)
     if given:
       hp = np.zeros((shards, cap, policy_hidden[0].shape[-1]), policy_hidden[0].dtype)
@@ -315,7 +319,7 @@ def kl_to_reference(policy: CausalLM, reference: CausalLM, sequences: Sequence[S
 
 def kl_on_generations(policy: CausalLM, reference: CausalLM, rows: Sequence[Mapping[str, Any]], *,
                       chunk_size: int = 128, batch_size: int = 8, mesh: Mesh | None = None,
-                      rules: shd.Rules | None = None) -> KLReport:
+                      rules: shd.Rules | None = None, trim_last: bool = False) -> KLReport:
   """`kl_to_reference` on rows of `elasticity.eval.generations` (prompt_ids + completion_ids); when
   every row carries ``policy_hidden`` (``continue_prompts(keep_hidden=True)``) the policy runs no
   forward."""
@@ -329,7 +333,8 @@ def kl_on_generations(policy: CausalLM, reference: CausalLM, rows: Sequence[Mapp
   hidden = ([row["policy_hidden"] for row in rows]
             if rows and all("policy_hidden" in row for row in rows) else None)
   return kl_to_reference(policy, reference, seqs, starts, chunk_size=chunk_size,
-                         batch_size=batch_size, mesh=mesh, rules=rules, policy_hidden=hidden)
+                         batch_size=batch_size, mesh=mesh, rules=rules, policy_hidden=hidden,
+                         trim_last=trim_last)
 
 
 __all__ = ["KLReport", "default_mesh", "kl_on_generations", "kl_to_reference", "sharded_fn"]

@@ -35,8 +35,8 @@ def _records(name: str, records: Any) -> list:
 
 def compression_preference(model_or_scorer: CausalLM | compression.Scorer, tokenizer: Any,
                            positive: Sequence[dict], negative: Sequence[dict], *, max_length: int,
-                           batch_size: int, template: str = "plain", add_bos: bool | None = None
-                           ) -> dict[str, Any]:
+                           batch_size: int, template: str = "plain", add_bos: bool | None = None,
+                           trim_last: bool = False) -> dict[str, Any]:
   """Δγ = bits/byte of ``negative`` − bits/byte of ``positive`` responses, with both rates and counts.
 
   Returns a flat dict (a results row): ``delta_gamma`` (bits/byte), ``delta_gamma_per_token``
@@ -44,6 +44,8 @@ def compression_preference(model_or_scorer: CausalLM | compression.Scorer, token
   bits/token, ``bits``, ``tokens``, ``bytes``, ``examples``, ``skipped`` (responses longer than
   ``max_length``) and ``truncated`` (prompts cut from the left). Record errors name the file, record
   and field (`elasticity.compression.measure`).
+  ``trim_last``: each side's last, partial batch without empty rows (`compression.measure`), for a
+  reused Scorer.
   """
   positive = _records("positive", positive)
   negative = _records("negative", negative)
@@ -52,7 +54,8 @@ def compression_preference(model_or_scorer: CausalLM | compression.Scorer, token
   out: dict[str, Any] = {}
   for side, name, records in (("pos", "positive", positive), ("neg", "negative", negative)):
     rep = compression.measure(scorer, tokenizer, records, max_length=max_length,
-                              batch_size=batch_size, template=template, add_bos=add_bos, name=name)
+                              batch_size=batch_size, template=template, add_bos=add_bos, name=name,
+                              trim_last=trim_last)
     if rep.examples == 0:
       raise ValueError(f"compression_preference: none of the {len(records)} {name} records fits "
                        f"in max_length={max_length} ({rep.skipped} skipped): raise max_length")

@@ -29,6 +29,9 @@ At each point the runner hands `PointEvaluator` a model checkpoint and the point
    older run) run both forwards. At the base point itself (the policy is the base's checkpoint) it is
    0 by definition and not computed, and the base is loaded once.
 
+Δγ and the KL run their last, partial batch without empty rows (``trim_last``; one more compiled
+shape per process, the same values), and the `compression.Scorer` is kept across points.
+
 The evaluator's `fingerprint` covers every setting above; the runner re-evaluates a finished cell when it
 changes, without training it again.
 """
@@ -170,12 +173,14 @@ class PointEvaluator:
     metrics.update(self.score(rows))
     self._compression = compression.Scorer.reuse(self._compression, model)
     pref = compression_preference(self._compression, tokenizer, self.heldout_pos, self.heldout_neg,
-                                  max_length=int(self.ev.max_length), batch_size=int(self.ev.batch_size))
+                                  max_length=int(self.ev.max_length), batch_size=int(self.ev.batch_size),
+                                  trim_last=True)
     metrics.update({k: float(pref[k]) for k in ("bpb_pos", "bpb_neg", "delta_gamma")})
     if self.ev.kl and is_base:
       metrics["kl_to_base"] = 0.0          # KL(π_base‖π_base): zero by definition (module docstring)
     elif self.ev.kl:                       # rows with policy_hidden: only the base runs a forward
-      rep = kl_on_generations(model, self.base(), rows, batch_size=int(self.ev.batch_size))
+      rep = kl_on_generations(model, self.base(), rows, batch_size=int(self.ev.batch_size),
+                              trim_last=True)
       metrics["kl_to_base"] = float(rep.mean)
     metrics["generated_tokens"] = float(sum(len(r["completion_ids"]) for r in rows))
     if context is not None and context.cell.coords.get("stage") == "pos":
