@@ -180,7 +180,11 @@ def smollm2() -> ml_collections.ConfigDict:
   # raised the positive share by 0.08 ± 0.06 (not aligned), at 2e-4 by 0.18 ± 0.07; fixed since
   t.optimizer.update(dict(name="adamw", lr=2e-4, schedule="constant", warmup_steps=0,
                           weight_decay=0.0, clip_norm=1.0))
-  t.checkpoint.every = 20
+  # a save of SmolLM2's training state (~1.6 GB, SHA-256-sealed) slows the next ~10 steps by ~3 s
+  # on 2 cores (the windows after each save, grid log of 2026-12-06); every 50 steps (~70 s of
+  # work) keeps that near 4%. A SIGTERM still checkpoints the current step; a cell's last step is
+  # not checkpointed (runner.keep_checkpoints=False: cleanup would delete it).
+  t.checkpoint.every = 50
   t.metrics.tensorboard = False
   mesh_presets.apply(t, "cpu")
   c.eval.num_prompts = 100
