@@ -82,7 +82,7 @@ def measure(model: CausalLM | Scorer, tokenizer: Any, examples: Iterable[Mapping
     scan_layers: score with the layers scanned (`Scorer`); ignored with a `Scorer`.
     trim_last: the last, partial batch has only the rows it needs (`batches.plan`): one more
       compiled shape, for a `Scorer` reused across many measurements. The examples' bits do not
-      depend on it (tests/test_compression_trim.py).
+      depend on it (tests/test_compression.py).
   """
   tokenizer = as_tokenizer(tokenizer)
   if padding_side not in ("right", "left"):
