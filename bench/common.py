@@ -166,5 +166,26 @@ def gemm_rates(m: int = 1024, shapes=((576, 1536), (1536, 576), (576, 49152)), r
   return out
 
 
+def sft_step(model, mesh, host: Mapping[str, Any], *, scanned: bool):
+  """The start-up benches' training step: ``model`` in the layout asked for, SFT, AdamW (lr 1e-5, no
+  weight decay or clipping), float32, state donated; returns ``(step, state, batch)`` — ``step`` is
+  the jitted function, not yet traced (bench/startup.py, bench/step_executable.py)."""
+  from elasticity import sharding as shd
+  from elasticity.models.scan import to_layout
+  from elasticity.train.losses import Objective
+  from elasticity.train.optimizer import make_optimizer
+  from elasticity.train.step import (batch_shardings, init_train_state, make_train_step, split_params,
+                                     state_shardings)
+  m = to_layout(model, scanned)
+  graphdef, params = split_params(m)
+  tx, schedule = make_optimizer({"name": "adamw", "lr": 1e-5, "weight_decay": 0.0,
+                                 "clip_norm": 0.0}, 100)
+  _, sh = state_shardings(m, tx, mesh)
+  state = init_train_state(params, tx, sh, seed=0)
+  step = make_train_step(graphdef, Objective("sft", chunk_size=128), tx, schedule, mesh, sh,
+                         batch_shardings(host, mesh))
+  return step, state, shd.global_batch(host, mesh)
+
+
 __all__ = ["print_table", "markdown_table", "ratio", "record", "environment", "fmt", "gemm_rates",
-           "RESULTS"]
+           "sft_step", "RESULTS"]

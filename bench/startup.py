@@ -90,13 +90,9 @@ def child(layouts: list[str], cache_dir: str) -> dict:
   from elasticity import sharding as shd
   from elasticity.compression import Scorer, default_mesh, measure
   from elasticity.convert import load_pretrained
-  from elasticity.models.scan import to_layout
   from elasticity.paths import smollm2_gguf
   from elasticity.tokenizers import load_tokenizer
-  from elasticity.train.losses import Objective
-  from elasticity.train.optimizer import make_optimizer
-  from elasticity.train.step import (batch_shardings, init_train_state, make_train_step, split_params,
-                                     state_shardings)
+  from bench.common import sft_step
   gguf = smollm2_gguf()
   model = load_pretrained(gguf)
   tok = load_tokenizer(gguf)
@@ -121,16 +117,7 @@ def child(layouts: list[str], cache_dir: str) -> dict:
 
   for layout in layouts:
     res = out[layout] = {"load_avg": os.getloadavg()[0]}
-    m = to_layout(model, layout == "scanned")
-    graphdef, params = split_params(m)
-    tx, schedule = make_optimizer({"name": "adamw", "lr": 1e-5, "weight_decay": 0.0,
-                                   "clip_norm": 0.0}, 100)
-    _, sh = state_shardings(m, tx, mesh)
-    state = init_train_state(params, tx, sh, seed=0)
-    del params, m
-    step = make_train_step(graphdef, Objective("sft", chunk_size=128), tx, schedule, mesh, sh,
-                           batch_shardings(host, mesh))
-    batch = shd.global_batch(host, mesh)
+    step, state, batch = sft_step(model, mesh, host, scanned=layout == "scanned")
     times, losses = [], []
     for _ in range(1 + _STEPS.value):
       (state, metrics), dt = timed(lambda: step(state, batch))

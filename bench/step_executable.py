@@ -57,24 +57,14 @@ def child(case: str, folder: str) -> dict:
   from jax.experimental import serialize_executable
   from elasticity import sharding as shd
   from elasticity.convert import load_pretrained
-  from elasticity.models.scan import to_layout
   from elasticity.paths import smollm2_gguf
-  from elasticity.train.losses import Objective
-  from elasticity.train.optimizer import make_optimizer
-  from elasticity.train.step import (batch_shardings, init_train_state, make_train_step, split_params,
-                                     state_shardings)
+  from bench.common import sft_step
   model = load_pretrained(smollm2_gguf())
   mesh = shd.make_mesh(1, 1, 1, devices=jax.devices()[:1])
   ids = np.random.default_rng(0).integers(0, model.config.vocab_size, (2, 128)).astype(np.int32)
   host = {"input_ids": ids, "loss_mask": np.ones_like(ids)}
-  m = to_layout(model, False)
-  graphdef, params = split_params(m)
-  tx, schedule = make_optimizer({"name": "adamw", "lr": 1e-5, "weight_decay": 0.0,
-                                 "clip_norm": 0.0}, 100)
-  _, sh = state_shardings(m, tx, mesh)
-  state = init_train_state(params, tx, sh, seed=0)
-  del params, m, model
-  batch = shd.global_batch(host, mesh)
+  step, state, batch = sft_step(model, mesh, host, scanned=False)   # built, not traced
+  del model
   path = os.path.join(folder, "step.executable")
   out: dict = {"case": case, "load_avg": os.getloadavg()[0]}
 
@@ -84,8 +74,6 @@ def child(case: str, folder: str) -> dict:
       fn = serialize_executable.deserialize_and_load(*pickle.load(f))
     out["deserialize_s"] = time.perf_counter() - t0
   else:
-    step = make_train_step(graphdef, Objective("sft", chunk_size=128), tx, schedule, mesh, sh,
-                           batch_shardings(host, mesh))
     if case == "cold":
       lowered = step.lower(state, batch)
       out["trace_lower_s"] = time.perf_counter() - t0
