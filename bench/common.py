@@ -166,10 +166,11 @@ def gemm_rates(m: int = 1024, shapes=((576, 1536), (1536, 576), (576, 49152)), r
   return out
 
 
-def sft_step(model, mesh, host: Mapping[str, Any], *, scanned: bool):
-  """The start-up benches' training step: ``model`` in the layout asked for, SFT, AdamW (lr 1e-5, no
-  weight decay or clipping), float32, state donated; returns ``(step, state, batch)`` — ``step`` is
-  the jitted function, not yet traced (bench/startup.py, bench/step_executable.py)."""
+def sft_step(model, mesh, host: Mapping[str, Any], *, scanned: bool, **model_attrs):
+  """The benches' training step: ``model`` in the layout asked for (``model_attrs`` set on it, e.g.
+  ``remat``, ``scan_unroll``), SFT, AdamW (lr 1e-5, no weight decay or clipping), float32, state
+  donated; returns ``(step, state, batch)`` — ``step`` is the jitted function, not yet traced
+  (bench/startup.py, bench/step_executable.py, bench/scan_levers.py)."""
   from elasticity import sharding as shd
   from elasticity.models.scan import to_layout
   from elasticity.train.losses import Objective
@@ -177,6 +178,8 @@ def sft_step(model, mesh, host: Mapping[str, Any], *, scanned: bool):
   from elasticity.train.step import (batch_shardings, init_train_state, make_train_step, split_params,
                                      state_shardings)
   m = to_layout(model, scanned)
+  for name, value in model_attrs.items():
+    setattr(m, name, value)
   graphdef, params = split_params(m)
   tx, schedule = make_optimizer({"name": "adamw", "lr": 1e-5, "weight_decay": 0.0,
                                  "clip_norm": 0.0}, 100)

@@ -42,16 +42,11 @@ def main(argv):
   del argv
   import jax
   import numpy as np
-  from bench.common import environment, print_table, ratio, record
+  from bench.common import environment, print_table, ratio, record, sft_step
   from elasticity import sharding as shd
   from elasticity.convert import load_pretrained
   from elasticity.models import transformer
-  from elasticity.models.scan import to_layout
   from elasticity.paths import smollm2_gguf
-  from elasticity.train.losses import Objective
-  from elasticity.train.optimizer import make_optimizer
-  from elasticity.train.step import (batch_shardings, init_train_state, make_train_step, split_params,
-                                     state_shardings)
   layout_ops = {jax.lax.reshape_p, jax.lax.transpose_p, jax.lax.broadcast_in_dim_p,
                 jax.lax.squeeze_p, jax.lax.convert_element_type_p}
   transformer.REMAT_POLICIES.setdefault("cheap", lambda prim, *_, **__: prim not in layout_ops)
@@ -64,20 +59,8 @@ def main(argv):
   live, loads = {}, []
   for v in variants:
     layout, *opts = v.split("_")
-    m = to_layout(model, layout != "unrolled")
-    for o in opts:
-      if o.startswith("u"):
-        m.scan_unroll = int(o[1:])
-      else:
-        m.remat = o
-    graphdef, params = split_params(m)
-    tx, schedule = make_optimizer({"name": "adamw", "lr": 1e-5, "weight_decay": 0.0,
-                                   "clip_norm": 0.0}, 100)
-    _, sh = state_shardings(m, tx, mesh)
-    state = init_train_state(params, tx, sh, seed=0)
-    step = make_train_step(graphdef, Objective("sft", chunk_size=128), tx, schedule, mesh, sh,
-                           batch_shardings(host, mesh))
-    batch = shd.global_batch(host, mesh)
+    attrs = dict(("scan_unroll", int(o[1:])) if o.startswith("u") else ("remat", o) for o in opts)
+    step, state, batch = sft_step(model, mesh, host, scanned=layout != "unrolled", **attrs)
     t0 = time.perf_counter()
     state, metrics = step(state, batch)
     jax.block_until_ready(state)
